@@ -1,0 +1,195 @@
+"""Build every dataset a pipeline needs, in one idempotent command.
+
+    python -m data.prepare [--config-name demo] [overrides, e.g. out_dir=artifacts/data/x overwrite=true]
+
+Writes under ``out_dir`` (docs/design.md): ``tokenizer/``, ``pretrain/``, ``reasoning/{train,heldout}.jsonl``,
+``sft/<stage>.jsonl`` + ``sft/<stage>/``, ``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output is
+written atomically, so an existing one is complete: it is skipped unless ``overwrite=true``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from data.atomic import atomic_dir, atomic_write_text
+from data.prepare_config import PrepareConfig, register_configs
+
+log = logging.getLogger("data.prepare")
+
+
+def _step(path: Path, cfg: PrepareConfig, what: str, build: Callable[[], object]) -> None:
+    """Run ``build`` unless ``path`` exists (outputs are atomic, so existing means complete)."""
+    if path.exists() and not cfg.overwrite:
+        log.info("%s: %s exists, skipping (overwrite=true redoes it)", what, path)
+        return
+    t0 = time.perf_counter()
+    build()
+    log.info("%s: wrote %s in %.1f s", what, path, time.perf_counter() - t0)
+
+
+class _Corpus:
+    """Collected at most once, and only when a step needs the text."""
+
+    def __init__(self, cfg: PrepareConfig):
+        self.cfg, self._docs = cfg, None
+
+    def documents(self):
+        if self._docs is None:
+            from data.corpus import Document, collect_corpus
+
+            c = self.cfg.corpus
+            if c.files:
+                from data.pretrain import load_documents
+
+                ds = load_documents(c.files, c.text_field)
+                self._docs = [Document("files", t) for t in ds["text"]]
+                self.sources = [str(f) for f in c.files]
+            else:
+                self._docs = collect_corpus(c.debian_packages, c.include_stdlib, c.cache_dir, c.max_chars)
+                self.sources = sorted({d.source.split(":")[0] for d in self._docs})
+            log.info("corpus: %d documents, %.1f M characters", len(self._docs), sum(len(d.text) for d in self._docs) / 1e6)
+        return self._docs
+
+
+def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
+    from data.tokenizer import build_phi4mini_tokenizer, train_bpe_tokenizer
+
+    t = cfg.tokenizer
+    if t.kind == "bpe":
+        texts, total = [], 0
+        for d in corpus.documents():
+            if t.train_chars and total >= t.train_chars:
+                break
+            texts.append(d.text)
+            total += len(d.text)
+        train_bpe_tokenizer(texts, t.vocab_size, out, overwrite=cfg.overwrite)
+    elif t.kind == "phi4mini":
+        build_phi4mini_tokenizer(out, overwrite=cfg.overwrite)
+    elif t.kind == "path":
+        if not t.path or not Path(t.path, "tokenizer.json").is_file():
+            raise ValueError(f"tokenizer.path={t.path!r}: not a tokenizer directory with tokenizer.json")
+        with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+            shutil.copytree(t.path, tmp, dirs_exist_ok=True)
+            if not (tmp / "generation_config.json").exists():
+                from transformers import GenerationConfig
+
+                from data.tokenizer import load_tokenizer, stop_token_ids
+
+                tok = load_tokenizer(tmp)
+                GenerationConfig(eos_token_id=stop_token_ids(tok) or [tok.eos_token_id],
+                                 pad_token_id=tok.pad_token_id).save_pretrained(tmp)
+    else:
+        raise ValueError(f"tokenizer.kind={t.kind!r}: expected one of bpe, phi4mini, path")
+
+
+def reasoning_records(cfg: PrepareConfig, n: int, split: str, seed: int, families=None, with_values: bool = False):
+    from data import reasoning
+
+    r = cfg.reasoning
+    if r.source == "procedural":
+        fams = list(families or r.families) or None
+        gen = reasoning.generate_problems_with_values if with_values else reasoning.generate_problems
+        return gen(n, split, seed, fams)
+    if r.source == "gsm_symbolic":
+        return reasoning.generate_gsm_symbolic(n, split, seed, r.heldout_fraction)
+    raise ValueError(f"reasoning.source={r.source!r}: expected procedural or gsm_symbolic")
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    """Build all outputs of ``cfg`` (see module docstring); returns ``out_dir``."""
+    from data.jsonl import write_jsonl
+    from data.preference import pairs_from_corruptions
+    from data.pretrain import write_pretrain_shards
+    from data.sft import read_chat_jsonl, reasoning_to_chat, write_sft_shards
+    from data.shards import check_compatible
+
+    out = Path(cfg.out_dir)
+    done = out / "DONE"
+    if done.exists() and not cfg.overwrite:
+        log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", out)
+        return out
+    names = [s.name for s in cfg.sft]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"sft stages need unique non-empty names, got {names}")
+    corpus = _Corpus(cfg)
+    tok_dir = out / "tokenizer"
+    _step(tok_dir, cfg, "tokenizer", lambda: build_tokenizer(cfg, tok_dir, corpus))
+
+    def _reuse_check(path: Path) -> None:
+        if path.exists() and not cfg.overwrite:  # a kept shard set must match the (possibly rebuilt) tokenizer
+            check_compatible(path, tok_dir, None)
+
+    if cfg.pretrain.enabled:
+        pre = out / "pretrain"
+        _reuse_check(pre)
+
+        def _pretrain():
+            import datasets
+
+            docs = corpus.documents()
+            ds = datasets.Dataset.from_dict({"text": [d.text for d in docs]})
+            write_pretrain_shards(ds, tok_dir, pre, corpus.sources, cfg.pretrain.val_fraction, cfg.seed,
+                                  cfg.num_proc, cfg.pretrain.shard_tokens, cfg.overwrite)
+
+        _step(pre, cfg, "pretrain shards", _pretrain)
+
+    r = cfg.reasoning
+    for split, n in (("train", r.n_train), ("heldout", r.n_heldout)):
+        path = out / "reasoning" / f"{split}.jsonl"
+        _step(path, cfg, f"reasoning {split}",
+              lambda split=split, n=n, path=path: write_jsonl(path, reasoning_records(cfg, n, split, cfg.seed), cfg.overwrite))
+
+    for k, stage in enumerate(cfg.sft):
+        jsonl, shard_dir = out / "sft" / f"{stage.name}.jsonl", out / "sft" / stage.name
+
+        def _chat(stage=stage, k=k, jsonl=jsonl):
+            if stage.jsonl:
+                records = [{"messages": m} for m in read_chat_jsonl(stage.jsonl)]
+            else:
+                # Seeds differ from reasoning/train.jsonl's so stages see other problems of the same templates.
+                records = [reasoning_to_chat(p) for p in reasoning_records(cfg, stage.n_examples, "train",
+                                                                           cfg.seed + 1 + k, stage.families)]
+            write_jsonl(jsonl, records, cfg.overwrite)
+
+        _step(jsonl, cfg, f"sft {stage.name} jsonl", _chat)
+        _reuse_check(shard_dir)
+        _step(shard_dir, cfg, f"sft {stage.name} shards",
+              lambda stage=stage, jsonl=jsonl, shard_dir=shard_dir: write_sft_shards(
+                  read_chat_jsonl(jsonl), tok_dir, shard_dir, [str(stage.jsonl or jsonl)], stage.val_fraction,
+                  cfg.seed, overwrite=cfg.overwrite))
+
+    p = cfg.preference
+    if p.enabled:
+        for split, n, seed in (("train", p.n_train, cfg.seed + 100), ("heldout", p.n_heldout, cfg.seed + 200)):
+            path = out / "preference" / f"{split}.jsonl"
+            _step(path, cfg, f"preference {split}", lambda split=split, n=n, seed=seed, path=path: write_jsonl(
+                path, pairs_from_corruptions(reasoning_records(cfg, n, split, seed, with_values=True), seed), cfg.overwrite))
+
+    summary = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, DictConfig)
+               else OmegaConf.to_container(cfg, resolve=True)}
+    from data.tokenizer import fingerprint
+
+    summary["tokenizer_fingerprint"] = fingerprint(tok_dir)
+    atomic_write_text(done, json.dumps(summary, indent=2) + "\n", overwrite=True)
+    log.info("done: %s", out)
+    return out
+
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
+    prepare(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""SFT data: chat records (``{"messages": [...]}``) -> token ids + assistant-only loss masks -> shard sets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from data.chat_template import ROLE_TOKENS, require_generation_markers
+from data.jsonl import DataFormatError, read_jsonl
+from data.reasoning import format_prompt
+from data.shards import ShardSetWriter, tokenizer_info
+
+ROLES = tuple(ROLE_TOKENS)
+
+
+def validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    """Check one conversation: a non-empty list of ``{role, content}`` with known roles and >= 1 assistant turn."""
+    if not isinstance(messages, list) or not messages:
+        raise DataFormatError(f"{where}: 'messages' must be a non-empty list")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataFormatError(f"{where}: message {i} must be an object with string 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataFormatError(f"{where}: message {i} has unknown role {m['role']!r} (known: {list(ROLES)})")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise DataFormatError(f"{where}: conversation has no assistant message, so nothing to train on")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
+    """Conversations from a JSONL file of ``{"messages": [...]}`` records; errors name ``path:line``."""
+    out = []
+    raw_lines = Path(path).read_bytes().split(b"\n")
+    line_of = [i + 1 for i, line in enumerate(raw_lines) if line.strip()]
+    for k, rec in enumerate(read_jsonl(path, required=("messages",))):
+        out.append(validate_messages(rec["messages"], f"{path}:{line_of[k]}"))
+    return out
+
+
+def reasoning_to_chat(record: dict) -> dict:
+    """A reasoning problem as an SFT conversation (user: format_prompt(question), assistant: solution)."""
+    return {"messages": [{"role": "user", "content": format_prompt(record["question"])},
+                         {"role": "assistant", "content": record["solution"]}]}
+
+
+def tokenize_chat(tokenizer, messages: list[dict[str, str]], where: str = "chat") -> tuple[np.ndarray, np.ndarray]:
+    """Ids and the 0/1 assistant mask (assistant content and its ``<|end|>``) of one conversation."""
+    require_generation_markers(tokenizer, where)
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    mask = np.asarray(enc["assistant_masks"], dtype=np.uint8)
+    if mask.shape != ids.shape or not mask.any():
+        raise ValueError(f"{where}: assistant mask is empty or misaligned; the chat template's generation markers "
+                         "do not cover any assistant token")
+    return ids, mask
+
+
+def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_dir: str | os.PathLike,
+                     out_dir: str | os.PathLike, sources: Sequence[str], val_fraction: float = 0.0, seed: int = 0,
+                     shard_tokens: int = 1 << 26, overwrite: bool = False) -> Path:
+    """Tokenize conversations with the chat template and write a ``kind: sft`` shard set (splits train[/val])."""
+    from tqdm.auto import tqdm
+
+    from data.pretrain import document_split
+    from data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    require_generation_markers(tok, str(tokenizer_dir))
+    info = tokenizer_info(tokenizer_dir)
+    is_val = document_split(len(conversations), val_fraction, seed)
+    with ShardSetWriter(out_dir, "sft", info, sources, shard_tokens=shard_tokens, overwrite=overwrite) as w:
+        for i, msgs in enumerate(tqdm(conversations, desc=f"sft {Path(out_dir).name}")):
+            ids, mask = tokenize_chat(tok, msgs, where=f"{sources[0] if sources else out_dir} record {i + 1}")
+            w.add("val" if is_val[i] else "train", ids, mask)
+    return Path(out_dir)

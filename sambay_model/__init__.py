@@ -1,0 +1,23 @@
+"""SambaY (Phi-4-mini-flash) model for transformers.
+
+Importing this package registers ``Phi4FlashConfig`` (model_type ``phi4flash``) with ``AutoConfig`` and
+``Phi4FlashForCausalLM`` with ``AutoModelForCausalLM``, so official-layout checkpoints load without remote code.
+"""
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .cache import SambaYCache
+from .configuration_phi4flash import Phi4FlashConfig
+from .modeling_phi4flash import Phi4FlashForCausalLM, Phi4FlashModel, Phi4FlashPreTrainedModel, causal_lm_loss
+
+AutoConfig.register(Phi4FlashConfig.model_type, Phi4FlashConfig, exist_ok=True)
+AutoModel.register(Phi4FlashConfig, Phi4FlashModel, exist_ok=True)
+AutoModelForCausalLM.register(Phi4FlashConfig, Phi4FlashForCausalLM, exist_ok=True)
+
+__all__ = [
+    "Phi4FlashConfig",
+    "Phi4FlashForCausalLM",
+    "Phi4FlashModel",
+    "Phi4FlashPreTrainedModel",
+    "SambaYCache",
+    "causal_lm_loss",
+]

@@ -1,0 +1,579 @@
+"""SambaY / Phi-4-mini-flash causal LM (spec sections 1-2, 4-6), with the Transformer++ baseline as a config option.
+
+Layer roles by index i of L layers (``Phi4FlashConfig.layer_role``): i < L/2 even: Mamba; i < L/2 odd: sliding-window
+attention; i = L/2: Mamba that also exports its pre-gate scan output as the GMU memory; i = L/2+1: the one full
+attention layer, whose K,V every cross-attention layer reuses; i >= L/2+2: GMU (even) / cross-attention (odd).
+Every layer is ``h = x + mixer(LN1(x)); out = h + MLP(LN2(h))`` with the residual stream kept in fp32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from . import ops
+from .cache import SambaYCache
+from .configuration_phi4flash import Phi4FlashConfig
+
+# Parameters that stay fp32 whatever the model dtype (spec 12.5): the SSM decay/skip and the DA lambdas.
+FP32_PARAM_NAMES = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+
+
+def _keep_fp32_params(module: nn.Module, names: tuple[str, ...]) -> None:
+    """Undo a cast to half precision for ``names`` (a cast to float64 is kept: tests run the model in float64)."""
+    for name in names:
+        p = getattr(module, name, None)
+        if p is not None and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()
+
+
+def residual_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The residual stream is at least fp32 (spec 2.1: "reduce error accumulation")."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclass
+class ForwardContext:
+    """Per-forward facts every layer needs, computed once by the backbone.
+
+    doc_ids: ``[B, past + T]`` segment ids over every key position (padding forms its own segments), or None when
+        each row is a single document without padding.
+    resets: ``[B, T]`` True where a new segment starts in the current chunk (Mamba conv/scan reset), or None.
+    real: ``[B, T]`` 1 for real tokens, 0 for padding in the current chunk, or None (no padding).
+    keep_last: when > 0, the cross-decoder (and the full-attention layer's output) runs only on the last
+        ``keep_last`` positions: the linear prefill of spec 5.3.
+    positions: ``[T]`` absolute positions of the chunk (RoPE of the Transformer++ baseline only).
+    backend: ``config.compute_backend``.
+    """
+
+    doc_ids: torch.Tensor | None
+    resets: torch.Tensor | None
+    real: torch.Tensor | None
+    keep_last: int
+    positions: torch.Tensor
+    backend: str
+
+    def key_doc_ids(self, num_keys: int) -> torch.Tensor | None:
+        return None if self.doc_ids is None else self.doc_ids[:, -num_keys:]
+
+
+class OutProj(nn.Linear):
+    """Output projection of a residual branch: SP init uses std / sqrt(2 * num_layers) (spec 6.1)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mixers
+# --------------------------------------------------------------------------------------------------------------------
+class Phi4FlashMamba(nn.Module):
+    """Mamba-1 (S6) mixer (spec 2.3). With ``exports_memory`` it also returns its pre-gate scan output (the GMU
+    memory, incl. the D skip) for every token."""
+
+    def __init__(self, config: Phi4FlashConfig, layer_idx: int, exports_memory: bool):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.exports_memory = exports_memory
+        d, di, n, r = config.hidden_size, config.mamba_d_inner, config.mamba_d_state, config.mamba_dt_rank
+        self.d_conv = config.mamba_d_conv
+        self.d_state, self.dt_rank = n, r
+        self.in_proj = nn.Linear(d, 2 * di, bias=config.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(di, di, self.d_conv, groups=di, padding=self.d_conv - 1, bias=config.mamba_conv_bias)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(di, 1))
+        self.D = nn.Parameter(torch.ones(di, dtype=torch.float32))
+        self.out_proj = OutProj(di, d, bias=config.mamba_proj_bias)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        _keep_fp32_params(self, ("A_log", "D"))
+        return self
+
+    def forward(
+        self, x: torch.Tensor, ctx: ForwardContext, cache: SambaYCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, T] each
+        if ctx.real is not None:
+            # Padding enters neither the conv taps nor the scan state: zero inputs keep a zero state at zero.
+            xs = xs * ctx.real[:, None, :].to(xs.dtype)
+        conv_state, ssm_state = cache.mamba_state(self.layer_idx) if cache is not None else (None, None)
+        weight = self.conv1d.weight.squeeze(1)
+        u = ops.causal_conv1d(xs, weight, self.conv1d.bias, resets=ctx.resets, initial_state=conv_state,
+                              activation="silu", backend=ctx.backend)
+        if ctx.real is not None:
+            u = u * ctx.real[:, None, :].to(u.dtype)
+        dt_low, b, c = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
+        A = -torch.exp(self.A_log)
+        dt_bias = self.dt_proj.bias.to(self.A_log.dtype)
+        if ssm_state is not None and u.shape[2] == 1 and (ctx.resets is None or not bool(ctx.resets.any())):
+            y, last_state = ops.selective_state_update(
+                ssm_state, u[:, :, 0], delta[:, :, 0], A, b[:, 0], c[:, 0], self.D, dt_bias=dt_bias,
+                dt_softplus=True, backend=ctx.backend)
+            y = y.unsqueeze(-1)
+        else:
+            y, last_state = ops.selective_scan(
+                u, delta, A, b.transpose(1, 2), c.transpose(1, 2), self.D, delta_bias=dt_bias,
+                delta_softplus=True, resets=ctx.resets, initial_state=ssm_state, return_last_state=True,
+                backend=ctx.backend)
+        if cache is not None:
+            history = xs if conv_state is None else torch.cat([conv_state.to(xs.dtype), xs], dim=2)
+            history = F.pad(history, (max(0, self.d_conv - 1 - history.shape[2]), 0))
+            cache.set_mamba_state(self.layer_idx, history[:, :, history.shape[2] - (self.d_conv - 1):].contiguous(),
+                                  last_state.to(x.dtype))
+        y = y.to(x.dtype)
+        out = self.out_proj((y * F.silu(z)).transpose(1, 2))
+        return out, (y.transpose(1, 2) if self.exports_memory else None)
+
+
+class Phi4FlashGMU(nn.Module):
+    """Gated Memory Unit (spec 2.6): ``out_proj(memory * silu(in_proj(x)))``, memory from layer L/2."""
+
+    def __init__(self, config: Phi4FlashConfig):
+        super().__init__()
+        self.in_proj = nn.Linear(config.hidden_size, config.mamba_d_inner, bias=False)
+        self.out_proj = OutProj(config.mamba_d_inner, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(memory.to(x.dtype) * F.silu(self.in_proj(x)))
+
+
+class DiffAttentionCore(nn.Module):
+    """Differential attention over already projected heads (spec 2.5), stored as ``attn.inner_cross_attn``.
+
+    Computed as two attentions with V of width 2*head_dim (softmax(Q1 K1) [V1|V2], softmax(Q2 K2) [V1|V2]), which
+    equals the four-call form of the reference.
+    """
+
+    def __init__(self, head_dim: int, layer_idx: int, eps: float):
+        super().__init__()
+        self.head_dim = head_dim
+        # The global layer index, as in the reference (not the index among attention layers).
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+        self.lambda_q1 = nn.Parameter(torch.zeros(head_dim, dtype=torch.float32))
+        self.lambda_k1 = nn.Parameter(torch.zeros(head_dim, dtype=torch.float32))
+        self.lambda_q2 = nn.Parameter(torch.zeros(head_dim, dtype=torch.float32))
+        self.lambda_k2 = nn.Parameter(torch.zeros(head_dim, dtype=torch.float32))
+        self.subln = nn.RMSNorm(2 * head_dim, eps=eps)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        _keep_fp32_params(self, ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"))
+        return self
+
+    def lambda_full(self) -> torch.Tensor:
+        return (torch.exp((self.lambda_q1 * self.lambda_k1).sum()) - torch.exp((self.lambda_q2 * self.lambda_k2).sum())
+                + self.lambda_init)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **attn_kwargs) -> torch.Tensor:
+        """q ``[B, Hq, Tq, d]``, k/v ``[B, Hkv, Tk, d]`` -> ``[B, Tq, Hq * d]``."""
+        v_both = torch.cat([v[:, 0::2], v[:, 1::2]], dim=-1)
+        a1 = ops.attention(q[:, 0::2], k[:, 0::2], v_both, **attn_kwargs)
+        a2 = ops.attention(q[:, 1::2], k[:, 1::2], v_both, **attn_kwargs)
+        o = a1 - self.lambda_full().to(a1.dtype) * a2
+        o = self.subln(o) * (1.0 - self.lambda_init)  # [B, Hq/2, Tq, 2d]
+        # [Hq/2, 2d] flattens to the same vector as the inverse stripe [Hq, d].
+        return o.transpose(1, 2).flatten(2)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE (rotate-half form) for ``[B, H, T, d]`` at absolute ``positions`` ``[T]``; angles in fp32."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    return x * cos + rotate_half(x) * sin
+
+
+class Phi4FlashAttention(nn.Module):
+    """Sliding-window, full or cross attention (spec 2.4). Self-attention layers own a fused ``Wqkv`` laid out
+    ``[Q | K | V]``; cross-attention layers project queries only and read the shared K,V of layer L/2+1."""
+
+    def __init__(self, config: Phi4FlashConfig, layer_idx: int, role: str):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.role = role
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        self.window = config.sliding_window[layer_idx] if role == "swa" else None
+        self.rope_theta = config.rope_theta if config.backbone == "transformer" else None
+        q_width = self.num_heads * self.head_dim
+        kv_width = 0 if role == "cross_attn" else 2 * self.num_kv_heads * self.head_dim
+        self.Wqkv = nn.Linear(config.hidden_size, q_width + kv_width, bias=True)
+        self.out_proj = OutProj(q_width, config.hidden_size, bias=True)
+        self.inner_cross_attn = (
+            DiffAttentionCore(self.head_dim, layer_idx, config.layer_norm_eps) if config.use_diff_attn else None)
+
+    def _heads(self, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+        return x.unflatten(-1, (num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        ctx: ForwardContext,
+        cache: SambaYCache | None,
+        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep_last: int = 0,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Returns the mixer output (only the last ``keep_last`` positions when > 0) and the K,V attended over."""
+        qkv = self.Wqkv(x)
+        q_width = self.num_heads * self.head_dim
+        if self.role == "cross_attn":
+            q = self._heads(qkv, self.num_heads)
+            k, v = shared_kv
+        else:
+            kv_width = self.num_kv_heads * self.head_dim
+            q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
+            q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
+            if self.rope_theta is not None:
+                q = apply_rope(q, ctx.positions, self.rope_theta)
+                k = apply_rope(k, ctx.positions, self.rope_theta)
+            if cache is not None:
+                k, v = cache.update_kv(self.layer_idx, k, v, self.window)
+        if keep_last:
+            q = q[:, :, -keep_last:]
+        attn_kwargs = dict(causal=True, window=self.window, doc_ids=ctx.key_doc_ids(k.shape[2]),
+                           scale=self.head_dim ** -0.5, backend=ctx.backend)
+        if self.inner_cross_attn is not None:
+            o = self.inner_cross_attn(q, k, v, **attn_kwargs)
+        else:
+            o = ops.attention(q, k, v, **attn_kwargs).transpose(1, 2).flatten(2)
+        return self.out_proj(o), (k, v)
+
+
+class Phi4FlashMLP(nn.Module):
+    """SwiGLU with a fused first projection: ``fc1`` -> [gate | up], ``fc2(silu(gate) * up)`` (spec 2.2)."""
+
+    def __init__(self, config: Phi4FlashConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.fc2 = OutProj(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(F.silu(gate) * up)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoder layer and backbone
+# --------------------------------------------------------------------------------------------------------------------
+class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block ``h = x + mixer(LN1(x)); out = h + MLP(LN2(h))``; the mixer is chosen by the layer's role."""
+
+    def __init__(self, config: Phi4FlashConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.role = config.layer_role(layer_idx)
+        # In SambaY, the full-attention layer's K,V are shared with the cross-decoder and its output is the first
+        # place where the linear prefill may drop positions.
+        self.is_shared_kv_layer = config.backbone == "sambay" and self.role == "full_attn"
+        d, eps = config.hidden_size, config.layer_norm_eps
+        self.input_layernorm = nn.LayerNorm(d, eps=eps)
+        if self.role in ("mamba", "memory_mamba"):
+            self.attn = Phi4FlashMamba(config, layer_idx, exports_memory=self.role == "memory_mamba")
+        elif self.role == "gmu":
+            self.attn = Phi4FlashGMU(config)
+        else:
+            self.attn = Phi4FlashAttention(config, layer_idx, self.role)
+        self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
+        self.mlp = Phi4FlashMLP(config)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        memory: torch.Tensor | None,
+        shared_k: torch.Tensor | None,
+        shared_v: torch.Tensor | None,
+        *,
+        ctx: ForwardContext,
+        past_key_values: SambaYCache | None = None,
+    ):
+        """hidden: residual stream (fp32 or wider). Returns (hidden, memory, shared_k, shared_v)."""
+        dtype = self.input_layernorm.weight.dtype
+        x = self.input_layernorm(hidden.to(dtype))
+        if self.role in ("mamba", "memory_mamba"):
+            out, new_memory = self.attn(x, ctx, past_key_values)
+            if new_memory is not None:
+                memory = new_memory
+        elif self.role == "gmu":
+            out = self.attn(x, memory)
+        elif self.role == "cross_attn":
+            out, _ = self.attn(x, ctx, past_key_values, shared_kv=(shared_k, shared_v))
+        else:
+            keep = ctx.keep_last if self.is_shared_kv_layer else 0
+            out, (k, v) = self.attn(x, ctx, past_key_values, keep_last=keep)
+            if self.is_shared_kv_layer:
+                shared_k, shared_v = k, v
+                if keep:
+                    hidden = hidden[:, -keep:]
+                    memory = memory[:, -keep:] if memory is not None else None
+        hidden = hidden + out.to(hidden.dtype)
+        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden.to(dtype))).to(hidden.dtype)
+        return hidden, memory, shared_k, shared_v
+
+
+class Phi4FlashPreTrainedModel(PreTrainedModel):
+    config_class = Phi4FlashConfig
+    config: Phi4FlashConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Phi4FlashDecoderLayer"]
+    # Glob patterns over parameter names (from_pretrained(dtype=bf16/fp16) keeps these fp32).
+    _keep_in_fp32_modules_strict = ["attn.A_log", "attn.D", "inner_cross_attn.lambda_*"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """SP init (spec 6): N(0, initializer_range) for Linear/Embedding, residual output projections divided by
+        sqrt(2 * num_layers), biases 0, Mamba A_log = log(1..N), D = 1, dt bias = softplus^-1(log-uniform dt),
+        lambdas N(0, 0.1^2), norms 1/0. ``transformers.initialization`` skips already loaded tensors."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            scale = math.sqrt(2 * self.config.num_hidden_layers) if isinstance(module, OutProj) else 1.0
+            init.normal_(module.weight, mean=0.0, std=std / scale)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.Conv1d):
+            # PyTorch's default Conv1d init, as the reference keeps it.
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1.0 / math.sqrt(module.weight.shape[1] * module.weight.shape[2])
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+        if isinstance(module, Phi4FlashMamba):
+            n = module.d_state
+            a = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(module.A_log.shape[0], 1)
+            init.copy_(module.A_log, a.to(module.A_log.device, module.A_log.dtype))
+            init.ones_(module.D)
+            # dt ~ log-uniform in [1e-3, 0.1], floored at 1e-4; the bias is its softplus inverse.
+            dt_min, dt_max = 1e-3, 0.1
+            u = torch.rand(module.dt_proj.bias.shape, dtype=torch.float32)
+            dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+            inv_dt = dt + torch.log(-torch.expm1(-dt))
+            init.copy_(module.dt_proj.bias, inv_dt.to(module.dt_proj.bias.device, module.dt_proj.bias.dtype))
+        elif isinstance(module, DiffAttentionCore):
+            for p in (module.lambda_q1, module.lambda_k1, module.lambda_q2, module.lambda_k2):
+                init.normal_(p, mean=0.0, std=0.1)
+
+
+def _segments_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    starts = position_ids == 0
+    starts[:, 0] = True
+    return starts.long().cumsum(dim=1)
+
+
+def _boundaries(seg: torch.Tensor) -> torch.Tensor:
+    resets = torch.zeros_like(seg, dtype=torch.bool)
+    resets[:, 1:] = seg[:, 1:] != seg[:, :-1]
+    return resets
+
+
+class Phi4FlashModel(Phi4FlashPreTrainedModel):
+    """The backbone: embeddings, decoder layers, final LayerNorm."""
+
+    def __init__(self, config: Phi4FlashConfig):
+        super().__init__(config)
+        pad = config.pad_token_id
+        padding_idx = pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=padding_idx)
+        self.layers = nn.ModuleList(Phi4FlashDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _context(
+        self, batch: int, length: int, past: int, device: torch.device, attention_mask, position_ids, doc_ids,
+        keep_last: int,
+    ) -> ForwardContext:
+        seg = None
+        if doc_ids is not None:
+            if past:
+                raise ValueError("doc_ids (packed documents) cannot be combined with a non-empty cache")
+            if doc_ids.shape != (batch, length):
+                raise ValueError(f"doc_ids must have shape {(batch, length)}, got {tuple(doc_ids.shape)}")
+            seg = doc_ids.to(device)
+        elif position_ids is not None and not past and length > 1:
+            position_ids = position_ids.to(device).expand(batch, length)
+            if bool((position_ids[:, 1:] == 0).any()):
+                seg = _segments_from_position_ids(position_ids)
+        real_total = None
+        if attention_mask is not None:
+            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + length):
+                raise ValueError(
+                    f"attention_mask must be 2D [batch, past + new tokens] = [{batch}, {past + length}], "
+                    f"got {tuple(attention_mask.shape)}")
+            if not bool(attention_mask.all()):
+                real_total = attention_mask.to(device).long()
+        if real_total is not None:
+            # Padding becomes its own segment(s): a segment starts wherever the document or the mask changes.
+            full_seg = torch.zeros_like(real_total) if seg is None else torch.cat(
+                [torch.zeros_like(real_total[:, :past]), seg], dim=1)
+            starts = _boundaries(full_seg) | _boundaries(real_total)
+            seg = starts.long().cumsum(dim=1)
+        resets = None if seg is None else _boundaries(seg)[:, -length:]
+        real = None if real_total is None else real_total[:, -length:]
+        positions = torch.arange(past, past + length, device=device)
+        return ForwardContext(doc_ids=seg, resets=resets, real=real, keep_last=keep_last, positions=positions,
+                              backend=self.config.compute_backend)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: SambaYCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        doc_ids: torch.LongTensor | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """``logits_to_keep`` (int > 0): return hidden states for the last that many positions only; SambaY then runs
+        its cross-decoder on those positions only (linear prefill)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        batch, length = inputs_embeds.shape[:2]
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = SambaYCache(self.config)
+        if not use_cache:
+            past_key_values = None
+        if past_key_values is not None and not isinstance(past_key_values, SambaYCache):
+            raise TypeError(f"past_key_values must be a SambaYCache, got {type(past_key_values).__name__}")
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        keep_last = logits_to_keep if isinstance(logits_to_keep, int) and 0 < logits_to_keep < length else 0
+        if self.config.backbone == "transformer":
+            keep_last_layers = 0
+        else:
+            keep_last_layers = keep_last
+        ctx = self._context(batch, length, past, inputs_embeds.device, attention_mask, position_ids, doc_ids,
+                            keep_last_layers)
+
+        hidden = inputs_embeds.to(residual_dtype(inputs_embeds.dtype))
+        memory = shared_k = shared_v = None
+        for layer in self.layers:
+            hidden, memory, shared_k, shared_v = layer(
+                hidden, memory, shared_k, shared_v, ctx=ctx, past_key_values=past_key_values)
+        if keep_last and hidden.shape[1] != keep_last:
+            hidden = hidden[:, -keep_last:]
+        hidden = self.final_layernorm(hidden.to(self.final_layernorm.weight.dtype))
+        if past_key_values is not None:
+            past_key_values.advance(length)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+
+
+class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
+    """SambaY causal LM with a tied LM head (no ``lm_head.weight`` in checkpoints when tied)."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: Phi4FlashConfig):
+        super().__init__(config)
+        self.model = Phi4FlashModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
+        """generate() builds a SambaYCache (a DynamicCache cannot hold Mamba states)."""
+        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+            return
+        if generation_config.cache_implementation is not None:
+            raise ValueError(
+                f"cache_implementation={generation_config.cache_implementation!r} is unsupported: "
+                "Phi4Flash always uses SambaYCache")
+        model_kwargs["past_key_values"] = SambaYCache(self.config)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: SambaYCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        doc_ids: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Hugging Face causal-LM forward. ``labels`` are shifted inside (-100 ignored); the loss is the fp32 token
+        cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets."""
+        # The backbone may drop positions (linear prefill) only when no loss needs them.
+        backbone_keep = logits_to_keep if labels is None and isinstance(logits_to_keep, int) else 0
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, doc_ids=doc_ids,
+            logits_to_keep=backbone_keep,
+        )
+        hidden = outputs.last_hidden_state
+        loss = None
+        if labels is not None:
+            logits = self.lm_head(hidden)
+            loss = causal_lm_loss(logits, labels, num_items_in_batch)
+            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+                logits = logits[:, -logits_to_keep:]
+            elif isinstance(logits_to_keep, torch.Tensor):
+                logits = logits[:, logits_to_keep]
+        else:
+            if isinstance(logits_to_keep, torch.Tensor):
+                hidden = hidden[:, logits_to_keep]
+            elif logits_to_keep > 0:
+                hidden = hidden[:, -logits_to_keep:]
+            logits = self.lm_head(hidden)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token cross-entropy in fp32: sum / num_items_in_batch when given, else mean over non-ignored targets."""
+    targets = labels[:, 1:].to(logits.device)
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    flat = flat.to(residual_dtype(flat.dtype))
+    total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="sum")
+    if num_items_in_batch is None:
+        denom = (targets != -100).sum().clamp(min=1)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, device=total.device)
+    return total / denom.to(total.dtype)

@@ -1,0 +1,164 @@
+"""Scaled dot-product attention with causal / sliding-window / document / padding masks and GQA.
+
+Conventions: q [B, Hq, Tq, d], k [B, Hkv, Tk, d], v [B, Hkv, Tk, dv] (dv may differ from d: differential
+attention reads V of width 2d); query head h uses kv head h // (Hq // Hkv); query i sits at absolute position
+Tk - Tq + i; ``window=w`` lets a query see itself and the previous w-1 keys; ``doc_ids`` [B, Tk] (queries
+use the last Tq entries) blocks attention across documents; ``key_padding_mask`` [B, Tk] is True at real
+tokens. A query with no visible key returns zeros (left padding), never NaN.
+
+The pure-PyTorch path uses ``F.scaled_dot_product_attention`` (CPU and GPU). Sliding windows over long
+sequences run block by block, each query block against only the keys it can see, so memory is O(T * w)
+instead of O(T^2).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .backend import resolve_backend
+
+# Sliding-window attention goes blockwise once the full key length exceeds this many windows; below it one
+# masked SDPA call over all keys is cheaper than the Python loop over blocks.
+BLOCKWISE_MIN_WINDOWS = 4
+
+
+def _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("attention: q, k, v must be 4-D [batch, heads, time, head_dim]")
+    Bsz, Hq, Tq, d = q.shape
+    _, Hkv, Tk, dk = k.shape
+    if k.shape[0] != Bsz or v.shape[0] != Bsz or dk != d or v.shape[1] != Hkv or v.shape[2] != Tk:
+        raise ValueError(
+            f"attention: incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if Hq % Hkv != 0:
+        raise ValueError(f"attention: query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
+    if Tq > Tk:
+        raise ValueError(f"attention: more queries ({Tq}) than keys ({Tk})")
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"attention: window must be >= 1, got {window}")
+        if not causal:
+            raise ValueError("attention: a sliding window needs causal=True")
+    for name, m in (("doc_ids", doc_ids), ("key_padding_mask", key_padding_mask)):
+        if m is not None and tuple(m.shape) != (Bsz, Tk):
+            raise ValueError(f"attention: {name} must be [B, Tk] = {(Bsz, Tk)}, got {tuple(m.shape)}")
+
+
+def build_mask(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    *,
+    causal: bool,
+    window: int | None,
+    q_doc: torch.Tensor | None = None,
+    k_doc: torch.Tensor | None = None,
+    k_real: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Boolean visibility mask (True = may attend), broadcastable to [B, 1, Tq, Tk]; None = everything visible.
+
+    q_pos [Tq], k_pos [Tk]: absolute positions. q_doc [B, Tq], k_doc [B, Tk]: document ids. k_real [B, Tk].
+    """
+    mask = None
+    if causal:
+        rel = q_pos[:, None] - k_pos[None, :]  # how far back the key is
+        mask = rel >= 0
+        if window is not None:
+            mask = mask & (rel < window)
+        mask = mask[None, None]
+    if q_doc is not None:
+        same = (q_doc[:, :, None] == k_doc[:, None, :])[:, None]
+        mask = same if mask is None else mask & same
+    if k_real is not None:
+        real = k_real.to(torch.bool)[:, None, None, :]
+        mask = real if mask is None else mask & real
+    return mask
+
+
+def _sdpa(q, k, v, mask, scale, is_causal=False):
+    """SDPA with GQA; rows of ``mask`` with no visible key give zeros (and zero gradients), not NaN."""
+    gqa = q.shape[1] != k.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+    empty = ~mask.any(dim=-1, keepdim=True)  # [B|1, 1, Tq, 1]
+    # Let empty rows see every key so softmax stays finite, then zero their output.
+    safe = mask | empty
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale, enable_gqa=gqa)
+    return out.masked_fill(empty, 0.0)
+
+
+def _attention_blockwise(q, k, v, *, window, doc_ids, key_padding_mask, scale, block):
+    """Causal sliding-window attention, one query block at a time against only its visible keys."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    offset = Tk - Tq
+    outs = []
+    for i0 in range(0, Tq, block):
+        i1 = min(Tq, i0 + block)
+        # Keys visible to queries at absolute positions [offset + i0, offset + i1).
+        j0 = max(0, offset + i0 - window + 1)
+        j1 = offset + i1
+        q_pos = torch.arange(offset + i0, offset + i1, device=q.device)
+        k_pos = torch.arange(j0, j1, device=q.device)
+        mask = build_mask(
+            q_pos,
+            k_pos,
+            causal=True,
+            window=window,
+            q_doc=doc_ids[:, offset + i0 : offset + i1] if doc_ids is not None else None,
+            k_doc=doc_ids[:, j0:j1] if doc_ids is not None else None,
+            k_real=key_padding_mask[:, j0:j1] if key_padding_mask is not None else None,
+        )
+        outs.append(_sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale))
+    return torch.cat(outs, dim=2)
+
+
+def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, block=None):
+    """Pure-PyTorch attention (SDPA); same contract as ``attention``. ``block``: query block of the sliding-window
+    path (default: the window size)."""
+    _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
+    Tq, Tk = q.shape[2], k.shape[2]
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if window is not None and window >= Tk:
+        window = None  # the window covers every key: plain causal attention
+    plain = doc_ids is None and key_padding_mask is None and window is None
+    if plain and (not causal or Tq == 1):
+        return _sdpa(q, k, v, None, scale)  # a single last query sees every key
+    if plain and Tq == Tk:
+        return _sdpa(q, k, v, None, scale, is_causal=True)  # exact and uses SDPA's fused causal kernel
+    if window is not None and Tk > BLOCKWISE_MIN_WINDOWS * window:
+        return _attention_blockwise(
+            q, k, v, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale,
+            block=block or window,
+        )
+    q_pos = torch.arange(Tk - Tq, Tk, device=q.device)
+    k_pos = torch.arange(Tk, device=q.device)
+    mask = build_mask(
+        q_pos,
+        k_pos,
+        causal=causal,
+        window=window,
+        q_doc=doc_ids[:, Tk - Tq :] if doc_ids is not None else None,
+        k_doc=doc_ids,
+        k_real=key_padding_mask,
+    )
+    return _sdpa(q, k, v, mask, scale)
+
+
+def attention(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"):
+    """Attention with GQA and causal / window / document / padding masks; returns [B, Hq, Tq, dv].
+
+    See the module docstring for conventions. ``scale`` defaults to 1/sqrt(d). ``backend``: "auto" | "torch" |
+    "cuda"; the cuda backend (flash-attn) handles fp16/bf16 and hands fp32 inputs to the SDPA path.
+    """
+    if resolve_backend(backend, q.device) == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
+        from .cuda_kernels import attention_flash
+
+        return attention_flash(
+            q, k, v, causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale
+        )
+    return attention_torch(
+        q, k, v, causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale
+    )

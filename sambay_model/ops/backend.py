@@ -1,0 +1,99 @@
+"""Which compute backend runs an op: pure PyTorch ("torch") or the CUDA kernel packages ("cuda").
+
+The CUDA kernels come from three optional packages (the ``gpu`` extra): mamba-ssm, causal-conv1d and
+flash-attn. Each is probed once per process; a package that is missing *or broken* (they fail at import in
+many ways: missing ``*_cuda`` extension, ABI mismatch with torch, no GPU driver) simply counts as absent.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "torch", "cuda")
+
+
+@dataclass(frozen=True)
+class KernelProbe:
+    """Callables found in the optional CUDA packages; a field is None when its import failed.
+
+    Defaults: every field None (no kernel package importable).
+    """
+
+    selective_scan_fn: Any = None  # mamba_ssm.ops.selective_scan_interface.selective_scan_fn
+    selective_state_update: Any = None  # mamba_ssm.ops.triton.selective_state_update.selective_state_update
+    causal_conv1d_fn: Any = None  # causal_conv1d.causal_conv1d_fn
+    causal_conv1d_update: Any = None  # causal_conv1d.causal_conv1d_update
+    flash_attn_func: Any = None  # flash_attn.flash_attn_func
+    flash_attn_varlen_func: Any = None  # flash_attn.flash_attn_varlen_func
+    errors: tuple[str, ...] = ()  # one "module.attr: error" line per failed import, for error messages
+
+    @property
+    def complete(self) -> bool:
+        """True when every kernel needed by the cuda backend imported."""
+        return all(
+            f is not None
+            for f in (
+                self.selective_scan_fn,
+                self.selective_state_update,
+                self.causal_conv1d_fn,
+                self.causal_conv1d_update,
+                self.flash_attn_func,
+                self.flash_attn_varlen_func,
+            )
+        )
+
+
+_KERNELS = {
+    "selective_scan_fn": ("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn"),
+    "selective_state_update": ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update"),
+    "causal_conv1d_fn": ("causal_conv1d", "causal_conv1d_fn"),
+    "causal_conv1d_update": ("causal_conv1d", "causal_conv1d_update"),
+    "flash_attn_func": ("flash_attn", "flash_attn_func"),
+    "flash_attn_varlen_func": ("flash_attn", "flash_attn_varlen_func"),
+}
+
+
+def _import_attr(module: str, attr: str) -> Any:
+    return getattr(importlib.import_module(module), attr)
+
+
+@functools.lru_cache(maxsize=1)
+def probe_kernels() -> KernelProbe:
+    """Import each optional kernel once (cached for the process) and report what is usable."""
+    found: dict[str, Any] = {}
+    errors: list[str] = []
+    for field, (module, attr) in _KERNELS.items():
+        try:
+            found[field] = _import_attr(module, attr)
+        except Exception as exc:  # noqa: BLE001 - these packages fail at import in many ways, not only ImportError
+            errors.append(f"{module}.{attr}: {type(exc).__name__}: {exc}")
+    return KernelProbe(**found, errors=tuple(errors))
+
+
+def resolve_backend(requested: str, device: torch.device | str | None) -> str:
+    """Map a requested backend ("auto" | "torch" | "cuda") and a tensor device to "torch" or "cuda".
+
+    "auto" picks "cuda" only when the tensors are on a CUDA device and all kernels import; "torch" always
+    means pure PyTorch; "cuda" raises when the kernels are missing or the tensors are not on a GPU.
+    """
+    if requested not in BACKENDS:
+        raise ValueError(f"compute_backend must be one of {BACKENDS}, got {requested!r}")
+    if requested == "torch":
+        return "torch"
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if requested == "auto":
+        return "cuda" if on_cuda and probe_kernels().complete else "torch"
+    probe = probe_kernels()
+    if not probe.complete:
+        detail = "\n  ".join(probe.errors) or "unknown import failure"
+        raise RuntimeError(
+            "compute_backend='cuda' needs mamba-ssm, causal-conv1d and flash-attn (pip install "
+            "--no-build-isolation -e .[gpu] on a CUDA machine); these imports failed:\n  " + detail
+        )
+    if not on_cuda:
+        raise RuntimeError(f"compute_backend='cuda' needs tensors on a CUDA device, got device {device}")
+    return "cuda"

@@ -1,0 +1,214 @@
+"""Mamba-1 (S6) selective scan with document resets, in pure PyTorch, plus the one-token decode step.
+
+Recurrence per batch b, channel d, state n (all math in fp32 whatever the input dtype):
+
+    h_t = exp(delta_t * A) * h_{t-1} * (1 - reset_t) + delta_t * B_t * u_t
+    y_t = sum_n C_t,n * h_t,n + D * u_t
+
+``selective_scan`` returns the pre-gate ``y`` (the model multiplies by silu(z) itself, because the GMU memory is
+the pre-gate output). The scan is a custom autograd.Function: forward and backward each run the chunked linear
+scan of ``linear_scan.py`` (backward runs the adjoint recurrence in reverse), recomputing the [T, B, D, N]
+states instead of saving them, so autograd memory is O(inputs) rather than O(B * D * N * T) per layer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import resolve_backend
+from .linear_scan import DEFAULT_CHUNK, linear_scan
+
+# Upper bound on elements of one [T, B, Dblock, N] work tensor: channels are processed in blocks so that the
+# official width (d_inner = 5120) at long T does not need several GiB per tensor.
+_MAX_BLOCK_ELEMENTS = 1 << 24
+
+
+def _channel_blocks(T: int, Bsz: int, Dch: int, N: int) -> list[tuple[int, int]]:
+    per_channel = max(1, T * Bsz * N)
+    step = max(1, min(Dch, _MAX_BLOCK_ELEMENTS // per_channel))
+    return [(d0, min(Dch, d0 + step)) for d0 in range(0, Dch, step)]
+
+
+def _decays(delta_t: torch.Tensor, A: torch.Tensor, keep_t: torch.Tensor | None) -> torch.Tensor:
+    """exp(delta * A) as [T, B, D, N]; zero at reset tokens (keep_t: [T, B, 1, 1] float, 0 at a reset)."""
+    e = torch.exp(delta_t.unsqueeze(-1) * A)
+    if keep_t is not None:
+        e.mul_(keep_t)
+    return e
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Core scan on fp32 time-major inputs: u_t, delta_t [T, B, D]; A [D, N]; B_t, C_t [T, B, N]; h0 [B, D, N]."""
+
+    @staticmethod
+    def forward(ctx, u_t, delta_t, A, B_t, C_t, keep_t, h0, chunk):
+        T, Bsz, Dch = u_t.shape
+        N = A.shape[1]
+        y = torch.empty(T, Bsz, Dch, dtype=u_t.dtype, device=u_t.device)
+        last = torch.empty(Bsz, Dch, N, dtype=u_t.dtype, device=u_t.device)
+        for d0, d1 in _channel_blocks(T, Bsz, Dch, N):
+            H = _states(u_t[:, :, d0:d1], delta_t[:, :, d0:d1], A[d0:d1], B_t, keep_t, h0[:, d0:d1], chunk)
+            # y_t = H_t @ C_t as a batched mat-vec over (t, b).
+            y[:, :, d0:d1] = torch.matmul(H, C_t.unsqueeze(-1)).squeeze(-1)
+            last[:, d0:d1] = H[-1]
+        ctx.save_for_backward(u_t, delta_t, A, B_t, C_t, keep_t, h0)
+        ctx.chunk = chunk
+        return y, last
+
+    @staticmethod
+    def backward(ctx, g_y, g_last):
+        u_t, delta_t, A, B_t, C_t, keep_t, h0 = ctx.saved_tensors
+        chunk = ctx.chunk
+        T, Bsz, Dch = u_t.shape
+        N = A.shape[1]
+        g_u = torch.empty_like(u_t)
+        g_delta = torch.empty_like(delta_t)
+        g_A = torch.empty_like(A)
+        g_B = torch.zeros_like(B_t)
+        g_C = torch.zeros_like(C_t)
+        g_h0 = torch.empty_like(h0)
+        if g_y is None:
+            g_y = torch.zeros_like(u_t)
+        for d0, d1 in _channel_blocks(T, Bsz, Dch, N):
+            u, dl, Ab = u_t[:, :, d0:d1], delta_t[:, :, d0:d1], A[d0:d1]
+            e = _decays(dl, Ab, keep_t)
+            du = dl * u
+            H = linear_scan(e, du.unsqueeze(-1) * B_t.unsqueeze(2), h0[:, d0:d1], chunk)
+            gy = g_y[:, :, d0:d1]
+            # Adjoint: G_t = dL/dh_t = C_t gy_t + e_{t+1} G_{t+1}; h_last = h_{T-1} seeds G with g_last.
+            x_adj = gy.unsqueeze(-1) * C_t.unsqueeze(2)
+            e_next = torch.empty_like(e)
+            e_next[:-1] = e[1:]
+            e_next[-1] = 1.0
+            seed = g_last[:, d0:d1] if g_last is not None else None
+            if seed is None:
+                e_next[-1] = 0.0
+                seed = torch.zeros_like(h0[:, d0:d1])
+            G = linear_scan(e_next.flip(0), x_adj.flip(0), seed, chunk).flip(0)
+            del e_next, x_adj
+            # Decay gradient: d/da_t of e_t h_{t-1} with e_t = exp(a_t), a_t = delta_t A.
+            g_a = G * e
+            g_a[1:] *= H[:-1]
+            g_a[0] *= h0[:, d0:d1]
+            g_h0[:, d0:d1] = G[0] * e[0]
+            del e
+            GB = torch.matmul(G, B_t.unsqueeze(-1)).squeeze(-1)  # sum_n G B: [T, B, Dblk]
+            g_delta[:, :, d0:d1] = (g_a * Ab).sum(-1) + GB * u
+            g_u[:, :, d0:d1] = GB * dl
+            g_A[d0:d1] = torch.einsum("tbdn,tbd->dn", g_a, dl)
+            g_B += torch.matmul(du.unsqueeze(-2), G).squeeze(-2)
+            g_C += torch.matmul(gy.unsqueeze(-2), H).squeeze(-2)
+        return g_u, g_delta, g_A, g_B, g_C, None, g_h0, None
+
+
+def _states(u, dl, A, B_t, keep_t, h0, chunk):
+    e = _decays(dl, A, keep_t)
+    return linear_scan(e, (dl * u).unsqueeze(-1) * B_t.unsqueeze(2), h0, chunk)
+
+
+def _check_scan_shapes(u, delta, A, B, C, D, resets, initial_state) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be [batch, channels, time], got shape {tuple(u.shape)}")
+    Bsz, Dch, T = u.shape
+    N = A.shape[-1]
+    expected = {
+        "delta": (delta, (Bsz, Dch, T)),
+        "A": (A, (Dch, N)),
+        "B": (B, (Bsz, N, T)),
+        "C": (C, (Bsz, N, T)),
+    }
+    if D is not None:
+        expected["D"] = (D, (Dch,))
+    if resets is not None:
+        expected["resets"] = (resets, (Bsz, T))
+    if initial_state is not None:
+        expected["initial_state"] = (initial_state, (Bsz, Dch, N))
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, resets=None, initial_state=None,
+    return_last_state=False, chunk: int = DEFAULT_CHUNK,
+):
+    """Pure-PyTorch selective scan; same contract as ``selective_scan``."""
+    _check_scan_shapes(u, delta, A, B, C, D, resets, initial_state)
+    Bsz, Dch, T = u.shape
+    N = A.shape[-1]
+    f32 = torch.float32
+    dl = delta.to(f32)
+    if delta_bias is not None:
+        dl = dl + delta_bias.to(f32).unsqueeze(-1)
+    if delta_softplus:
+        dl = F.softplus(dl)
+    # Time-major fp32 copies: every time slice of the scan is then one contiguous block.
+    u_t = u.to(f32).permute(2, 0, 1).contiguous()
+    delta_t = dl.permute(2, 0, 1).contiguous()
+    B_t = B.to(f32).permute(2, 0, 1).contiguous()
+    C_t = C.to(f32).permute(2, 0, 1).contiguous()
+    keep_t = None
+    if resets is not None:
+        keep_t = (~resets.to(torch.bool)).to(f32).t().reshape(T, Bsz, 1, 1).contiguous()
+    if initial_state is None:
+        h0 = torch.zeros(Bsz, Dch, N, dtype=f32, device=u.device)
+    else:
+        h0 = initial_state.to(f32)
+    y_t, last = _SelectiveScan.apply(u_t, delta_t, A.to(f32), B_t, C_t, keep_t, h0, chunk)
+    y = y_t.permute(1, 2, 0)
+    if D is not None:
+        y = y + D.to(f32).unsqueeze(-1) * u.to(f32)
+    y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+def selective_scan(
+    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, resets=None, initial_state=None,
+    return_last_state=False, *, backend: str = "auto",
+):
+    """Mamba-1 selective scan returning the pre-gate output y (including D * u) [and the last state].
+
+    Shapes: u, delta [B, D, T]; A [D, N] (negative, A = -exp(A_log)); B, C [B, N, T]; D, delta_bias [D];
+    resets [B, T] bool, True where a new document starts (the carried state, including ``initial_state``, is
+    zeroed before that token); initial_state [B, D, N]. y has u's dtype; the last state [B, D, N] is fp32.
+    ``backend``: "auto" | "torch" | "cuda" (see ``backend.resolve_backend``).
+    """
+    if resolve_backend(backend, u.device) == "cuda":
+        from .cuda_kernels import selective_scan_cuda
+
+        return selective_scan_cuda(
+            u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
+        )
+    return selective_scan_torch(
+        u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
+    )
+
+
+def selective_state_update_torch(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True):
+    """One decode step in pure PyTorch; same contract as ``selective_state_update``."""
+    f32 = torch.float32
+    dt = dt.to(f32)
+    if dt_bias is not None:
+        dt = dt + dt_bias.to(f32)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    xf = x.to(f32)
+    decay = torch.exp(dt.unsqueeze(-1) * A.to(f32))  # [B, D, N]
+    new_state = decay * state.to(f32) + (dt * xf).unsqueeze(-1) * B.to(f32).unsqueeze(1)
+    y = torch.matmul(new_state, C.to(f32).unsqueeze(-1)).squeeze(-1)
+    if D is not None:
+        y = y + D.to(f32) * xf
+    return y.to(x.dtype), new_state.to(state.dtype)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, *, backend: str = "auto"):
+    """One recurrent step for decoding: returns (y [B, D], new_state [B, D, N]); ``state`` is not modified.
+
+    Shapes: state [B, D, N]; x, dt [B, D]; A [D, N]; B, C [B, N]; D, dt_bias [D]. Math in fp32; y has x's
+    dtype and new_state has state's dtype. Consistent with ``selective_scan`` run token by token.
+    """
+    if resolve_backend(backend, x.device) == "cuda":
+        from .cuda_kernels import selective_state_update_cuda
+
+        return selective_state_update_cuda(state, x, dt, A, B, C, D, dt_bias, dt_softplus)
+    return selective_state_update_torch(state, x, dt, A, B, C, D, dt_bias, dt_softplus)

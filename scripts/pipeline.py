@@ -1,0 +1,315 @@
+"""Run the whole SambaY pipeline (prepare -> pretrain -> SFT stages -> DPO, evaluating after each) from one recipe.
+
+    python scripts/pipeline.py                          # recipes/pipeline/demo.yaml, the CPU demo
+    python scripts/pipeline.py --config-name=smoke      # a few steps per stage
+    python scripts/pipeline.py nproc_per_node=8 stages.pretrain.overrides.trainer.max_steps=2000
+
+Each stage is a subprocess (``torchrun -m <entry>`` or ``python -m <entry>``) whose output is also appended to
+``<run_dir>/logs/<stage>.log``. A stage whose ``done`` file exists is skipped; relaunching an interrupted stage
+resumes it (the trainers restart from their latest checkpoint). After each evaluation stage its gate is checked
+and the report (``<run_dir>/report.md``, ``report.png``, ``metrics.json``) is rebuilt with ``train.report``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+if not __package__:  # run as a file: make the checkout's packages importable without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from scripts.pipeline_config import PipelineConfig, StageConfig, register_configs
+
+LAUNCHERS = ("torchrun", "python")
+# Hydra override values made only of these characters need no quoting.
+_PLAIN_VALUE = re.compile(r"^[\w./:@+-]+$")
+
+
+class PipelineError(RuntimeError):
+    """A pipeline recipe is invalid or a stage failed."""
+
+
+def hydra_value(value) -> str:
+    """Render a Python value as a Hydra command-line override value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if _PLAIN_VALUE.match(text) and text not in ("null", "true", "false"):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def flatten_overrides(overrides: Mapping, prefix: str = "") -> list[str]:
+    """``{"trainer": {"max_steps": 5}, "+a.b": [1]}`` -> ``["trainer.max_steps=5", "+a.b=[1]"]``.
+
+    Nested mappings become dotted keys; a key starting with ``+`` (Hydra: add a new key) keeps the ``+``
+    in front of the whole dotted path, and its value is passed whole.
+    """
+    out = []
+    for key, value in overrides.items():
+        key = str(key)
+        add = key.startswith("+") or prefix.startswith("+")
+        path = (prefix.lstrip("+") + "." if prefix else "") + key.lstrip("+")
+        path = ("+" if add else "") + path
+        if isinstance(value, Mapping) and value and not key.startswith("+"):
+            out += flatten_overrides(value, path)
+        else:
+            out.append(f"{path}={hydra_value(value)}")
+    return out
+
+
+def stage_dir(cfg: PipelineConfig, name: str) -> Path:
+    stage = cfg.stages[name]
+    return Path(stage.dir) if stage.dir else Path(cfg.run_dir) / name
+
+
+def done_path(cfg: PipelineConfig, name: str) -> Path:
+    return stage_dir(cfg, name) / cfg.stages[name].done
+
+
+def is_done(cfg: PipelineConfig, name: str) -> bool:
+    return done_path(cfg, name).exists()
+
+
+def stage_args(cfg: PipelineConfig, name: str) -> list[str]:
+    """The entry module followed by its arguments (what comes after ``-m``)."""
+    stage = cfg.stages[name]
+    args = [stage.entry]
+    if stage.recipe:
+        args.append(f"--config-name={stage.recipe}")
+    if stage.dir_key:
+        args.append(f"{stage.dir_key}={hydra_value(str(stage_dir(cfg, name)))}")
+    return args + flatten_overrides(stage.overrides)
+
+
+def stage_nproc(cfg: PipelineConfig, name: str) -> int:
+    stage = cfg.stages[name]
+    return 1 if stage.launcher == "python" else (stage.nproc or cfg.nproc_per_node)
+
+
+def launch_command(cfg: PipelineConfig, name: str) -> list[str]:
+    """The full single-node command line of a stage (torchrun standalone, or plain python)."""
+    args = stage_args(cfg, name)
+    if cfg.stages[name].launcher == "python":
+        return [sys.executable, "-m", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={stage_nproc(cfg, name)}", "-m", *args]
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Raise PipelineError naming the stage and key of the first problem in the recipe."""
+    from train.gates import Gate
+
+    if not cfg.stages:
+        raise PipelineError("pipeline recipe declares no stages")
+    if cfg.nproc_per_node < 1:
+        raise PipelineError(f"nproc_per_node must be >= 1, got {cfg.nproc_per_node}")
+    seen: list[str] = []
+    for name, stage in cfg.stages.items():
+        where = f"stages.{name}"
+        if not stage.entry:
+            raise PipelineError(f"{where}.entry: no entry module given")
+        if stage.launcher not in LAUNCHERS:
+            raise PipelineError(f"{where}.launcher: {stage.launcher!r} is not one of {LAUNCHERS}")
+        if stage.nproc is not None and stage.nproc < 1:
+            raise PipelineError(f"{where}.nproc: must be >= 1, got {stage.nproc}")
+        if not stage.done:
+            raise PipelineError(f"{where}.done: a stage needs a file that marks it complete")
+        if stage.eval_of:
+            if stage.eval_of not in seen:
+                raise PipelineError(f"{where}.eval_of: {stage.eval_of!r} is not a stage declared before {name!r}")
+            if stage.done != "eval.json":
+                raise PipelineError(f"{where}.done: an evaluation stage is complete when eval.json exists, "
+                                    f"got {stage.done!r}")
+        if stage.gate is not None:
+            if not stage.eval_of:
+                raise PipelineError(f"{where}.gate: gates belong on evaluation stages (set eval_of)")
+            try:
+                Gate.from_mapping(stage.gate, where=f"{where}.gate")
+            except ValueError as err:
+                raise PipelineError(str(err)) from None
+        seen.append(name)
+    for name in cfg.only or []:
+        if name not in cfg.stages:
+            raise PipelineError(f"only: unknown stage {name!r}; stages are {list(cfg.stages)}")
+
+
+def model_dir(cfg: PipelineConfig, name: str) -> Path:
+    """Where a training stage keeps its run (the parent of its ``done`` file): curves and eval land there."""
+    return done_path(cfg, name).parent
+
+
+def stage_results(cfg: PipelineConfig) -> list:
+    """One ``train.report.StageResult`` per evaluated stage, named by its path under ``run_dir``."""
+    from train.report import load_stage
+
+    results = []
+    for name, stage in cfg.stages.items():
+        if not stage.eval_of or not is_done(cfg, name):
+            continue
+        trained = model_dir(cfg, stage.eval_of)
+        result = load_stage(trained, name=_relative_name(trained, cfg.run_dir), gate=stage.gate)
+        result.metrics.update(json.loads((stage_dir(cfg, name) / "eval.json").read_text()))
+        results.append(result)
+    return results
+
+
+def _relative_name(path: Path, root: str) -> str:
+    try:
+        return path.resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def write_report(cfg: PipelineConfig) -> Path | None:
+    from train.report import write_report as _write
+
+    results = stage_results(cfg)
+    if not results:
+        return None
+    return _write(cfg.run_dir, results)
+
+
+def check_stage_gate(cfg: PipelineConfig, name: str) -> None:
+    """Raise ``train.gates.GateFailed`` when the evaluation stage ``name`` misses its gate."""
+    from train.gates import check_gate
+
+    stage = cfg.stages[name]
+    if stage.gate is None:
+        return
+    metrics = json.loads((stage_dir(cfg, name) / "eval.json").read_text())
+    check_gate(stage.eval_of, metrics, stage.gate)
+
+
+def run_stage(cfg: PipelineConfig, name: str) -> None:
+    """Run one stage as a subprocess, echoing and appending its output to ``<run_dir>/logs/<name>.log``."""
+    cmd = launch_command(cfg, name)
+    log_path = Path(cfg.run_dir) / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{k: str(v) for k, v in cfg.env.items()}}
+    print(f"[pipeline] stage {name}: {' '.join(cmd)}", flush=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        # A scheduler's SIGTERM reaches only this process: hand it on so the stage can checkpoint and exit.
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                log.write(chunk)
+            rc = proc.wait()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if rc != 0:
+        raise PipelineError(f"stage {name!r} failed with exit status {rc}; log: {log_path}")
+    if not is_done(cfg, name):
+        raise PipelineError(f"stage {name!r} exited 0 but did not write {done_path(cfg, name)}; log: {log_path}")
+
+
+def write_plan(cfg: PipelineConfig) -> list[str]:
+    """Write ``<run_dir>/plan/<stage>.args`` (one argument per line) for each pending stage.
+
+    Returns ``"<stage> <nproc> <launcher> <args file>"`` lines, the input of ``slurm/submit.sh``.
+    """
+    plan_dir = Path(cfg.run_dir) / "plan"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name in selected_stages(cfg):
+        if is_done(cfg, name):
+            continue
+        args = stage_args(cfg, name)
+        if any("\n" in a for a in args):
+            raise PipelineError(f"stages.{name}: an argument contains a newline; cannot write a plan")
+        path = plan_dir / f"{name}.args"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(args) + "\n")
+        os.replace(tmp, path)
+        lines.append(f"{name} {stage_nproc(cfg, name)} {cfg.stages[name].launcher} {path}")
+    return lines
+
+
+def selected_stages(cfg: PipelineConfig) -> list[str]:
+    return [n for n in cfg.stages if cfg.only is None or n in cfg.only]
+
+
+def run_pipeline(cfg: PipelineConfig) -> Path | None:
+    """Run every pending stage in order; return the report path (None when nothing was evaluated).
+
+    Raises PipelineError when a stage fails and ``train.gates.GateFailed`` when a gate fails (after the
+    report has been written) and ``fail_on_gate`` is set.
+    """
+    from train.gates import GateFailed
+
+    validate(cfg)
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    for name in selected_stages(cfg):
+        stage = cfg.stages[name]
+        if is_done(cfg, name):
+            print(f"[pipeline] stage {name}: complete ({done_path(cfg, name)} exists), skipping", flush=True)
+        else:
+            run_stage(cfg, name)
+        if stage.eval_of:
+            report = write_report(cfg)
+            try:
+                check_stage_gate(cfg, name)
+            except GateFailed as err:
+                if cfg.fail_on_gate:
+                    raise GateFailed(f"{err}; report: {report}") from None
+                print(f"[pipeline] {err} (fail_on_gate=false: going on)", flush=True)
+    return write_report(cfg)
+
+
+def to_config(cfg: DictConfig) -> PipelineConfig:
+    """Resolve a Hydra config into the typed schema (interpolations resolved, unknown keys rejected)."""
+    schema = OmegaConf.structured(PipelineConfig)
+    merged = OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=True))
+    pipe: PipelineConfig = OmegaConf.to_object(merged)
+    return pipe
+
+
+register_configs()
+
+
+@hydra.main(config_path="../recipes/pipeline", config_name="demo", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from train.gates import GateFailed
+
+    pipe = to_config(cfg)
+    try:
+        if pipe.plan:
+            validate(pipe)
+            for line in write_plan(pipe):
+                print(line)
+            return
+        report = run_pipeline(pipe)
+    except (PipelineError, GateFailed) as err:
+        print(f"[pipeline] error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if report is None:
+        print(f"[pipeline] done; no evaluation stage ran, so there is no report in {pipe.run_dir}", flush=True)
+    else:
+        print(f"[pipeline] done. Report: {report} (plots: {report.with_suffix('.png')})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

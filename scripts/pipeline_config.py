@@ -1,0 +1,79 @@
+"""Typed schema of the pipeline recipes in ``recipes/pipeline/`` (registered with Hydra's ConfigStore).
+
+A pipeline is an ordered mapping of stages. Each stage runs one entry point (``python -m <entry>``) as a
+subprocess, through ``torchrun`` unless it asks for a plain ``python`` process, and is complete once its
+``done`` file exists; completed stages are skipped when the pipeline is relaunched.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class StageConfig:
+    """One pipeline stage.
+
+    entry: Python module run with ``-m`` (e.g. ``train.pretrain``) (default ``""``: invalid, every stage sets it).
+    recipe: Hydra config name passed as ``--config-name`` (default ``demo``; ``""``: none passed).
+    dir: the stage's output directory (default ``""``: ``<run_dir>/<stage name>``).
+    dir_key: override key that points the entry point at ``dir`` (default ``run.dir``; ``""``: not passed).
+    done: path relative to ``dir`` whose existence marks the stage complete (default ``DONE``).
+    launcher: ``torchrun`` (default) or ``python`` (one plain process, e.g. data preparation).
+    nproc: processes per node under torchrun (default ``None``: the pipeline's ``nproc_per_node``).
+    overrides: Hydra overrides for the entry point, nested mappings or dotted keys; a key starting with
+        ``+`` adds a key (default empty).
+    eval_of: for an evaluation stage, the name of the stage whose model it scores; its ``dir`` must then
+        hold ``eval.json`` (default ``""``: not an evaluation stage).
+    gate: bounds the evaluation must satisfy, ``{metric, min, max}`` as in ``train.gates.Gate``
+        (default ``None``: no gate). Only on evaluation stages.
+    """
+
+    entry: str = ""
+    recipe: str = "demo"
+    dir: str = ""
+    dir_key: str = "run.dir"
+    done: str = "DONE"
+    launcher: str = "torchrun"
+    nproc: Optional[int] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    eval_of: str = ""
+    gate: Optional[dict[str, Any]] = None
+
+
+@dataclass
+class PipelineConfig:
+    """Schema of ``scripts/pipeline.py`` recipes.
+
+    name: pipeline name (default ``demo``).
+    run_dir: pipeline run directory holding one sub-directory per stage, ``report.md`` and ``report.png``
+        (default ``runs/${name}``).
+    data_dir: where ``data.prepare`` writes and the other stages read (default ``artifacts/data/demo``); the
+        recipes pass it on with ``${data_dir}`` interpolations.
+    nproc_per_node: torchrun processes per node for stages that do not set ``nproc`` (default 1).
+    stages: the stages, run in this order (default empty; recipes declare them).
+    only: run just these stages (default ``None``: all); the others must not be needed or already be done.
+    plan: write each pending stage's command to ``<run_dir>/plan/<stage>.args`` and print
+        ``<stage> <nproc> <launcher> <args file>`` lines instead of running (used by ``slurm/submit.sh``)
+        (default False).
+    fail_on_gate: a failing gate stops the pipeline with exit status 1 after writing the report
+        (default True; False: record it in the report and go on).
+    env: extra environment variables for every stage process (default empty).
+    """
+
+    name: str = "demo"
+    run_dir: str = "runs/${name}"
+    data_dir: str = "artifacts/data/demo"
+    nproc_per_node: int = 1
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+    only: Optional[list[str]] = None
+    plan: bool = False
+    fail_on_gate: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    """Register the schema as ``pipeline_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

@@ -1,0 +1,175 @@
+"""Cached decoding, linear prefill, left-padded batched generation and cache size of the SambaY model."""
+import pytest
+import torch
+
+import sambay_model  # noqa: F401  (registers the Auto classes)
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
+
+VOCAB = 128
+
+
+def tiny_config(**overrides) -> Phi4FlashConfig:
+    values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4,
+                  num_key_value_heads=2, sliding_window=8, bos_token_id=0, eos_token_id=1, pad_token_id=2,
+                  compute_backend="torch")
+    values.update(overrides)
+    return Phi4FlashConfig(**values)
+
+
+def build(seed=0, dtype=torch.float64, **overrides) -> Phi4FlashForCausalLM:
+    torch.manual_seed(seed)
+    return Phi4FlashForCausalLM(tiny_config(**overrides)).to(dtype).eval()
+
+
+VARIANTS = [
+    pytest.param({}, id="sambay"),
+    pytest.param({"use_gmu": False}, id="samba_yoco"),
+    pytest.param({"use_diff_attn": False}, id="no_diff_attn"),
+    pytest.param({"backbone": "transformer"}, id="transformer"),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_stepwise_decode_matches_full_forward_past_the_window(overrides):
+    model = build(**overrides)
+    ids = torch.randint(3, VOCAB, (2, 40))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = SambaYCache(model.config)
+        prompt = 5
+        steps = [model(ids[:, :prompt], past_key_values=cache, use_cache=True).logits]
+        for t in range(prompt, ids.shape[1]):
+            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+    stepped = torch.cat(steps, dim=1)
+    assert cache.get_seq_length() == 40
+    torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_prefill_matches_full_forward():
+    model = build()
+    ids = torch.randint(3, VOCAB, (2, 30))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = SambaYCache(model.config)
+        a = model(ids[:, :11], past_key_values=cache, use_cache=True).logits
+        b = model(ids[:, 11:], past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_prefill_runs_cross_decoder_on_last_position_only():
+    model = build()
+    ids = torch.randint(3, VOCAB, (2, 24))
+    seen_lengths = {}
+
+    def record(module, args, kwargs, output):
+        seen_lengths[module.layer_idx] = output[0].shape[1]
+
+    hooks = [layer.register_forward_hook(record, with_kwargs=True) for layer in model.model.layers]
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = SambaYCache(model.config)
+        last = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        for h in hooks:
+            h.remove()
+        nxt = torch.randint(3, VOCAB, (2, 1))
+        step = model(nxt, past_key_values=cache, use_cache=True).logits
+        ref_step = model(torch.cat([ids, nxt], 1), use_cache=False).logits[:, -1:]
+    # Layers 0..L/2 see every token; from the full-attention layer (L/2+1) on, only the last position is computed.
+    assert seen_lengths == {0: 24, 1: 24, 2: 24, 3: 24, 4: 24, 5: 1, 6: 1, 7: 1}
+    # ... but the shared K,V of layer L/2+1 still hold every prompt token.
+    assert cache.key_cache[5].shape[2] == 24
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-5)
+
+
+def _left_pad(seqs, pad_id):
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("overrides", [VARIANTS[0], VARIANTS[3]])
+def test_batched_left_padded_greedy_generate_equals_per_sequence(overrides):
+    model = build(**overrides)
+    g = torch.Generator().manual_seed(1)
+    # Lengths straddle the conv width (4) and the window (8); the shortest prompt is a single token.
+    seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (13, 1, 3, 9)]
+    ids, mask = _left_pad(seqs, pad_id=2)
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=2, eos_token_id=None)
+    with torch.no_grad():
+        batched = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        for i, s in enumerate(seqs):
+            alone = model.generate(input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s), dtype=torch.long),
+                                   **kwargs)
+            assert batched[i, ids.shape[1]:].tolist() == alone[0, len(s):].tolist(), f"sequence {i} differs"
+
+
+def test_left_padded_logits_equal_unpadded_and_pads_do_not_leak():
+    model = build()
+    seq = torch.randint(3, VOCAB, (1, 6))
+    with torch.no_grad():
+        ref = model(seq, use_cache=False).logits
+        for pad_token in (2, 77):  # the pad content must not matter
+            ids = torch.cat([torch.full((1, 5), pad_token), seq], 1)
+            mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
+            cache = SambaYCache(model.config)
+            out = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, 5:]
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            nxt = torch.tensor([[9]])
+            step = model(nxt, attention_mask=torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], 1),
+                         past_key_values=cache, use_cache=True).logits
+            ref_step = model(torch.cat([seq, nxt], 1), use_cache=False).logits[:, -1:]
+            torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_generate_is_seeded_and_batched():
+    model = build(dtype=torch.float32)
+    ids, mask = _left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=2)
+    kwargs = dict(max_new_tokens=6, do_sample=True, top_k=20, temperature=0.9, pad_token_id=2, eos_token_id=None)
+    torch.manual_seed(3)
+    a = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    torch.manual_seed(3)
+    b = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+    assert a.shape == (2, 11)
+    assert torch.equal(a, b)
+    assert int(a.max()) < VOCAB and int(a.min()) >= 0
+
+
+def theoretical_cache_bytes(cfg: Phi4FlashConfig, batch: int, tokens: int, elem: int) -> int:
+    """Spec 5.1: Mamba conv (d_conv - 1 raw inputs) + SSM state; SWA K,V of min(window, tokens); one full K,V."""
+    L, d_inner, n = cfg.num_hidden_layers, cfg.mamba_expand * cfg.hidden_size, cfg.mamba_d_state
+    kv_per_token = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    n_mamba = L // 4 + 1  # even layers up to and including L/2
+    n_swa = L // 4  # odd layers below L/2
+    mamba = n_mamba * d_inner * ((cfg.mamba_d_conv - 1) + n)
+    swa = n_swa * kv_per_token * min(cfg.sliding_window[1], tokens)
+    full = kv_per_token * tokens
+    return batch * (mamba + swa + full) * elem
+
+
+@pytest.mark.parametrize("tokens", [3, 8, 29])
+def test_cache_bytes_match_theory(tokens):
+    model = build(dtype=torch.float32)
+    cache = SambaYCache(model.config)
+    with torch.no_grad():
+        model(torch.randint(3, VOCAB, (2, tokens - 1)), past_key_values=cache, use_cache=True)
+        model(torch.randint(3, VOCAB, (2, 1)), past_key_values=cache, use_cache=True)
+    assert cache.nbytes() == theoretical_cache_bytes(model.config, 2, tokens, 4)
+    # Only the full-attention layer (5) and the SWA layers (1, 3) store K,V; cross layers store nothing.
+    assert sorted(cache.key_cache) == [1, 3, 5]
+    assert sorted(cache.ssm_states) == [0, 2, 4]
+
+
+def test_transformer_baseline_cache_grows_in_every_layer():
+    model = build(dtype=torch.float32, backbone="transformer")
+    cache = SambaYCache(model.config)
+    with torch.no_grad():
+        model(torch.randint(3, VOCAB, (1, 10)), past_key_values=cache, use_cache=True)
+    cfg = model.config
+    kv_per_token = 2 * cfg.num_key_value_heads * cfg.head_dim
+    assert cache.nbytes() == cfg.num_hidden_layers * kv_per_token * 10 * 4

@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from train.gates import Gate, GateFailed, check_gate, main
+
+
+def test_gate_passes_at_and_above_min():
+    check_gate("sft", {"accuracy": 0.1}, {"metric": "accuracy", "min": 0.1})
+    check_gate("sft", {"accuracy": 0.5}, Gate("accuracy", min=0.1))
+    check_gate("sft", {"accuracy": 0.0}, None)
+
+
+def test_gate_fails_below_min_with_clear_message():
+    with pytest.raises(GateFailed, match=r"stage 'sft'.*accuracy = 0.05 < min 0.1"):
+        check_gate("sft", {"accuracy": 0.05}, {"metric": "accuracy", "min": 0.1})
+
+
+def test_gate_max_bound():
+    with pytest.raises(GateFailed, match="perplexity = 120 > max 100"):
+        check_gate("pretrain", {"perplexity": 120.0}, {"metric": "perplexity", "max": 100})
+
+
+def test_missing_or_nan_metric_fails():
+    with pytest.raises(GateFailed, match="'accuracy' was not reported"):
+        check_gate("dpo", {"loss": 1.0}, {"metric": "accuracy", "min": 0.1})
+    with pytest.raises(GateFailed, match="not a number"):
+        check_gate("dpo", {"accuracy": float("nan")}, {"metric": "accuracy", "min": 0.1})
+
+
+def test_bad_gate_spec_names_key():
+    with pytest.raises(ValueError, match="unknown key.*minimum"):
+        check_gate("sft", {"accuracy": 1.0}, {"metric": "accuracy", "minimum": 0.1})
+    with pytest.raises(ValueError, match="at least one of 'min' or 'max'"):
+        check_gate("sft", {"accuracy": 1.0}, {"metric": "accuracy"})
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    path = tmp_path / "sft" / "eval.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"accuracy": 0.05}))
+    assert main(["--metrics", str(path), "--metric", "accuracy", "--min", "0.1"]) == 1
+    assert "gate failed for stage 'sft'" in capsys.readouterr().err
+    assert main(["--metrics", str(path), "--metric", "accuracy", "--min", "0.01"]) == 0
+
+
+def test_cli_module_nonzero_exit(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"accuracy": 0.0}))
+    proc = subprocess.run([sys.executable, "-m", "train.gates", "--metrics", str(path), "--stage", "sft",
+                           "--metric", "accuracy", "--min", "0.1"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "gate failed for stage 'sft'" in proc.stderr

@@ -1,0 +1,328 @@
+"""Typed configuration schemas shared by the training entry points.
+
+Every recipe in ``recipes/`` is merged onto one of these dataclasses (registered in Hydra's ConfigStore by
+:func:`register_configs`), so an override of a key that does not exist fails with an error naming the key.
+Defaults are stated in each class docstring; recipes override them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives.
+
+    name: run name, also the default W&B run name (default ``MISSING``: every recipe sets one).
+    dir: run directory shared by all ranks (default ``runs/${run.name}``). Relaunching with the same
+        directory resumes the run.
+    """
+
+    name: str = MISSING
+    dir: str = "runs/${run.name}"
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging (rank 0 only).
+
+    project: W&B project (default ``sambay``).
+    name: W&B run name (default ``None`` = ``run.name``).
+    entity: W&B entity (default ``None`` = the account default).
+    tags: run tags (default empty).
+    mode: ``auto`` (default: ``online`` when an API key is configured via WANDB_API_KEY or netrc, else
+        ``offline``), ``online``, ``offline`` or ``disabled``. The WANDB_MODE environment variable wins.
+    group: W&B group (default ``None``).
+    """
+
+    project: str = "sambay"
+    name: Optional[str] = None
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"
+    group: Optional[str] = None
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed engine settings (turned into a DeepSpeed JSON config by ``train.distributed``).
+
+    zero_stage: ZeRO stage 0-3 (default 0).
+    offload_optimizer: ZeRO-offload optimizer states to CPU (stage >= 1; default False). DeepSpeed then
+        JIT-builds its ``cpu_adam`` op the first time (about 70 s).
+    offload_param: offload parameters to CPU (stage 3 only; default False).
+    precision: ``auto`` (default: bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``.
+    grad_clip: global gradient-norm clipping threshold, 0 disables (default 1.0).
+    overlap_comm: overlap gradient reduction with backward (default False: deterministic order on CPU).
+    reduce_bucket_size: ZeRO reduce bucket size in elements (default 5e8).
+    allgather_bucket_size: ZeRO-1/2 all-gather bucket size in elements (default 5e8).
+    contiguous_gradients: ZeRO contiguous gradient buffer (default True).
+    skip_shm_build: on CPU, skip DeepSpeed's JIT build of its shared-memory all-reduce op (30-45 s at every
+        cold start); ranks then use plain gloo (default True).
+    extra: any further DeepSpeed JSON keys, merged last (default empty).
+    """
+
+    zero_stage: int = 0
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    precision: str = "auto"
+    grad_clip: float = 1.0
+    overlap_comm: bool = False
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    contiguous_gradients: bool = True
+    skip_shm_build: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    """SambaY architecture (keys of ``sambay_model.Phi4FlashConfig``; defaults = official Phi-4-mini-flash).
+
+    vocab_size: embedding rows (default ``None``: taken from the data manifest, padded up to
+        ``pad_vocab_to_multiple_of``).
+    pad_vocab_to_multiple_of: round a manifest-derived vocab up to this multiple (default 64).
+    hidden_size 2560, intermediate_size 10240, num_hidden_layers 32, num_attention_heads 40,
+    num_key_value_heads 20, mb_per_layer 2, sliding_window 512, max_position_embeddings 262144,
+    hidden_act ``silu``, layer_norm_eps 1e-5, initializer_range 0.02, attention_dropout 0.0,
+    resid_pdrop 0.0, embd_pdrop 0.0, tie_word_embeddings True, mamba_d_state 16, mamba_d_conv 4,
+    mamba_expand 2, mamba_dt_rank ``auto`` (= ceil(hidden/16)), mamba_conv_bias True,
+    mamba_proj_bias False, use_diff_attn True, use_gmu True, backbone ``sambay``,
+    compute_backend ``auto``.
+    gradient_checkpointing: activation checkpointing of every decoder layer (default False).
+    init_from: a Hugging Face export directory to load weights from instead of a fresh init
+        (default ``None``).
+    """
+
+    vocab_size: Optional[int] = None
+    pad_vocab_to_multiple_of: int = 64
+    hidden_size: int = 2560
+    intermediate_size: int = 10240
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 40
+    num_key_value_heads: int = 20
+    mb_per_layer: int = 2
+    sliding_window: int = 512
+    max_position_embeddings: int = 262144
+    hidden_act: str = "silu"
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    attention_dropout: float = 0.0
+    resid_pdrop: float = 0.0
+    embd_pdrop: float = 0.0
+    tie_word_embeddings: bool = True
+    mamba_d_state: int = 16
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_dt_rank: str = "auto"
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    use_diff_attn: bool = True
+    use_gmu: bool = True
+    backbone: str = "sambay"
+    compute_backend: str = "auto"
+    gradient_checkpointing: bool = False
+    init_from: Optional[str] = None
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, a multiplier of ``optim.lr`` per optimizer step.
+
+    name: ``cosine`` (linear warmup then cosine decay), ``linear`` (warmup then linear decay) or ``wsd``
+        (warmup, stable, then linear decay over the last ``decay_fraction``) (default ``cosine``).
+    warmup_steps: linear warmup from 0 (default 0; ``warmup_fraction`` used when 0).
+    warmup_fraction: warmup as a fraction of the total steps when ``warmup_steps`` is 0 (default 0.0).
+    min_lr_ratio: final LR as a fraction of the peak (default 0.0).
+    decay_fraction: ``wsd`` only: fraction of the steps spent decaying (default 2/7, i.e. 5/7 stable).
+    """
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0
+    min_lr_ratio: float = 0.0
+    decay_fraction: float = 2.0 / 7.0
+
+
+@dataclass
+class MupConfig:
+    """muP++ (spec section 8.3): depth-muP LR multipliers, zero WD on vector-like params, global LR scaling.
+
+    enabled: default False (standard parametrisation).
+    base_depth: d0 (default 16).
+    base_batch_tokens: B0 (default 2**21).
+    scale_lr_with_batch: multiply the LR by sqrt(B/B0) (default True).
+    reinit_hidden_uniform: re-initialise hidden matrices U(+-1/sqrt(fan_in)) (default True).
+    """
+
+    enabled: bool = False
+    base_depth: int = 16
+    base_batch_tokens: int = 2**21
+    scale_lr_with_batch: bool = True
+    reinit_hidden_uniform: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (a client torch optimizer: no DeepSpeed JIT op build) and its schedule.
+
+    lr: peak learning rate (default 5e-4, the Phi-4-mini-flash value).
+    betas: (0.9, 0.95). eps: 1e-8. weight_decay: 0.1, applied to matrices only (never to norms, biases,
+        embeddings, A_log, D, dt bias, lambda vectors, conv1d).
+    schedule: see :class:`ScheduleConfig`.
+    mup: see :class:`MupConfig`.
+    """
+
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    mup: MupConfig = field(default_factory=MupConfig)
+
+
+@dataclass
+class DataSource:
+    """One shard set of a mixture: ``path`` (shard-set directory) and sampling ``weight`` (default 1.0)."""
+
+    path: str = MISSING
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Training data: a weighted mixture of shard sets.
+
+    sources: the mixture (default empty; recipes set it).
+    tokenizer: tokenizer directory the shards were made with (default ``None``: ``<first source>/../tokenizer``).
+    seq_len: tokens per row (default 512).
+    global_batch_tokens: tokens per optimizer step over all ranks; must be a multiple of
+        ``seq_len * micro_batch_rows * world_size`` (default 8192).
+    micro_batch_rows: rows per forward/backward on each rank (default 4); gradient accumulation fills the
+        rest.
+    val_split: held-out split for validation (default ``val``).
+    """
+
+    sources: list[DataSource] = field(default_factory=list)
+    tokenizer: Optional[str] = None
+    seq_len: int = 512
+    global_batch_tokens: int = 8192
+    micro_batch_rows: int = 4
+    val_split: str = "val"
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop.
+
+    max_steps: optimizer steps (default 100; SFT stages may use ``epochs`` instead).
+    epochs: SFT only: when > 0, max_steps = ceil(epochs * tokens_per_epoch / global_batch_tokens)
+        (default 0.0 = use max_steps).
+    save_every: checkpoint every N steps; 0 = only at the end (default 100).
+    keep_last: checkpoints kept (default 2).
+    log_every: log metrics every N steps (default 10).
+    eval_every: validation every N steps; 0 disables (default 0).
+    eval_batches: validation batches of ``global_batch_tokens`` each (default 4).
+    seed: seed of the init, the loader order and all RNGs (default 1234).
+    dry_run: build everything, estimate FLOPs, run no step (default False).
+    skip_nonfinite: skip a step whose loss is NaN/Inf instead of stopping the run (default False).
+    peak_flops_per_device: peak FLOP/s used for MFU; 0 = look the device up in ``train.flops`` (default 0,
+        which gives MFU 0 on an unknown device such as a CPU).
+    deterministic: ``torch.use_deterministic_algorithms`` (default False).
+    progress_bar: tqdm bar on rank 0 (default True).
+    export: write ``export/`` at the end (default True).
+    """
+
+    max_steps: int = 100
+    epochs: float = 0.0
+    save_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 4
+    seed: int = 1234
+    dry_run: bool = False
+    skip_nonfinite: bool = False
+    peak_flops_per_device: float = 0.0
+    deterministic: bool = False
+    progress_bar: bool = True
+    export: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """Schema of ``train.pretrain`` recipes."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class SFTStageConfig:
+    """One SFT stage, run in ``run.dir/<name>/`` from the previous stage's ``export/``.
+
+    name: stage name (directory name) (default ``MISSING``).
+    sources: the stage's data mixture of ``kind: sft`` shard sets (default ``MISSING``).
+    seq_len: maximum sequence length (default 1024).
+    lr: peak learning rate (default 1e-5).
+    max_steps: optimizer steps (default 0 = derive from ``epochs``).
+    epochs: passes over the mixture (default 1.0; used when ``max_steps`` is 0).
+    schedule: the stage's LR schedule (default: cosine, 10% warmup).
+    global_batch_tokens: default ``None`` = ``data.global_batch_tokens``.
+    micro_batch_rows: default ``None`` = ``data.micro_batch_rows``.
+    """
+
+    name: str = MISSING
+    sources: list[DataSource] = MISSING
+    seq_len: int = 1024
+    lr: float = 1e-5
+    max_steps: int = 0
+    epochs: float = 1.0
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
+    global_batch_tokens: Optional[int] = None
+    micro_batch_rows: Optional[int] = None
+
+
+@dataclass
+class SFTSection:
+    """SFT-specific keys.
+
+    init_from: pretrained export directory the first stage starts from (default ``MISSING``).
+    stages: the stages, run in order (default empty).
+    stages_to_run: restrict to these stage names (default ``None`` = all).
+    """
+
+    init_from: str = MISSING
+    stages: list[SFTStageConfig] = field(default_factory=list)
+    stages_to_run: Optional[list[str]] = None
+
+
+@dataclass
+class SFTConfig(PretrainConfig):
+    """Schema of ``train.sft`` recipes: the pretraining schema plus the ``sft`` section.
+
+    ``model`` keys other than ``gradient_checkpointing`` and ``compute_backend`` are ignored: the
+    architecture comes from the init export's ``config.json``.
+    """
+
+    sft: SFTSection = field(default_factory=SFTSection)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(name="sft_schema", node=SFTConfig)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="optim", name="schema", node=OptimConfig)
+    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)
+    cs.store(group="data", name="schema", node=DataConfig)

@@ -1,0 +1,116 @@
+"""Typed schema of ``train.dpo`` recipes (registered as ``dpo_schema``; an unknown key is an error naming it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from train.config import DeepSpeedConfig, RunConfig, TrainerConfig, WandbConfig
+from train.generation import SamplingConfig
+
+REFERENCE_MODES = ("precomputed", "frozen_copy")
+
+
+@dataclass
+class OnPolicyConfig:
+    """On-policy preference pairs sampled from the init (SFT) model and labelled by the math grader.
+
+    enabled: build them (default False: offline pairs only).
+    problems: reasoning JSONL to sample on (default ``None`` = ``<data_dir>/reasoning/train.jsonl``).
+    num_problems: first N problems used (default 64).
+    sampling: k samples per problem, temperature, top-p (default: k=4, temperature 0.8, top-p 0.95, 96 tokens).
+    mix: ``append`` (default: on-policy pairs added to the offline ones) or ``replace`` (on-policy only).
+    """
+
+    enabled: bool = False
+    problems: Optional[str] = None
+    num_problems: int = 64
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(num_samples=4, temperature=0.8, top_p=0.95, max_new_tokens=96))
+    mix: str = "append"
+
+
+@dataclass
+class DPOSection:
+    """DPO settings.
+
+    init_from: SFT export directory, policy and reference start here (default ``MISSING``).
+    data_dir: output of ``data.prepare`` (default ``artifacts/data/demo``).
+    train_file: preference JSONL (default ``None`` = ``<data_dir>/preference/train.jsonl``).
+    heldout_file: held-out preference JSONL (default ``None`` = ``<data_dir>/preference/heldout.jsonl``).
+    heldout_limit: held-out pairs scored after training; 0 = all (default 0).
+    check_tokenizer: the export's tokenizer fingerprint must equal ``<data_dir>/tokenizer``'s (default True).
+    beta: DPO temperature (default 0.1).
+    loss_type: TRL loss type(s), e.g. [sigmoid], [ipo], [sigmoid, sft] (default [sigmoid]).
+    loss_weights: weight per loss type (default ``None`` = all 1).
+    reference: ``precomputed`` (default: reference log-probs computed once before training with the init
+        model, then no reference model in memory) or ``frozen_copy`` (a frozen copy of the init model).
+    max_length: prompt + completion tokens, truncated by ``truncation_mode`` (default 512).
+    truncation_mode: ``keep_start`` (default) or ``keep_end``.
+    lr: peak learning rate (default 5e-7).
+    lr_scheduler: HF scheduler name (default ``cosine``).
+    warmup_steps: warmup optimizer steps; a float < 1 is a fraction of the run (default 0.1).
+    weight_decay: AdamW weight decay (default 0.0).
+    per_device_batch_size: pairs per forward on each rank (default 8).
+    gradient_accumulation_steps: micro-batches per optimizer step (default 1).
+    gradient_checkpointing: activation checkpointing of the decoder layers (default False).
+    heldout_batch_size: pairs per forward when scoring held-out pairs (default 16).
+    on_policy: see :class:`OnPolicyConfig`.
+    """
+
+    init_from: str = MISSING
+    data_dir: str = "artifacts/data/demo"
+    train_file: Optional[str] = None
+    heldout_file: Optional[str] = None
+    heldout_limit: int = 0
+    check_tokenizer: bool = True
+    beta: float = 0.1
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: Optional[list[float]] = None
+    reference: str = "precomputed"
+    max_length: int = 512
+    truncation_mode: str = "keep_start"
+    lr: float = 5e-7
+    lr_scheduler: str = "cosine"
+    warmup_steps: float = 0.1
+    weight_decay: float = 0.0
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    heldout_batch_size: int = 16
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
+
+    def __post_init__(self) -> None:
+        if self.reference not in REFERENCE_MODES:
+            raise ValueError(f"dpo.reference={self.reference!r}: expected one of {REFERENCE_MODES}")
+        if self.on_policy.mix not in ("append", "replace"):
+            raise ValueError(f"dpo.on_policy.mix={self.on_policy.mix!r}: expected append or replace")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class DPORunConfig:
+    """Schema of ``train.dpo`` recipes.
+
+    run, wandb, deepspeed: shared sections (``train.config``). DeepSpeed is passed to TRL
+        (``DPOConfig(deepspeed=...)``) when ``deepspeed.zero_stage >= 1``; stage 0 runs plain DDP.
+    trainer: shared loop settings; DPO honours ``max_steps``, ``save_every``, ``keep_last``, ``log_every``,
+        ``seed``, ``dry_run`` and ``progress_bar`` (the others belong to the DeepSpeed trainer).
+    dpo: see :class:`DPOSection`.
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dpo: DPOSection = field(default_factory=DPOSection)
+
+
+def register_dpo_config() -> None:
+    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="dpo_schema", node=DPORunConfig)
+    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)

@@ -1,0 +1,62 @@
+"""Typed schema of ``train.evaluate`` recipes (registered as ``evaluate_schema``; unknown keys are errors)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+from train.eval_perplexity import PerplexityConfig
+from train.eval_retrieval import RetrievalConfig
+from train.generation import SamplingConfig
+
+
+@dataclass
+class MathEvalConfig:
+    """Math reasoning accuracy on held-out problem templates.
+
+    enabled: run it (default True).
+    problems: reasoning JSONL (default ``None`` = ``<data_dir>/reasoning/heldout.jsonl``).
+    limit: first N problems; 0 = all (default 100).
+    sampling: k, temperature, top-p, token budget, batch size (default: greedy, k=1, 96 new tokens, batch 32).
+    """
+
+    enabled: bool = True
+    problems: Optional[str] = None
+    limit: int = 100
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class EvalConfig:
+    """Schema of ``train.evaluate``.
+
+    model_path: HF export directory to evaluate (default ``None``; required unless ``score_file`` is set).
+    score_file: JSONL of ``{completion, answer}`` to score without a model (default ``None``).
+    data_dir: output of ``data.prepare`` (default ``artifacts/data/demo``).
+    output_dir: where ``eval.json`` / ``samples.jsonl`` go (default ``None`` = ``<model_path>/../eval``; in
+        score-file mode nothing is written unless set).
+    overwrite: replace an existing ``eval.json`` (default False: an existing one is an error).
+    device: ``auto`` (default: cuda when available, else cpu), ``cpu``, ``cuda``.
+    dtype: model dtype, ``float32`` (default) or ``bfloat16``.
+    check_tokenizer: require the export's tokenizer fingerprint to equal ``<data_dir>/tokenizer``'s
+        (default True).
+    math, perplexity, retrieval: the three evaluations (all enabled by default).
+    """
+
+    model_path: Optional[str] = None
+    score_file: Optional[str] = None
+    data_dir: str = "artifacts/data/demo"
+    output_dir: Optional[str] = None
+    overwrite: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+    check_tokenizer: bool = True
+    math: MathEvalConfig = field(default_factory=MathEvalConfig)
+    perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+
+
+def register_eval_config() -> None:
+    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)

@@ -1,0 +1,93 @@
+"""Preference pairs: strict loading, and held-out reward margin / preference accuracy of a DPO policy.
+
+For a pair (x, y_w, y_l) the DPO implicit reward of completion y is ``beta * (log pi(y|x) - log ref(y|x))``
+(summed over completion tokens). We report, on held-out pairs:
+
+- ``heldout_reward_margin``: mean of reward(y_w) - reward(y_l);
+- ``heldout_preference_accuracy``: share of pairs with reward(y_w) > reward(y_l);
+- ``heldout_logp_accuracy_policy`` / ``_ref``: share of pairs where the model itself assigns y_w the higher
+  log-probability (before training the policy is the reference, so the reward metrics start at 0 while these
+  show what the SFT model already prefers).
+
+Prompts and completions are tokenised like TRL does for conversational data: the chat template of the prompt
+with the assistant header, then the rest of the rendered conversation as the completion.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Validated ``{prompt, chosen, rejected}`` records (``data.preference``'s checks: chosen == rejected and
+    malformed messages are errors naming the file and record); extra keys are dropped."""
+    from data.preference import FIELDS, read_preference_jsonl
+
+    pairs = [{k: rec[k] for k in FIELDS} for rec in read_preference_jsonl(path)]
+    return pairs[:limit] if limit else pairs
+
+
+def encode_pair_side(tokenizer, prompt: list[dict], completion: list[dict], max_length: int) -> tuple[list[int], int]:
+    """(token ids, prompt length) of prompt + completion, truncated to ``max_length`` keeping the start."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("chat template renders the prompt differently with and without the completion; "
+                         "cannot separate completion tokens")
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    return (prompt_ids + completion_ids)[:max_length], len(prompt_ids)
+
+
+@torch.no_grad()
+def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N]."""
+    rows = []
+    for p in pairs:
+        rows.append(encode_pair_side(tokenizer, p["prompt"], p["chosen"], max_length))
+        rows.append(encode_pair_side(tokenizer, p["prompt"], p["rejected"], max_length))
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            # Right padding: padded positions come after every real token, so a causal model never sees them.
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            target_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            for r, (ids, n_prompt) in enumerate(batch):
+                input_ids[r, :len(ids)] = torch.tensor(ids)
+                target_mask[r, n_prompt:len(ids)] = True
+            input_ids = input_ids.to(device)
+            logits = model(input_ids=input_ids).logits[:, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            out.append((logp.double() * target_mask[:, 1:].to(device)).sum(-1).cpu())
+    finally:
+        model.train(was_training)
+    both = torch.cat(out)
+    return both[0::2], both[1::2]
+
+
+def preference_metrics(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                       ref_rejected: torch.Tensor, beta: float) -> dict:
+    """Held-out DPO metrics from summed completion log-probs (see the module docstring)."""
+    reward_chosen = beta * (policy_chosen - ref_chosen)
+    reward_rejected = beta * (policy_rejected - ref_rejected)
+    margin = reward_chosen - reward_rejected
+    metrics = {
+        "heldout_reward_margin": margin.mean().item(),
+        "heldout_preference_accuracy": (margin > 0).double().mean().item(),
+        "heldout_reward_chosen": reward_chosen.mean().item(),
+        "heldout_reward_rejected": reward_rejected.mean().item(),
+        "heldout_logp_margin_policy": (policy_chosen - policy_rejected).mean().item(),
+        "heldout_logp_margin_ref": (ref_chosen - ref_rejected).mean().item(),
+        "heldout_logp_accuracy_policy": (policy_chosen > policy_rejected).double().mean().item(),
+        "heldout_logp_accuracy_ref": (ref_chosen > ref_rejected).double().mean().item(),
+        "heldout_pairs": int(margin.numel()),
+        "beta": beta,
+    }
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in metrics.items()}

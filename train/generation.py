@@ -1,0 +1,109 @@
+"""Batched sampling from a chat model: chat-template prompts, left padding, ``model.generate``, decoding.
+
+Prompts are sorted by length before batching (less padding, so fewer wasted tokens on CPU) and the
+completions are returned in the caller's order. Generation stops at the model's stop ids (``<|end|>``
+and ``<|endoftext|>`` by the data contract) and completions are decoded without special tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from data.tokenizer import stop_token_ids as data_stop_token_ids
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are sampled.
+
+    num_samples: completions per prompt, k (default 1).
+    temperature: 0 (default) = greedy decoding; > 0 samples.
+    top_p: nucleus sampling mass when temperature > 0 (default 1.0).
+    max_new_tokens: generation budget per completion (default 96).
+    batch_size: prompts per ``generate`` call (default 32; each expands to num_samples rows).
+    seed: torch RNG seed set before sampling, so runs are repeatable (default 0).
+    """
+
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"sampling.num_samples must be >= 1, got {self.num_samples}")
+        if self.temperature < 0:
+            raise ValueError(f"sampling.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.temperature == 0 and self.num_samples > 1:
+            raise ValueError("sampling.num_samples > 1 with temperature 0 would repeat one greedy answer k times; "
+                             "set sampling.temperature > 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("sampling.max_new_tokens and sampling.batch_size must be >= 1")
+
+
+def chat_prompt(tokenizer, user_text: str) -> str:
+    """The model input for one user turn: the chat template with the assistant header appended."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Ids that end a completion: the generation config's EOS ids, ``<|end|>`` and the tokenizer's EOS."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids += list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+    ids += data_stop_token_ids(tokenizer)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress: bool = False) -> list[list[str]]:
+    """``cfg.num_samples`` completions for each prompt (already chat-formatted text), in prompt order."""
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[str]] = [[] for _ in prompts]
+    torch.manual_seed(cfg.seed)
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="generate", unit="batch")
+    try:
+        for batch in batches:
+            width = max(len(encoded[i]) for i in batch)
+            # Left padding keeps every prompt's last token in the final column, where decoding continues.
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = encoded[i]
+                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+                attention_mask[row, width - len(ids):] = 1
+            sample = cfg.temperature > 0
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                max_new_tokens=cfg.max_new_tokens, do_sample=sample,
+                temperature=cfg.temperature if sample else None, top_p=cfg.top_p if sample else None,
+                top_k=None, num_return_sequences=cfg.num_samples, eos_token_id=stops, pad_token_id=pad_id,
+            )
+            new_tokens = out[:, width:].tolist()
+            for row, tokens in enumerate(new_tokens):
+                # Cut at the first stop id: rows that finished early are padded afterwards.
+                cut = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
+                text = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+                results[batch[row // cfg.num_samples]].append(text)
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,61 @@
+"""Build a SambaY model for training: fresh from a :class:`ModelConfig` or from a Hugging Face export."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+
+from train.config import ModelConfig
+
+# Keys of ModelConfig that are trainer options, not Phi4FlashConfig keys.
+_TRAINER_KEYS = ("pad_vocab_to_multiple_of", "gradient_checkpointing", "init_from")
+
+
+def resolve_vocab_size(cfg: ModelConfig, tokenizer_vocab: int | None) -> int:
+    """``model.vocab_size`` when set, else the tokenizer's vocabulary rounded up to ``pad_vocab_to_multiple_of``."""
+    if cfg.vocab_size is not None:
+        return cfg.vocab_size
+    if tokenizer_vocab is None:
+        raise ValueError("model.vocab_size is null and no data manifest gives the tokenizer's vocabulary size")
+    m = max(1, cfg.pad_vocab_to_multiple_of)
+    return int(math.ceil(tokenizer_vocab / m) * m)
+
+
+def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None):
+    """A ``Phi4FlashConfig`` from the recipe's model section and the tokenizer's special ids."""
+    from sambay_model import Phi4FlashConfig
+
+    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _TRAINER_KEYS}
+    kwargs["vocab_size"] = vocab_size
+    if eos_token_id is not None:
+        # Like Phi-4-mini-flash: <|endoftext|> is BOS, EOS and padding; the generation config adds <|end|>.
+        kwargs.update(bos_token_id=eos_token_id, pad_token_id=eos_token_id, eos_token_id=eos_token_id)
+    return Phi4FlashConfig(**kwargs)
+
+
+def build_fresh(config, device: torch.device | str, seed: int) -> torch.nn.Module:
+    """A randomly initialised ``Phi4FlashForCausalLM`` on ``device`` (``meta`` builds shapes only)."""
+    from sambay_model import Phi4FlashForCausalLM
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Phi4FlashForCausalLM(config)
+    return model.float() if torch.device(device).type != "meta" else model
+
+
+def load_export(path: str | Path, compute_backend: str | None = None) -> torch.nn.Module:
+    """Load an export (``save_pretrained`` layout) in fp32 for further training."""
+    import sambay_model  # noqa: F401  (registers the auto classes)
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model export (no config.json); expected a `train.pretrain` export/ dir")
+    extra = {} if compute_backend is None else {"compute_backend": compute_backend}
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True, **extra)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
