@@ -34,6 +34,7 @@ class _Source:
         manifest, self.shards = open_split(shard_dir, split)
         self.kind = manifest["kind"]
         self.pad_id = int(manifest["tokenizer"]["eos_token_id"])
+        self.tokenizer_fingerprint = manifest["tokenizer"]["fingerprint"]
         sizes = np.array([len(s.tokens) for s in self.shards], dtype=np.int64)
         self.shard_offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.n_tokens = int(self.shard_offsets[-1])
@@ -97,17 +98,19 @@ class PackedLoader:
         self.rank, self.world_size, self.seed, self.split_documents = rank, world_size, int(seed), split_documents
         self.weights = weights / weights.sum()
         self._sources = [_Source(str(p), split) for p, _ in sources]
-        pad_ids = {s.pad_id for s in self._sources}
-        if len(pad_ids) != 1:
-            raise ValueError(f"sources disagree on the EOS/pad id {sorted(pad_ids)}; were they made with one tokenizer?")
-        self.pad_id = pad_ids.pop()
+        fps = {s.tokenizer_fingerprint for s in self._sources}
+        if len(fps) != 1:
+            raise ValueError("sources were tokenized with different tokenizers: "
+                             + ", ".join(f"{s.path} ({s.tokenizer_fingerprint[:12]})" for s in self._sources))
+        self.pad_id = self._sources[0].pad_id
         for s in self._sources:
             if split_documents and s.n_tokens < self.seq_len:
                 raise ValueError(f"{s.path}: split {split!r} has {s.n_tokens} tokens, fewer than seq_len={seq_len}")
         self._cursors = [_Cursor() for _ in self._sources]
         self._batch_index = 0
         self._tokens_seen = 0
-        self._orders: dict[tuple[int, int], np.ndarray] = {}
+        self._orders: dict[tuple[int, int], np.ndarray] = {}  # per-epoch permutations, recomputable from the seed
+        self._offsets: dict[tuple, int] = {}
 
     # ---- epoch bookkeeping -------------------------------------------------------------------------------------
     def _n_units(self, s: int) -> int:
@@ -124,8 +127,13 @@ class PackedLoader:
         return self._orders[key]
 
     def _window_offset(self, s: int, epoch: int) -> int:
-        slack = self._sources[s].n_tokens - self._n_units(s) * self.seq_len
-        return int(np.random.default_rng([self.seed, s, epoch, 1]).integers(slack + 1))
+        key = (s, epoch, "offset")
+        if key not in self._offsets:
+            if len(self._offsets) > 2 * len(self._sources):
+                self._offsets.clear()
+            slack = self._sources[s].n_tokens - self._n_units(s) * self.seq_len
+            self._offsets[key] = int(np.random.default_rng([self.seed, s, epoch, 1]).integers(slack + 1))
+        return self._offsets[key]
 
     @property
     def tokens_per_epoch(self) -> int:

@@ -331,12 +331,14 @@ def generate_gsm_symbolic(n: int, split: str, seed: int = 0, heldout_fraction: f
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import tasks_ok  # every working template id
+
+    tids = sorted(int(t) for t in tasks_ok)
+    order = random.Random(12345).sample(tids, len(tids))
+    heldout = set(order[: max(1, round(heldout_fraction * len(order)))])
     out, seen, size = [], set(), max(4 * n, 100)
     for attempt in range(6):
         ds = reasoning_gym.create_dataset("gsm_symbolic", size=size, seed=seed * 1000 + attempt)
-        tids = sorted(set(int(t) for t in ds.task_indices))
-        order = random.Random(12345).sample(tids, len(tids))
-        heldout = set(order[: max(1, round(heldout_fraction * len(order)))])
         for i in range(len(ds)):
             tid = int(ds.task_indices[i])
             if (tid in heldout) != (split == "heldout"):

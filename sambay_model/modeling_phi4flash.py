@@ -104,15 +104,23 @@ class Phi4FlashMamba(nn.Module):
             xs = xs * ctx.real[:, None, :].to(xs.dtype)
         conv_state, ssm_state = cache.mamba_state(self.layer_idx) if cache is not None else (None, None)
         weight = self.conv1d.weight.squeeze(1)
-        u = ops.causal_conv1d(xs, weight, self.conv1d.bias, resets=ctx.resets, initial_state=conv_state,
-                              activation="silu", backend=ctx.backend)
+        single_step = (conv_state is not None and xs.shape[2] == 1
+                       and (ctx.resets is None or not bool(ctx.resets.any())))
+        if single_step:
+            # The decode kernels keep the last d_conv inputs; we cache only the d_conv - 1 the next token needs.
+            u, _ = ops.causal_conv1d_update(xs[:, :, 0], F.pad(conv_state.to(xs.dtype), (1, 0)), weight,
+                                            self.conv1d.bias, activation="silu", backend=ctx.backend)
+            u = u.unsqueeze(-1)
+        else:
+            u = ops.causal_conv1d(xs, weight, self.conv1d.bias, resets=ctx.resets, initial_state=conv_state,
+                                  activation="silu", backend=ctx.backend)
         if ctx.real is not None:
             u = u * ctx.real[:, None, :].to(u.dtype)
         dt_low, b, c = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # bias goes in as delta_bias
         A = -torch.exp(self.A_log)
         dt_bias = self.dt_proj.bias.to(self.A_log.dtype)
-        if ssm_state is not None and u.shape[2] == 1 and (ctx.resets is None or not bool(ctx.resets.any())):
+        if single_step:
             y, last_state = ops.selective_state_update(
                 ssm_state, u[:, :, 0], delta[:, :, 0], A, b[:, 0], c[:, 0], self.D, dt_bias=dt_bias,
                 dt_softplus=True, backend=ctx.backend)

@@ -2,7 +2,7 @@
 
     python scripts/pipeline.py                          # recipes/pipeline/demo.yaml, the CPU demo
     python scripts/pipeline.py --config-name=smoke      # a few steps per stage
-    python scripts/pipeline.py nproc_per_node=8 stages.pretrain.overrides.trainer.max_steps=2000
+    python scripts/pipeline.py nproc_per_node=8 ++stages.pretrain.overrides.trainer.max_steps=2000
 
 Each stage is a subprocess (``torchrun -m <entry>`` or ``python -m <entry>``) whose output is also appended to
 ``<run_dir>/logs/<stage>.log``. A stage whose ``done`` file exists is skipped; relaunching an interrupted stage

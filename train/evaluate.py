@@ -91,7 +91,8 @@ def run_evaluation(cfg: EvalConfig) -> dict:
 
         metrics.update(evaluate_retrieval(model, tokenizer, cfg.retrieval))
     if samples is not None:
-        write_jsonl(out_dir / "samples.jsonl", samples, overwrite=cfg.overwrite)
+        # eval.json guards the output dir (checked above); a samples.jsonl without it is a crashed run's leftover.
+        write_jsonl(out_dir / "samples.jsonl", samples, overwrite=True)
     write_json(out_dir / "eval.json", metrics, overwrite=cfg.overwrite)
     return metrics
 

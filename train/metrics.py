@@ -8,6 +8,7 @@ import json
 import math
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class MetricsLogger:
             import wandb
 
             if self.wandb_id is None:
-                self.wandb_id = wandb.util.generate_id()
+                self.wandb_id = uuid.uuid4().hex[:8]  # os.urandom: leaves the seeded RNGs alone
             self.wandb_run = wandb.init(
                 project=wandb_cfg.project, entity=wandb_cfg.entity, name=wandb_cfg.name or run_name,
                 tags=list(wandb_cfg.tags), group=wandb_cfg.group, mode=mode, id=self.wandb_id, resume="allow",

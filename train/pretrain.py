@@ -125,6 +125,7 @@ def run_spec_entry(cfg, config_yaml: str, config_dict: dict, make_specs) -> int:
         specs = specs if isinstance(specs, list) else [specs]
         world = int(os.environ.get("WORLD_SIZE", "1"))
         for spec in specs:
+            spec = spec() if callable(spec) else spec
             print(json.dumps({"dry_run": dry_run_summary(spec, world)}), flush=True)
         return 0
     dist_info = init_distributed(cfg.deepspeed)

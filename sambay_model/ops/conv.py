@@ -109,9 +109,10 @@ def causal_conv1d_update_torch(x_t, conv_state, weight, bias=None, activation="s
     """Pure-PyTorch decode step; same contract as ``causal_conv1d_update``."""
     w = _weight_2d(weight)
     new_state = torch.cat([conv_state[..., 1:], x_t.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
-    y = (new_state.to(torch.float32) * w.to(torch.float32)).sum(-1)
+    acc = torch.promote_types(x_t.dtype, torch.float32)  # accumulate in at least fp32
+    y = (new_state.to(acc) * w.to(acc)).sum(-1)
     if bias is not None:
-        y = y + bias.to(torch.float32)
+        y = y + bias.to(acc)
     return _activate(y, activation).to(x_t.dtype), new_state
 
 

@@ -36,7 +36,44 @@ def bpe_dir_other(tmp_path_factory, sample_texts):
 
 
 @pytest.fixture(scope="session")
+def phi4mini_tok(phi4mini_dir):
+    from data.tokenizer import load_tokenizer
+
+    return load_tokenizer(phi4mini_dir)
+
+
+@pytest.fixture(scope="session")
 def phi4mini_dir(tmp_path_factory):
     from data.tokenizer import build_phi4mini_tokenizer
 
     return build_phi4mini_tokenizer(tmp_path_factory.mktemp("tok") / "phi4mini")
+
+
+def fake_tokenizer_info(vocab_size: int = 1000, eos: int = 0) -> dict:
+    return {"fingerprint": "f" * 64, "vocab_size": vocab_size, "special_token_ids": {"<|endoftext|>": eos},
+            "eos_token_id": eos, "path": "fake"}
+
+
+def write_docs(out_dir, docs, kind="pretrain", split="train", masks=None, vocab_size=1000, shard_tokens=1 << 20,
+               extra_splits=None):
+    """Write ``docs`` (lists of ids) as a shard set; returns its path."""
+    from data.shards import ShardSetWriter
+
+    with ShardSetWriter(out_dir, kind, fake_tokenizer_info(vocab_size), ["test"], shard_tokens=shard_tokens) as w:
+        for i, d in enumerate(docs):
+            w.add(split, np.asarray(d), None if masks is None else masks[i])
+        for s, ds in (extra_splits or {}).items():
+            for d in ds:
+                w.add(s, np.asarray(d), None)
+    return out_dir
+
+
+@pytest.fixture
+def make_shards():
+    """``make_shards(out_dir, docs, kind=..., masks=..., vocab_size=..., shard_tokens=..., extra_splits=...)``."""
+    return write_docs
+
+
+@pytest.fixture
+def fake_tok_info():
+    return fake_tokenizer_info

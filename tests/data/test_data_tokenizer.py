@@ -42,9 +42,9 @@ def tiktoken_o200k(cache_dir):
     return tiktoken.get_encoding("o200k_base")
 
 
-def test_phi4mini_encodes_like_tiktoken_o200k(phi4mini_dir, tmp_path, sample_texts):
+def test_phi4mini_encodes_like_tiktoken_o200k(phi4mini_tok, tmp_path, sample_texts):
     enc = tiktoken_o200k(tmp_path)
-    tok = load_tokenizer(phi4mini_dir)
+    tok = phi4mini_tok
     assert len(tok) == PHI4MINI_VOCAB_SIZE
     from tiktoken_ext.openai_public import o200k_base  # pat_str from tiktoken itself (cache seeded above)
 
@@ -56,8 +56,8 @@ def test_phi4mini_encodes_like_tiktoken_o200k(phi4mini_dir, tmp_path, sample_tex
         assert tok.decode(ours) == text.replace("<|endoftext|>", "<|endoftext |>")
 
 
-def test_phi4mini_specials_and_chat(phi4mini_dir):
-    tok = load_tokenizer(phi4mini_dir)
+def test_phi4mini_specials_and_chat(phi4mini_dir, phi4mini_tok):
+    tok = phi4mini_tok
     ids = special_token_ids(tok)
     assert ids == {"<|endoftext|>": 199999, "<|end|>": 200020, "<|system|>": 200022, "<|user|>": 200021,
                    "<|assistant|>": 200019, "<|tool|>": 200023}

@@ -1,0 +1,11 @@
+"""Run the SFT stages of a recipe (under torchrun for several ranks).
+
+Same as `python -m train.sft`, with the same arguments, e.g. `python scripts/sft.py --help`.
+"""
+import runpy
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
+    runpy.run_module("train.sft", run_name="__main__", alter_sys=True)

@@ -1,0 +1,143 @@
+"""``python -m data.prepare``: layout per docs/design.md, idempotence, strict overrides, the full demo (slow)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data.jsonl import read_jsonl
+from data.loader import PackedLoader
+from data.shards import check_compatible, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes" / "prepare"
+
+
+def _cfg(overrides, config_name="demo"):
+    from hydra import compose, initialize_config_dir
+
+    from data.prepare_config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(RECIPES), version_base=None):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _small(tmp_path, corpus_files, extra=()):
+    return [f"out_dir={tmp_path / 'out'}", f"corpus.files=[{','.join(map(str, corpus_files))}]",
+            "tokenizer.vocab_size=320", "reasoning.n_train=60", "reasoning.n_heldout=20",
+            "sft.0.n_examples=40", "sft.1.n_examples=50", "preference.n_train=30", "preference.n_heldout=10",
+            "num_proc=1", "pretrain.val_fraction=0.2", *extra]
+
+
+def _check_layout(out: Path, n_stages=("basic", "math")):
+    tok = out / "tokenizer"
+    assert (tok / "tokenizer.json").is_file() and (tok / "generation_config.json").is_file()
+    m = check_compatible(out / "pretrain", tok, None)
+    assert m["kind"] == "pretrain" and set(m["splits"]) == {"train", "val"}
+    for stage in n_stages:
+        sm = check_compatible(out / "sft" / stage, tok, None)
+        assert sm["kind"] == "sft"
+        chats = read_jsonl(out / "sft" / f"{stage}.jsonl", required=("messages",))
+        assert chats[0]["messages"][0]["role"] == "user"
+    train = read_jsonl(out / "reasoning" / "train.jsonl", required=("id", "template_id", "question", "solution", "answer"))
+    held = read_jsonl(out / "reasoning" / "heldout.jsonl", required=("id", "template_id", "question", "solution", "answer"))
+    assert {r["template_id"] for r in train}.isdisjoint({r["template_id"] for r in held})
+    # No held-out question (nor template) reaches SFT: user prompts are format_prompt(question) = question + "\n...".
+    held_questions = {r["question"] for r in held}
+    for stage in n_stages:
+        for rec in read_jsonl(out / "sft" / f"{stage}.jsonl"):
+            assert rec["messages"][0]["content"].split("\n")[0] not in held_questions
+    for split in ("train", "heldout"):
+        pairs = read_jsonl(out / "preference" / f"{split}.jsonl", required=("prompt", "chosen", "rejected"))
+        assert pairs[0]["prompt"][0]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
+    assert (out / "DONE").is_file()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
+    from data.prepare import prepare
+
+    files = []
+    for i in range(0, len(sample_texts), 20):
+        f = tmp_path / f"doc{i}.txt"
+        f.write_text("\n".join(sample_texts[i:i + 20]))
+        files.append(f)
+    cfg = _cfg(_small(tmp_path, files))
+    out = prepare(cfg)
+    _check_layout(out)
+    assert read_manifest(out / "pretrain")["sources"] == [str(f) for f in files]
+    loader = PackedLoader([(out / "sft" / "math", 1.0)], seq_len=128, global_batch_rows=2, split_documents=False)
+    assert loader.next_batch()["input_ids"].shape == (2, 128)
+
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    prepare(cfg)  # DONE exists: nothing is redone
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamp
+    (out / "DONE").unlink()
+    (out / "preference" / "heldout.jsonl").unlink()
+    prepare(cfg)  # only the missing piece is rebuilt
+    assert (out / "preference" / "heldout.jsonl").exists()
+    assert (out / "pretrain" / "manifest.json").stat().st_mtime_ns == stamp[out / "pretrain" / "manifest.json"]
+    prepare(_cfg(_small(tmp_path, files, ["overwrite=true"])))
+    assert (out / "pretrain" / "manifest.json").stat().st_mtime_ns != stamp[out / "pretrain" / "manifest.json"]
+    _check_layout(out)
+
+
+def test_prepare_with_existing_tokenizer_dir(tmp_path, bpe_dir, sample_texts):
+    from data.prepare import prepare
+    from data.tokenizer import fingerprint
+
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    out = prepare(_cfg(_small(tmp_path, [f], ["tokenizer.kind=path", f"tokenizer.path={bpe_dir}"])))
+    assert fingerprint(out / "tokenizer") == fingerprint(bpe_dir)
+    check_compatible(out / "pretrain", bpe_dir, 400)
+
+
+def test_kept_shards_from_another_tokenizer_are_refused(tmp_path, sample_texts):
+    from data.prepare import prepare
+    from data.shards import IncompatibleShardsError
+
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    out = prepare(_cfg(_small(tmp_path, [f])))
+    import shutil
+
+    shutil.rmtree(out / "tokenizer")
+    (out / "DONE").unlink()
+    with pytest.raises(IncompatibleShardsError):
+        prepare(_cfg(_small(tmp_path, [f], ["tokenizer.vocab_size=300"])))
+
+
+def test_unknown_override_key_is_an_error_naming_it():
+    r = subprocess.run([sys.executable, "-m", "data.prepare", "tokenizer.vocab_sise=10"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "vocab_sise" in r.stderr + r.stdout
+
+
+@pytest.mark.slow
+def test_demo_recipe_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "data.prepare", "--config-name", "demo", f"out_dir={out}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=240, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    _check_layout(out)
+    m = read_manifest(out / "pretrain")
+    assert m["tokenizer"]["vocab_size"] == 4096 and m["dtype"] == "uint16" and m["splits"]["train"]["tokens"] > 1_000_000
+    r2 = subprocess.run([sys.executable, "-m", "data.prepare", "--config-name", "demo", f"out_dir={out}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0 and "nothing to do" in r2.stderr + r2.stdout
+
+
+def test_full_recipe_composes_against_the_schema():
+    cfg = _cfg([], config_name="full")
+    assert cfg.tokenizer.kind == "phi4mini" and cfg.reasoning.source == "gsm_symbolic" and cfg.sft[0].name == "gsm"
+    from omegaconf.errors import ConfigCompositionException  # noqa: F401  (hydra wraps the key error)
+
+    with pytest.raises(Exception, match="n_trian"):
+        _cfg(["reasoning.n_trian=5"])

@@ -1,0 +1,85 @@
+"""Phi4FlashConfig: official keys and defaults, the released config, validation, layer roles, parameter count."""
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import sambay_model  # noqa: F401
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
+
+
+def test_class_defaults_are_the_official_ones():
+    c = Phi4FlashConfig()
+    expected = dict(vocab_size=51200, hidden_size=2560, intermediate_size=9216, num_hidden_layers=32,
+                    num_attention_heads=40, num_key_value_heads=4, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attention_dropout=0.0, hidden_act="silu", max_position_embeddings=4096, initializer_range=0.02,
+                    layer_norm_eps=1e-5, use_cache=True, tie_word_embeddings=True, rope_theta=10000.0,
+                    bos_token_id=1, eos_token_id=2, mb_per_layer=2, mamba_d_state=16, mamba_d_conv=4,
+                    mamba_expand=2, mamba_dt_rank=160, mamba_conv_bias=True, mamba_proj_bias=False,
+                    use_diff_attn=True, use_gmu=True, backbone="sambay", compute_backend="auto")
+    for key, value in expected.items():
+        assert getattr(c, key) == value, key
+    assert c.sliding_window == [2047 if i < 16 and i % 2 else None for i in range(32)]
+
+
+def test_released_phi4_mini_flash_config():
+    c = Phi4FlashConfig.phi4_mini_flash_reasoning()
+    assert (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (200064, 2560, 10240, 32)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.mamba_dt_rank) == (40, 20, 64, 160)
+    assert c.sliding_window == [512 if i < 16 and i % 2 else None for i in range(32)]
+    assert c.max_position_embeddings == 262144 and c.tie_word_embeddings
+    assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (199999, 199999, 199999)
+    roles = [c.layer_role(i) for i in range(32)]
+    assert roles == ["mamba", "swa"] * 8 + ["memory_mamba", "full_attn"] + ["gmu", "cross_attn"] * 7
+    assert c.layers_block_type == ["mamba", "attention"] * 9 + ["mamba", "shared_attention"] * 7
+
+
+def test_official_model_has_exactly_the_published_parameter_count():
+    with torch.device("meta"):
+        model = Phi4FlashForCausalLM(Phi4FlashConfig.phi4_mini_flash_reasoning())
+    assert sum(p.numel() for p in model.parameters()) == 3_852_562_944
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["model.layers.17.attn.Wqkv.weight"] == (5120, 2560)
+    assert shapes["model.layers.19.attn.Wqkv.weight"] == (2560, 2560)
+    assert shapes["model.layers.16.attn.x_proj.weight"] == (192, 5120)
+    assert shapes["model.layers.18.attn.in_proj.weight"] == (5120, 2560)
+    assert shapes["model.layers.31.attn.inner_cross_attn.subln.weight"] == (128,)
+
+
+def test_variant_roles():
+    c = Phi4FlashConfig(num_hidden_layers=8, use_gmu=False)
+    assert [c.layer_role(i) for i in range(8)] == ["mamba", "swa", "mamba", "swa", "memory_mamba", "full_attn",
+                                                  "cross_attn", "cross_attn"]
+    t = Phi4FlashConfig(num_hidden_layers=8, backbone="transformer")
+    assert {t.layer_role(i) for i in range(8)} == {"full_attn"}
+
+
+@pytest.mark.parametrize("bad, key", [
+    (dict(num_hidden_layers=6), "num_hidden_layers"),
+    (dict(backbone="mamba"), "backbone"),
+    (dict(compute_backend="tpu"), "compute_backend"),
+    (dict(num_key_value_heads=3, num_attention_heads=9, hidden_size=36), "num_key_value_heads"),
+    (dict(sliding_window=[8, 8]), "sliding_window"),
+    (dict(mb_per_layer=3), "mb_per_layer"),
+])
+def test_invalid_configs_name_the_key(bad, key):
+    with pytest.raises(ValueError, match=key):
+        Phi4FlashConfig(**bad)
+
+
+def test_config_round_trips_and_drops_remote_code_pointers(tmp_path):
+    c = Phi4FlashConfig(num_hidden_layers=8, sliding_window=16, use_gmu=False, backbone="sambay",
+                        compute_backend="torch", auto_map={"AutoConfig": "configuration_phi4flash.Phi4FlashConfig"})
+    c.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "phi4flash" and not saved.get("auto_map")
+    back = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(back, Phi4FlashConfig)
+    assert back.sliding_window == c.sliding_window and back.use_gmu is False and back.compute_backend == "torch"
+
+
+def test_auto_model_builds_our_class():
+    c = Phi4FlashConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=4,
+                        num_attention_heads=2, num_key_value_heads=2)
+    assert isinstance(AutoModelForCausalLM.from_config(c), Phi4FlashForCausalLM)

@@ -1,0 +1,201 @@
+"""scripts/pipeline.py: override rendering, recipe validation, stage skipping/resume, gates, plan files.
+
+The stage-ordering tests run the driver against a small stand-in entry module (written into tmp_path) so they
+exercise the real subprocess, skip and gate logic in seconds; the real stages run in test_readme_commands.py.
+"""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from scripts import pipeline
+from scripts.pipeline_config import PipelineConfig, StageConfig
+from train.gates import GateFailed
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A stand-in stage: parses `key=value` arguments, records the call, fails while a `fail_first` token file
+# exists (consuming it: an interrupted stage), else writes the done file named by `done=` (an eval stage writes
+# the metrics given by `metrics=` JSON).
+STAGE_MODULE = textwrap.dedent('''
+    import json, os, sys
+    from pathlib import Path
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    args = {k: v[1:-1] if v[:1] == v[-1:] == "'" else v for k, v in args.items()}  # Hydra quoting
+    out = Path(args["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    with open(os.environ["CALLS_LOG"], "a") as f:
+        f.write(out.name + " " + " ".join(sys.argv[1:]) + "\\n")
+    token = out / "fail_first"
+    if token.exists():
+        token.unlink()
+        print("interrupted", flush=True)
+        sys.exit(3)
+    if "metrics" in args:
+        (out / "eval.json").write_text(args["metrics"])
+    else:
+        (out / args.get("done", "DONE")).write_text("ok")
+''')
+
+
+def make_cfg(tmp_path: Path, gate=None, launcher="python") -> PipelineConfig:
+    (tmp_path / "mods").mkdir(exist_ok=True)
+    (tmp_path / "mods" / "fake_stage.py").write_text(STAGE_MODULE)
+    run = tmp_path / "run"
+
+    def stage(**kw):
+        return StageConfig(entry="fake_stage", recipe="", dir_key="out", launcher=launcher, **kw)
+
+    return PipelineConfig(
+        name="t",
+        run_dir=str(run),
+        stages={
+            "train": stage(dir=str(run / "train")),
+            "eval_train": stage(dir=str(run / "train" / "eval"), done="eval.json", eval_of="train", gate=gate,
+                                overrides={"metrics": json.dumps({"accuracy": 0.5})}),
+        },
+        env={"PYTHONPATH": str(tmp_path / "mods"), "CALLS_LOG": str(tmp_path / "calls.log")},
+    )
+
+
+def calls(cfg: PipelineConfig) -> list[str]:
+    log = Path(cfg.env["CALLS_LOG"])
+    return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_hydra_value_and_flatten_overrides():
+    assert pipeline.hydra_value(None) == "null"
+    assert pipeline.hydra_value(True) == "true"
+    assert pipeline.hydra_value(3e-4) == "0.0003"
+    assert pipeline.hydra_value("runs/demo/export") == "runs/demo/export"
+    assert pipeline.hydra_value("a b") == "'a b'"
+    assert pipeline.hydra_value("it's") == "'it\\'s'"
+    assert pipeline.hydra_value("null") == "'null'"
+    assert pipeline.hydra_value([{"path": "x/y", "weight": 1.0}]) == "[{path:x/y,weight:1.0}]"
+    flat = pipeline.flatten_overrides({"trainer": {"max_steps": 5, "seed": 1}, "sft.stages_to_run": ["a", "b"],
+                                       "+extra": {"k": 1}, "opt": {}})
+    assert flat == ["trainer.max_steps=5", "trainer.seed=1", "sft.stages_to_run=[a,b]", "+extra={k:1}", "opt={}"]
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke"])
+def test_pipeline_recipes_compose_and_validate(name):
+    pipeline.register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
+        cfg = pipeline.to_config(compose(config_name=name))
+    pipeline.validate(cfg)
+    assert list(cfg.stages)[:2] == ["prepare", "pretrain"]
+    evals = {n: s.eval_of for n, s in cfg.stages.items() if s.eval_of}
+    # An evaluation after every training stage.
+    trained = [n for n, s in cfg.stages.items() if not s.eval_of and n != "prepare"]
+    assert sorted(evals.values()) == sorted(trained)
+    assert {"pretrain", "dpo"} <= set(trained) and sum(n.startswith("sft") for n in trained) >= 2
+    args = pipeline.stage_args(cfg, "pretrain")
+    assert args[:3] == ["train.pretrain", "--config-name=demo", f"run.dir=runs/{name}/pretrain"]
+
+
+def test_unknown_pipeline_key_is_an_error():
+    pipeline.register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
+        with pytest.raises(Exception, match="not_a_key"):
+            compose(config_name="demo", overrides=["stages.pretrain.not_a_key=1"])
+        with pytest.raises(Exception, match="not_a_key"):
+            pipeline.to_config(compose(config_name="demo", overrides=["+stages.pretrain.not_a_key=1"]))
+
+
+def test_validate_names_the_bad_key(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.stages["eval_train"].eval_of = "nope"
+    with pytest.raises(pipeline.PipelineError, match=r"stages\.eval_train\.eval_of"):
+        pipeline.validate(cfg)
+    cfg = make_cfg(tmp_path, gate={"metric": "accuracy", "mni": 0.1})
+    with pytest.raises(pipeline.PipelineError, match=r"stages\.eval_train\.gate.*mni"):
+        pipeline.validate(cfg)
+    cfg = make_cfg(tmp_path)
+    cfg.stages["train"].launcher = "mpirun"
+    with pytest.raises(pipeline.PipelineError, match=r"stages\.train\.launcher"):
+        pipeline.validate(cfg)
+
+
+def test_runs_stages_in_order_then_skips_completed(tmp_path):
+    cfg = make_cfg(tmp_path, gate={"metric": "accuracy", "min": 0.25})
+    report = pipeline.run_pipeline(cfg)
+    assert calls(cfg) == ["train", "eval"]
+    assert report == Path(cfg.run_dir) / "report.md" and report.is_file()
+    assert (Path(cfg.run_dir) / "report.png").stat().st_size > 0
+    metrics = json.loads((Path(cfg.run_dir) / "metrics.json").read_text())
+    assert metrics == {"train": {"accuracy": 0.5}}
+    assert "passed" in report.read_text()
+    assert "$ " in (Path(cfg.run_dir) / "logs" / "train.log").read_text()
+    pipeline.run_pipeline(cfg)  # everything complete: nothing runs again
+    assert calls(cfg) == ["train", "eval"]
+
+
+def test_interrupted_stage_fails_then_relaunch_resumes(tmp_path):
+    cfg = make_cfg(tmp_path)
+    token = Path(cfg.run_dir) / "train" / "fail_first"
+    token.parent.mkdir(parents=True)
+    token.write_text("")
+    with pytest.raises(pipeline.PipelineError, match=r"stage 'train' failed with exit status 3; log: .*train\.log"):
+        pipeline.run_pipeline(cfg)
+    assert "interrupted" in (Path(cfg.run_dir) / "logs" / "train.log").read_text()
+    assert not (Path(cfg.run_dir) / "train" / "eval").exists()
+    pipeline.run_pipeline(cfg)
+    assert calls(cfg) == ["train", "train", "eval"]
+
+
+def test_stage_that_exits_without_done_file_is_an_error(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.stages["train"].done = "NEVER_WRITTEN"
+    with pytest.raises(pipeline.PipelineError, match="did not write .*NEVER_WRITTEN"):
+        pipeline.run_pipeline(cfg)
+
+
+def test_failed_gate_stops_after_writing_the_report(tmp_path):
+    cfg = make_cfg(tmp_path, gate={"metric": "accuracy", "min": 0.9})
+    with pytest.raises(GateFailed, match=r"accuracy = 0\.5 < min 0\.9; report: .*report\.md"):
+        pipeline.run_pipeline(cfg)
+    assert "FAILED" in (Path(cfg.run_dir) / "report.md").read_text()
+    cfg.fail_on_gate = False
+    assert pipeline.run_pipeline(cfg).is_file()
+
+
+def test_torchrun_launcher_and_only(tmp_path):
+    cfg = make_cfg(tmp_path, launcher="torchrun")
+    cfg.only = ["train"]
+    assert pipeline.launch_command(cfg, "train")[:5] == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    assert pipeline.run_pipeline(cfg) is None  # no evaluation ran: no report
+    assert calls(cfg) == ["train"]
+
+
+def test_plan_writes_one_args_file_per_pending_stage(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.nproc_per_node = 4
+    cfg.stages["train"].launcher = "torchrun"
+    lines = pipeline.write_plan(cfg)
+    plan = Path(cfg.run_dir) / "plan"
+    assert lines == [f"train 4 torchrun {plan / 'train.args'}", f"eval_train 1 python {plan / 'eval_train.args'}"]
+    assert (plan / "train.args").read_text().splitlines() == ["fake_stage", f"out={Path(cfg.run_dir) / 'train'}"]
+    (Path(cfg.run_dir) / "train").mkdir(parents=True)
+    (Path(cfg.run_dir) / "train" / "DONE").write_text("ok")
+    assert [line.split()[0] for line in pipeline.write_plan(cfg)] == ["eval_train"]
+
+
+def test_cli_plan_mode_prints_stage_lines(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "scripts/pipeline.py", "--config-name=demo", f"run_dir={tmp_path}",
+         f"data_dir={tmp_path / 'data'}", "plan=true"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert names[:3] == ["prepare", "pretrain", "eval_pretrain"] and names[-1] == "eval_dpo"
+    args = (tmp_path / "plan" / "pretrain.args").read_text().splitlines()
+    assert f"data.sources=[{{path:{tmp_path / 'data'}/pretrain,weight:1.0}}]" in args
+    bad = subprocess.run([sys.executable, "scripts/pipeline.py", "nproc_per_nod=2", "plan=true"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "nproc_per_nod" in bad.stderr

@@ -1,0 +1,125 @@
+"""slurm/stage.sbatch on a real one-node Slurm cluster on localhost (slurm/local_cluster.sh).
+
+1. A 2-rank CPU pretraining job submitted through the template completes (DONE, export).
+2. A job signalled mid-run with USR1 (as Slurm does before the time limit) checkpoints, is requeued under the
+   same job id, and resumes from its checkpoint to the end.
+
+Installs Slurm from the Debian packages when it is missing (needs root); the daemons are stopped by PID.
+"""
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "artifacts" / "data" / "demo"
+pytestmark = pytest.mark.slow
+
+# A few fast steps of the demo model: 4 rows of 64 tokens per step over 2 ranks.
+SMALL = ["data.seq_len=64", "data.global_batch_tokens=256", "data.micro_batch_rows=2",
+         "trainer.log_every=1", "trainer.eval_every=0", "trainer.progress_bar=false"]
+
+
+def sh(*cmd, env=None, timeout=120, check=True) -> str:
+    out = subprocess.run(list(cmd), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            pytest.skip("Slurm is not installed and cannot be installed here (needs root and apt-get)")
+        sh("bash", "slurm/local_cluster.sh", "install", timeout=600)
+    if not (DATA / "DONE").exists():  # the demo data (idempotent; a few minutes the first time)
+        sh(sys.executable, "-m", "data.prepare", "--config-name=demo", timeout=1200)
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"),
+           "SLURM_LOCAL_PORT": str(random.randrange(20000, 30000, 2))}
+    try:
+        sh("bash", "slurm/local_cluster.sh", "start", str(state), env=env, timeout=120)
+        yield env, state
+    finally:
+        subprocess.run(["bash", "slurm/local_cluster.sh", "stop", str(state)], cwd=REPO, env=env, timeout=120)
+
+
+def job_field(env, job: str, key: str) -> str:
+    out = sh("scontrol", "show", "job", job, env=env, check=False)
+    m = re.search(rf"\b{key}=(\S+)", out)
+    return m.group(1) if m else ""
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def submit(env, state: Path, name: str, run_dir: Path, max_steps: int, save_every: int) -> tuple[str, Path]:
+    args = state / f"{name}.args"
+    args.write_text("\n".join(["train.pretrain", "--config-name=demo", f"run.dir={run_dir}", f"run.name={name}",
+                               f"trainer.max_steps={max_steps}", f"trainer.save_every={save_every}", *SMALL]) + "\n")
+    log = state / f"{name}.out"
+    job = sh("sbatch", "--parsable", f"--output={log}", f"--job-name={name}",
+             f"--export=ALL,NPROC_PER_NODE=2,SAMBAY_VENV={Path(sys.executable).parents[1]},"
+             f"RDZV_PORT={random.randrange(30000, 40000)},WANDB_MODE=disabled",
+             "slurm/stage.sbatch", str(args), env=env).strip().split(";")[0]
+    return job, log
+
+
+def finished(env, job: str) -> str:
+    state = job_field(env, job, "JobState")
+    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") else ""
+
+
+def test_two_rank_pretraining_job_completes(cluster, tmp_path):
+    env, state = cluster
+    run_dir = tmp_path / "run"
+    job, log = submit(env, state, "slurm_pretrain", run_dir, max_steps=3, save_every=0)
+    final = wait_for(lambda: finished(env, job), 600, f"job {job} to finish", interval=2)
+    text = log.read_text()
+    assert final == "COMPLETED", text[-4000:]
+    assert job_field(env, job, "ExitCode") == "0:0"
+    assert (run_dir / "DONE").exists() and (run_dir / "export" / "config.json").exists()
+    assert "2 node(s)" not in text and "1 node(s) x 2" in text
+
+
+def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
+    env, state = cluster
+    run_dir = tmp_path / "run"
+    max_steps = 12
+    job, log = submit(env, state, "slurm_requeue", run_dir, max_steps=max_steps, save_every=3)
+    # Signal once the run is underway (its first periodic checkpoint exists), as Slurm would before the limit.
+    wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 600, "the first checkpoint", interval=1)
+    assert not (run_dir / "DONE").exists(), "the run finished before it could be signalled; raise max_steps"
+    sh("scancel", "--signal=USR1", "--batch", job, env=env)
+    wait_for(lambda: job_field(env, job, "Restarts") == "1", 300, f"job {job} to be requeued", interval=1)
+    # Slurm holds a requeued job back for ~2 minutes (BeginTime); release it now.
+    wait_for(lambda: job_field(env, job, "JobState") in ("PENDING", "RUNNING", "COMPLETED"), 120, "requeued state")
+    if job_field(env, job, "JobState") == "PENDING":
+        sh("scontrol", "update", f"JobId={job}", "StartTime=now", env=env)
+    final = wait_for(lambda: finished(env, job), 900, f"job {job} to finish after the requeue", interval=2)
+    text = log.read_text()
+    assert final == "COMPLETED", text[-6000:]
+    assert "got USR1" in text and "requeueing" in text
+    stopped = re.search(r"\[train\] stop signal: saved step (\d+)", text)
+    assert stopped, text[-6000:]
+    resumed = re.search(r"\[train\] resumed \S+ at step (\d+)", text)
+    assert resumed, text[-6000:]
+    assert int(resumed.group(1)) == int(stopped.group(1)) < max_steps
+    assert text.index(stopped.group(0)) < text.index(resumed.group(0))
+    assert (run_dir / "DONE").exists()
+    steps = [int(m) for m in re.findall(r'"step": (\d+)', (run_dir / "metrics.jsonl").read_text())]
+    assert max(steps) == max_steps
