@@ -113,9 +113,10 @@ def main() -> None:
     data = Path(args.data)
     if not (data / "DONE").exists():
         sys.exit(f"{data}: no complete demo data; run `python -m data.prepare --config-name demo` first")
-    from data.atomic import atomic_write_text, check_writable
+    from data.atomic import atomic_write_text
 
-    check_writable(args.out, args.overwrite)
+    if Path(args.out).exists() and not args.overwrite:
+        sys.exit(f"{args.out} exists; pass --overwrite to replace it")
     lines = [f"bench_data on {platform.machine()} / {os.cpu_count()} CPU cores, python {platform.python_version()}",
              f"data: {data}", ""]
     lines += bench_tokenization(data, args.chars) + [""] + bench_loader(data)

@@ -63,12 +63,15 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared 2-core machine more threads mostly measure contention)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "model_cpu.txt")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     args = p.parse_args(argv)
     if args.out.exists() and not args.force:
         p.error(f"{args.out} exists; pass --force to overwrite it")
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     models = {name: Phi4FlashForCausalLM(bench_config(name, args)).eval() for name in ("sambay", "transformer")}
     lines = [

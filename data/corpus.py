@@ -153,7 +153,8 @@ def iter_stdlib_documents() -> Iterator[Document]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for f in sorted(stdlib.rglob("*.py")):
         rel = f.relative_to(stdlib).as_posix()
-        if rel.startswith(("site-packages", "test/", "idlelib/idle_test", "lib2to3/tests")) or "/tests/" in rel:
+        parts = rel.split("/")
+        if parts[0] == "site-packages" or any(p in ("test", "tests", "idle_test") for p in parts[:-1]):
             continue
         text = _read_text(f)
         if text and text.strip():

@@ -2,8 +2,9 @@
 
     python -m data.prepare [--config-name demo] [overrides, e.g. out_dir=artifacts/data/x overwrite=true]
 
-Writes under ``out_dir`` (docs/design.md): ``tokenizer/``, ``pretrain/``, ``reasoning/{train,heldout}.jsonl``,
-``sft/<stage>.jsonl`` + ``sft/<stage>/``, ``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output is
+Writes under ``out_dir`` (docs/design.md): ``tokenizer/``, ``pretrain/`` (plus one shard set per
+``extra_pretrain`` entry, for mixtures), ``reasoning/{train,heldout}.jsonl``, ``sft/<stage>.jsonl`` + ``sft/<stage>/``,
+``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output is
 written atomically, so an existing one is complete: it is skipped unless ``overwrite=true``.
 """
 from __future__ import annotations
@@ -34,17 +35,21 @@ def _step(path: Path, cfg: PrepareConfig, what: str, build: Callable[[], object]
     log.info("%s: wrote %s in %.1f s", what, path, time.perf_counter() - t0)
 
 
+RESERVED_NAMES = ("tokenizer", "pretrain", "reasoning", "sft", "preference")
+
+
 class _Corpus:
     """Collected at most once, and only when a step needs the text."""
 
-    def __init__(self, cfg: PrepareConfig):
-        self.cfg, self._docs = cfg, None
+    def __init__(self, corpus_cfg):
+        self.corpus_cfg, self._docs = corpus_cfg, None
+        self.sources: list[str] = []
 
     def documents(self):
         if self._docs is None:
             from data.corpus import Document, collect_corpus
 
-            c = self.cfg.corpus
+            c = self.corpus_cfg
             if c.files:
                 from data.pretrain import load_documents
 
@@ -115,10 +120,15 @@ def prepare(cfg: PrepareConfig) -> Path:
     if done.exists() and not cfg.overwrite:
         log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", out)
         return out
+    if done.exists():  # overwrite=true: the set is incomplete until this run writes DONE again
+        done.unlink()
     names = [s.name for s in cfg.sft]
     if any(not n for n in names) or len(set(names)) != len(names):
         raise ValueError(f"sft stages need unique non-empty names, got {names}")
-    corpus = _Corpus(cfg)
+    extra_names = [e.name for e in cfg.extra_pretrain]
+    if any(not n or n in RESERVED_NAMES for n in extra_names) or len(set(extra_names)) != len(extra_names):
+        raise ValueError(f"extra_pretrain names must be unique, non-empty and not in {RESERVED_NAMES}: {extra_names}")
+    corpus = _Corpus(cfg.corpus)
     tok_dir = out / "tokenizer"
     _step(tok_dir, cfg, "tokenizer", lambda: build_tokenizer(cfg, tok_dir, corpus))
 
@@ -126,19 +136,20 @@ def prepare(cfg: PrepareConfig) -> Path:
         if path.exists() and not cfg.overwrite:  # a kept shard set must match the (possibly rebuilt) tokenizer
             check_compatible(path, tok_dir, None)
 
-    if cfg.pretrain.enabled:
-        pre = out / "pretrain"
+    sets = [("pretrain", corpus, cfg.pretrain.val_fraction)] if cfg.pretrain.enabled else []
+    sets += [(e.name, _Corpus(e.corpus), e.val_fraction) for e in cfg.extra_pretrain]
+    for name, source, val_fraction in sets:
+        pre = out / name
         _reuse_check(pre)
 
-        def _pretrain():
+        def _pretrain(pre=pre, source=source, val_fraction=val_fraction):
             import datasets
 
-            docs = corpus.documents()
-            ds = datasets.Dataset.from_dict({"text": [d.text for d in docs]})
-            write_pretrain_shards(ds, tok_dir, pre, corpus.sources, cfg.pretrain.val_fraction, cfg.seed,
-                                  cfg.num_proc, cfg.pretrain.shard_tokens, cfg.overwrite)
+            ds = datasets.Dataset.from_dict({"text": [d.text for d in source.documents()]})
+            write_pretrain_shards(ds, tok_dir, pre, source.sources, val_fraction, cfg.seed, cfg.num_proc,
+                                  cfg.pretrain.shard_tokens, cfg.overwrite)
 
-        _step(pre, cfg, "pretrain shards", _pretrain)
+        _step(pre, cfg, f"{name} shards", _pretrain)
 
     r = cfg.reasoning
     for split, n in (("train", r.n_train), ("heldout", r.n_heldout)):
@@ -182,9 +193,6 @@ def prepare(cfg: PrepareConfig) -> Path:
     return out
 
 
-register_configs()
-
-
 @hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
@@ -192,4 +200,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the recipes' defaults name the schema, so it must exist before Hydra composes
     main()

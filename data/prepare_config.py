@@ -63,6 +63,21 @@ class PretrainDataConfig:
 
 
 @dataclass
+class ExtraPretrainConfig:
+    """Another pretraining shard set ``<out_dir>/<name>`` (e.g. code next to prose, for a weighted mixture),
+    made with the same tokenizer.
+
+    name: directory name; not tokenizer/pretrain/reasoning/sft/preference (default empty; must be set).
+    corpus: its text (default: ``CorpusConfig()`` defaults).
+    val_fraction: fraction of documents in ``val`` (default 0.02).
+    """
+
+    name: str = ""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    val_fraction: float = 0.02
+
+
+@dataclass
 class ReasoningConfig:
     """Problems written to ``<out_dir>/reasoning/{train,heldout}.jsonl``.
 
@@ -130,6 +145,7 @@ class PrepareConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     pretrain: PretrainDataConfig = field(default_factory=PretrainDataConfig)
+    extra_pretrain: list[ExtraPretrainConfig] = field(default_factory=list)
     reasoning: ReasoningConfig = field(default_factory=ReasoningConfig)
     sft: list[SFTStageData] = field(default_factory=list)
     preference: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)

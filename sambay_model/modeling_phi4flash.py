@@ -457,17 +457,19 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         doc_ids: torch.LongTensor | None = None,
-        logits_to_keep: int = 0,
+        keep_last_positions: int = 0,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """``logits_to_keep`` (int > 0): return hidden states for the last that many positions only; SambaY then runs
-        its cross-decoder on those positions only (linear prefill)."""
+        """``keep_last_positions`` > 0: return hidden states for the last that many positions only; SambaY then runs
+        its cross-decoder on those positions only (linear prefill). Unknown kwargs (e.g. a trainer's
+        ``logits_to_keep``) are ignored, like other Hugging Face backbones do."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         batch, length = inputs_embeds.shape[:2]
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a training step has no use for a cache
+            use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and past_key_values is None:
@@ -477,11 +479,9 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         if past_key_values is not None and not isinstance(past_key_values, SambaYCache):
             raise TypeError(f"past_key_values must be a SambaYCache, got {type(past_key_values).__name__}")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        keep_last = logits_to_keep if isinstance(logits_to_keep, int) and 0 < logits_to_keep < length else 0
-        if self.config.backbone == "transformer":
-            keep_last_layers = 0
-        else:
-            keep_last_layers = keep_last
+        keep_last = keep_last_positions if 0 < keep_last_positions < length else 0
+        # The Transformer++ baseline needs every position in every layer (each layer's K,V depend on them).
+        keep_last_layers = 0 if self.config.backbone == "transformer" else keep_last
         ctx = self._context(batch, length, past, inputs_embeds.device, attention_mask, position_ids, doc_ids,
                             keep_last_layers)
 
@@ -552,7 +552,7 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, doc_ids=doc_ids,
-            logits_to_keep=backbone_keep,
+            keep_last_positions=backbone_keep,
         )
         hidden = outputs.last_hidden_state
         loss = None

@@ -66,6 +66,16 @@ CONF
   ;;
 stop)
   D=$(realpath -m "${2:?usage: local_cluster.sh stop STATE_DIR}")
+  export SLURM_CONF=$D/slurm.conf
+  # Cancel every job first, so no batch script or job step outlives the daemons.
+  if [ -f "$D/slurmctld.pid" ] && kill -0 "$(cat "$D/slurmctld.pid")" 2>/dev/null; then
+    JOBS=$(squeue -h -o %i 2>/dev/null || true)
+    if [ -n "$JOBS" ]; then
+      # shellcheck disable=SC2086
+      scancel $JOBS || true
+      for _ in $(seq 1 120); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+    fi
+  fi
   for f in "$D/slurmd.pid" "$D/slurmctld.pid"; do
     if [ -f "$f" ]; then
       PID=$(cat "$f")

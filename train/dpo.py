@@ -87,23 +87,27 @@ def build_on_policy_pairs(model, tokenizer, cfg: DPORunConfig, data_dir: Path) -
                               seed=cfg.trainer.seed)
 
 
-def _load_train_pairs(cfg: DPORunConfig, model, tokenizer, run_dir: Path, data_dir: Path, rank: int) -> list[dict]:
+def _add_on_policy_pairs(cfg: DPORunConfig, offline: list[dict], model, tokenizer, run_dir: Path, data_dir: Path,
+                         rank: int) -> list[dict]:
+    """Offline pairs plus (or replaced by) on-policy pairs, which rank 0 builds once and saves in the run dir."""
     from data.jsonl import write_jsonl
     from data.preference import FIELDS
     from train.eval_preference import load_preference_pairs
 
-    pairs = [] if cfg.dpo.on_policy.enabled and cfg.dpo.on_policy.mix == "replace" else load_preference_pairs(
-        cfg.dpo.train_file or data_dir / "preference" / "train.jsonl")
+    pairs = list(offline)
     if cfg.dpo.on_policy.enabled:
+        if cfg.dpo.on_policy.mix == "replace":
+            pairs = []
         path = run_dir / "on_policy_pairs.jsonl"
         if rank == 0 and not path.exists():  # a resumed run reuses the pairs it trained on
             built = build_on_policy_pairs(model, tokenizer, cfg, data_dir)
             write_jsonl(path, built)
             print(f"[dpo] built {len(built)} on-policy pairs -> {path}", flush=True)
         _barrier()
-        pairs += load_preference_pairs(path) if path.stat().st_size else []
+        if path.stat().st_size:
+            pairs += load_preference_pairs(path)
     if not pairs:
-        raise ValueError("no DPO training pairs: the preference file is empty and sampling gave no right/wrong pair")
+        raise ValueError("no DPO training pairs: on-policy sampling gave no right/wrong pair and mix=replace")
     return [{k: p[k] for k in FIELDS} for p in pairs]
 
 
@@ -151,10 +155,16 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         print(f"[dpo] {rd.done} exists: the run is complete; nothing to do", flush=True)
         return None
     init_from, data_dir = Path(cfg.dpo.init_from), Path(cfg.dpo.data_dir)
+    if not (init_from / "config.json").is_file():
+        raise FileNotFoundError(f"dpo.init_from={init_from}: not a model export (no config.json); expected an SFT "
+                                f"stage's export/ directory")
     if cfg.dpo.check_tokenizer:
         check_same_tokenizer(init_from, data_dir / "tokenizer")
+    # Validate every input before the run dir is touched: bad data leaves nothing half-written.
     heldout = load_preference_pairs(cfg.dpo.heldout_file or data_dir / "preference" / "heldout.jsonl",
                                     limit=cfg.dpo.heldout_limit or None)
+    offline = [] if cfg.dpo.on_policy.enabled and cfg.dpo.on_policy.mix == "replace" else load_preference_pairs(
+        cfg.dpo.train_file or data_dir / "preference" / "train.jsonl", limit=cfg.dpo.train_limit or None)
     _init_process_group(world_size)
     if rank == 0:
         rd.create()
@@ -167,7 +177,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     tokenizer = load_tokenizer(init_from)
     if on_gpu:
         model = model.cuda()
-    train_pairs = _load_train_pairs(cfg, model, tokenizer, rd.root, data_dir, rank)
+    train_pairs = _add_on_policy_pairs(cfg, offline, model, tokenizer, rd.root, data_dir, rank)
     # Held-out reference log-probs come from the init model, before any update (same for both reference modes).
     ref_c, ref_r = completion_logps(model, tokenizer, heldout, cfg.dpo.max_length, cfg.dpo.heldout_batch_size)
 

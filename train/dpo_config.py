@@ -39,6 +39,7 @@ class DPOSection:
     init_from: SFT export directory, policy and reference start here (default ``MISSING``).
     data_dir: output of ``data.prepare`` (default ``artifacts/data/demo``).
     train_file: preference JSONL (default ``None`` = ``<data_dir>/preference/train.jsonl``).
+    train_limit: first N offline training pairs; 0 = all (default 0).
     heldout_file: held-out preference JSONL (default ``None`` = ``<data_dir>/preference/heldout.jsonl``).
     heldout_limit: held-out pairs scored after training; 0 = all (default 0).
     check_tokenizer: the export's tokenizer fingerprint must equal ``<data_dir>/tokenizer``'s (default True).
@@ -63,6 +64,7 @@ class DPOSection:
     init_from: str = MISSING
     data_dir: str = "artifacts/data/demo"
     train_file: Optional[str] = None
+    train_limit: int = 0
     heldout_file: Optional[str] = None
     heldout_limit: int = 0
     check_tokenizer: bool = True

@@ -77,16 +77,23 @@ def build_mask(
     return mask
 
 
-def _sdpa(q, k, v, mask, scale, is_causal=False):
-    """SDPA with GQA; rows of ``mask`` with no visible key give zeros (and zero gradients), not NaN."""
+def _sdpa(q, k, v, mask, scale, is_causal=False, may_be_empty=False):
+    """SDPA with GQA and a boolean visibility mask (None = all visible).
+
+    The mask goes in as an additive float mask: SDPA converts boolean masks itself, and on CPU that conversion
+    made masked calls ~1.5x slower. ``may_be_empty``: some query may see no key at all (only possible with key
+    padding); such rows give zeros (and zero gradients) instead of NaN.
+    """
     gqa = q.shape[1] != k.shape[1]
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
-    empty = ~mask.any(dim=-1, keepdim=True)  # [B|1, 1, Tq, 1]
-    # Let empty rows see every key so softmax stays finite, then zero their output.
-    safe = mask | empty
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, scale=scale, enable_gqa=gqa)
-    return out.masked_fill(empty, 0.0)
+    empty = None
+    if may_be_empty:
+        empty = ~mask.any(dim=-1, keepdim=True)  # [B|1, 1, Tq, 1]
+        mask = mask | empty  # empty rows attend everywhere (finite softmax), zeroed below
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 def _attention_blockwise(q, k, v, *, window, doc_ids, key_padding_mask, scale, block):
@@ -110,7 +117,8 @@ def _attention_blockwise(q, k, v, *, window, doc_ids, key_padding_mask, scale, b
             k_doc=doc_ids[:, j0:j1] if doc_ids is not None else None,
             k_real=key_padding_mask[:, j0:j1] if key_padding_mask is not None else None,
         )
-        outs.append(_sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale))
+        outs.append(_sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale,
+                          may_be_empty=key_padding_mask is not None))
     return torch.cat(outs, dim=2)
 
 
@@ -144,7 +152,8 @@ def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padd
         k_doc=doc_ids,
         k_real=key_padding_mask,
     )
-    return _sdpa(q, k, v, mask, scale)
+    # A query always sees its own position unless that key is padding, so only padding can empty a row.
+    return _sdpa(q, k, v, mask, scale, may_be_empty=key_padding_mask is not None)
 
 
 def attention(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"):

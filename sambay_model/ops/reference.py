@@ -10,21 +10,27 @@ import torch.nn.functional as F
 
 def selective_scan_ref(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, resets=None,
                        initial_state=None, return_last_state=False, dtype=torch.float64):
-    """Token-by-token Mamba-1 recurrence, differentiable through autograd, computed in ``dtype``."""
+    """Token-by-token Mamba-1 recurrence, differentiable through autograd, computed in ``dtype``.
+
+    The usual reference shape of the algorithm: decays and inputs precomputed for all tokens, then a Python loop
+    over tokens carrying the state.
+    """
     u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     Bsz, Dch, T = u.shape
+    decay = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # [B, D, T, N]
+    if resets is not None:
+        decay = decay * (~resets.to(torch.bool)).to(dtype)[:, None, :, None]
+    inp = (delta * u).unsqueeze(-1) * B.transpose(1, 2)[:, None]  # [B, D, T, N]
     h = torch.zeros(Bsz, Dch, A.shape[1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
     ys = []
-    for t in range(T):
-        decay = torch.exp(delta[:, :, t, None] * A)
-        if resets is not None:
-            decay = decay * (~resets[:, t]).to(dtype)[:, None, None]
-        h = decay * h + (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        ys.append((h * C[:, None, :, t]).sum(-1))
+    # unbind, not indexing: each index's backward would scatter into a full-size zero tensor (O(T^2) traffic).
+    for decay_t, inp_t, C_t in zip(decay.unbind(2), inp.unbind(2), C.unbind(2)):
+        h = decay_t * h + inp_t
+        ys.append((h * C_t[:, None, :]).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u

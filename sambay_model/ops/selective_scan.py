@@ -70,6 +70,7 @@ class _SelectiveScan(torch.autograd.Function):
     def backward(ctx, g_y, g_last):
         u_t, delta_t, A, B_t, C_t, keep_t, h0 = ctx.saved_tensors
         chunks = ctx.chunks
+        g_y = g_y.contiguous()  # arrives as a permuted view; strided batches make matmul copy per (t, b)
         T, Bsz, Dch = u_t.shape
         N = A.shape[1]
         g_u = torch.empty_like(u_t)

@@ -87,6 +87,23 @@ def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
     _check_layout(out)
 
 
+def test_extra_pretrain_set_for_a_mixture(tmp_path, sample_texts):
+    from data.mixture import parse_sources
+    from data.prepare import prepare
+
+    prose, code = tmp_path / "prose.txt", tmp_path / "code.jsonl"
+    prose.write_text("\n".join(sample_texts[:100]))
+    code.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts[100:]))
+    extra = ["extra_pretrain=[{name: code, corpus: {files: [%s], debian_packages: []}, val_fraction: 0.3}]" % code]
+    out = prepare(_cfg(_small(tmp_path, [prose], extra)))
+    assert read_manifest(out / "code")["sources"] == [str(code)]
+    mix = parse_sources([{"path": str(out / "pretrain"), "weight": 0.8}, {"path": str(out / "code"), "weight": 0.2}],
+                        kind="pretrain")
+    assert PackedLoader(mix, seq_len=32, global_batch_rows=4).next_batch()["input_ids"].shape == (4, 32)
+    with pytest.raises(ValueError, match="extra_pretrain names"):
+        prepare(_cfg(_small(tmp_path, [prose], ["extra_pretrain=[{name: sft}]", "overwrite=true"])))
+
+
 def test_prepare_with_existing_tokenizer_dir(tmp_path, bpe_dir, sample_texts):
     from data.prepare import prepare
     from data.tokenizer import fingerprint
@@ -136,8 +153,9 @@ def test_demo_recipe_end_to_end(tmp_path):
 
 def test_full_recipe_composes_against_the_schema():
     cfg = _cfg([], config_name="full")
-    assert cfg.tokenizer.kind == "phi4mini" and cfg.reasoning.source == "gsm_symbolic" and cfg.sft[0].name == "gsm"
-    from omegaconf.errors import ConfigCompositionException  # noqa: F401  (hydra wraps the key error)
+    assert cfg.tokenizer.kind == "phi4mini" and cfg.reasoning.source == "gsm_symbolic" and [s.name for s in cfg.sft] == ["distill", "long_cot"]
+    assert cfg.extra_pretrain[0].name == "code" and cfg.extra_pretrain[0].corpus.include_stdlib
+    from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(Exception, match="n_trian"):
+    with pytest.raises(ConfigCompositionException, match="n_trian"):
         _cfg(["reasoning.n_trian=5"])

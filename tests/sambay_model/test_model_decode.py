@@ -182,3 +182,21 @@ def test_transformer_baseline_cache_grows_in_every_layer():
     cfg = model.config
     kv_per_token = 2 * cfg.num_key_value_heads * cfg.head_dim
     assert cache.nbytes() == cfg.num_hidden_layers * kv_per_token * 10 * 4
+
+
+def test_beam_search_with_cache_equals_beam_search_without():
+    model = build()
+    ids, mask = _left_pad([[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22]], pad_id=2)
+    kwargs = dict(max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=2, eos_token_id=None)
+    with torch.no_grad():
+        cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
+        uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_cuda_backend_without_kernels_is_a_clear_error():
+    model = build(compute_backend="cuda")
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU-only error path")
+    with pytest.raises(RuntimeError, match="compute_backend='cuda'"):
+        model(torch.randint(3, VOCAB, (1, 4)))

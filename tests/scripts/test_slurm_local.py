@@ -123,3 +123,23 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert (run_dir / "DONE").exists()
     steps = [int(m) for m in re.findall(r'"step": (\d+)', (run_dir / "metrics.jsonl").read_text())]
     assert max(steps) == max_steps
+
+
+def test_submit_chains_one_job_per_stage_then_the_report(cluster, tmp_path):
+    env, state = cluster
+    env = {**env, "WANDB_MODE": "disabled", "SAMBAY_VENV": str(Path(sys.executable).parents[1])}
+    run_dir = tmp_path / "pipe"
+    out = sh("bash", "slurm/submit.sh", "--", "--config-name=smoke", f"run_dir={run_dir}", "nproc_per_node=2",
+             "only=[pretrain,eval_pretrain]", env=env, timeout=300)
+    jobs = dict(re.findall(r"submitted (\S+) as job (\d+)", out))
+    assert list(jobs) == ["pretrain", "eval_pretrain"], out
+    report_job = re.search(r"submitted the report as job (\d+)", out).group(1)
+    # Checked at once: the first stage takes far longer than this to start up.
+    assert job_field(env, jobs["eval_pretrain"], "Dependency").startswith(f"afterok:{jobs['pretrain']}")
+    assert job_field(env, report_job, "Dependency").startswith(f"afterok:{jobs['eval_pretrain']}")
+    for name, job in [*jobs.items(), ("report", report_job)]:
+        final = wait_for(lambda: finished(env, job), 900, f"{name} job {job}", interval=2)
+        logs = "\n".join(p.read_text() for p in (run_dir / "slurm").glob("*.out"))
+        assert final == "COMPLETED", logs[-6000:]
+    assert (run_dir / "pretrain" / "DONE").exists() and (run_dir / "pretrain" / "eval" / "eval.json").exists()
+    assert (run_dir / "report.md").is_file() and "pretrain" in (run_dir / "report.md").read_text()

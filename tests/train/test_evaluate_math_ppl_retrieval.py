@@ -1,0 +1,189 @@
+"""train.evaluate and its parts on a tiny SambaY export and tiny data built in a temp dir."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _build_data(root: Path, vocab: int = 320, seed: int = 0) -> Path:
+    from data.jsonl import write_jsonl
+    from data.preference import pairs_from_corruptions
+    from data.reasoning import generate_problems
+    from data.shards import ShardSetWriter, tokenizer_info
+    from data.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+    train = generate_problems(40, "train", seed=seed)
+    heldout = generate_problems(12, "heldout", seed=seed + 1)
+    texts = [p["question"] + " " + p["solution"] for p in train + heldout]
+    train_bpe_tokenizer(texts[: 30 + seed], vocab, root / "tokenizer")
+    write_jsonl(root / "reasoning" / "train.jsonl", train)
+    write_jsonl(root / "reasoning" / "heldout.jsonl", heldout)
+    write_jsonl(root / "preference" / "train.jsonl", pairs_from_corruptions(train, seed=0))
+    write_jsonl(root / "preference" / "heldout.jsonl", pairs_from_corruptions(heldout, seed=1))
+    tok = load_tokenizer(root / "tokenizer")
+    with ShardSetWriter(root / "pretrain", "pretrain", tokenizer_info(root / "tokenizer"), ["test"]) as w:
+        for t in texts:
+            ids = tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            w.add("train", ids)
+            w.add("val", ids)
+    return root
+
+
+def _build_export(data_dir: Path, out: Path, seed: int = 0) -> Path:
+    from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
+    from train.export import save_export
+
+    from data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(data_dir / "tokenizer")
+    cfg = Phi4FlashConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                          num_attention_heads=2, num_key_value_heads=2, sliding_window=32,
+                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    save_export(Phi4FlashForCausalLM(cfg), data_dir / "tokenizer", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaldata")
+    data = _build_data(root / "data")
+    return data, _build_export(data, root / "export")
+
+
+def _cfg(data, model, out, **over):
+    from train.eval_config import EvalConfig
+    from train.eval_perplexity import PerplexityConfig
+    from train.eval_retrieval import RetrievalConfig
+
+    cfg = EvalConfig(model_path=str(model), data_dir=str(data), output_dir=str(out))
+    cfg.math.limit = 4
+    cfg.math.sampling.max_new_tokens = 6
+    cfg.perplexity = PerplexityConfig(seq_len=64, batch_rows=2, max_batches=2)
+    cfg.retrieval = RetrievalConfig(context_lengths=[48], num_queries=2)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_score_file_cli_contract(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rows = [{"completion": "so \\boxed{12}", "answer": "12"}, {"completion": "#### 7", "answer": "8"},
+            {"completion": "no idea", "answer": "3"}, {"completion": "\\boxed{\\frac{1}{2}}", "answer": "0.5"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", f"score_file={path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["accuracy"] == pytest.approx(0.5)
+    assert metrics["extracted_fraction"] == pytest.approx(0.75)
+
+
+def test_score_file_bad_record_names_file(tmp_path):
+    from train.eval_math import score_file
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"completion": "1", "answer": "1"}) + "\n" + json.dumps({"text": "x", "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl: record 2 .*needs 'completion'"):
+        score_file(path)
+
+
+def test_pass_at_1_averages_over_k_samples():
+    from train.eval_math import score_samples
+
+    samples = [{"id": "a", "completion": "\\boxed{1}", "answer": "1"},
+               {"id": "a", "completion": "\\boxed{2}", "answer": "1"},
+               {"id": "b", "completion": "\\boxed{5}", "answer": "4"},
+               {"id": "b", "completion": "none", "answer": "4"}]
+    metrics, graded = score_samples(samples)
+    assert metrics["accuracy"] == pytest.approx(0.25)  # (1/2 + 0/2) / 2
+    assert metrics["pass_at_k"] == pytest.approx(0.5) and metrics["k"] == 2
+    assert metrics["extracted_fraction"] == pytest.approx(0.75)
+    assert [g["correct"] for g in graded] == [True, False, False, False]
+
+
+def test_batched_left_padded_generation_matches_single(tiny):
+    from train.evaluate import load_model
+    from train.generation import SamplingConfig, chat_prompt, generate
+
+    _, export = tiny
+    model, tok = load_model(export)
+    prompts = [chat_prompt(tok, q) for q in ["What is 2 + 3?", "Ann has 4 apples and buys 7 more. How many?", "Hi"]]
+    cfg = SamplingConfig(max_new_tokens=6, batch_size=3)
+    batched = generate(model, tok, prompts, cfg)
+    single = [generate(model, tok, [p], cfg)[0] for p in prompts]
+    assert batched == single
+    sampled = generate(model, tok, prompts, SamplingConfig(max_new_tokens=4, temperature=1.0, num_samples=2))
+    assert [len(s) for s in sampled] == [2, 2, 2]
+
+
+def test_sampling_config_rejects_k_with_greedy():
+    from train.generation import SamplingConfig
+
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(num_samples=4, temperature=0.0)
+
+
+def test_perplexity_matches_model_loss(tiny):
+    from data.loader import PackedLoader
+    from train.eval_perplexity import PerplexityConfig, evaluate_perplexity
+    from train.evaluate import load_model
+
+    data, export = tiny
+    model, _ = load_model(export)
+    cfg = PerplexityConfig(seq_len=64, batch_rows=2, max_batches=1)
+    got = evaluate_perplexity(model, str(data / "pretrain"), cfg)
+    batch = PackedLoader(sources=[(str(data / "pretrain"), 1.0)], split="val", seq_len=64, global_batch_rows=2).next_batch()
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], labels=batch["labels"], doc_ids=batch["doc_ids"]).loss.item()
+    assert got["val_loss"] == pytest.approx(ref, rel=1e-5)
+    assert got["perplexity"] == pytest.approx(float(torch.tensor(ref).double().exp()), rel=1e-5)
+
+
+def test_retrieval_example_fits_length(tiny):
+    import random
+
+    from data.tokenizer import load_tokenizer
+    from train.eval_retrieval import make_example
+
+    data, _ = tiny
+    tok = load_tokenizer(data / "tokenizer")
+    prompt, answer = make_example(tok, 200, random.Random(0))
+    assert 120 <= len(prompt) <= 200
+    number = tok.decode(answer).strip()
+    assert len(number) == 8 and number[3] == "-" and number in tok.decode(prompt)
+
+
+def test_run_evaluation_writes_eval_json_and_refuses_overwrite(tiny, tmp_path):
+    from data.atomic import OutputExistsError
+    from train.evaluate import run_evaluation
+
+    data, export = tiny
+    out = tmp_path / "eval"
+    metrics = run_evaluation(_cfg(data, export, out))
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for key in ("accuracy", "extracted_fraction", "perplexity", "retrieval_accuracy"):
+        assert key in saved
+    assert saved["num_problems"] == 4
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and {"completion", "answer", "correct", "extracted"} <= set(samples[0])
+    with pytest.raises(OutputExistsError):
+        run_evaluation(_cfg(data, export, out))
+
+
+def test_tokenizer_mismatch_is_refused_before_writing(tiny, tmp_path):
+    from train.eval_tokenizer_check import TokenizerMismatchError
+    from train.evaluate import run_evaluation
+
+    _, export = tiny
+    other = _build_data(tmp_path / "other", vocab=300, seed=3)
+    out = tmp_path / "eval"
+    with pytest.raises(TokenizerMismatchError, match="tokenizer mismatch"):
+        run_evaluation(_cfg(other, export, out))
+    assert not out.exists()
