@@ -97,7 +97,8 @@ def main(argv=None) -> int:
             print(lines[-1], flush=True)
         s, t = results["sambay"], results["transformer"]
         ratios.append(f"{context:>8} | prefill {s['prefill_s'] / t['prefill_s']:6.3f} | "
-                      f"decode {s['decode_ms'] / t['decode_ms']:6.3f} | cache {s['cache_bytes'] / t['cache_bytes']:6.3f}")
+                      f"decode {s['decode_ms'] / t['decode_ms']:6.3f} | "
+                      f"cache {s['cache_bytes'] / t['cache_bytes']:6.3f}")
     lines += ["", "SambaY / Transformer++ ratios (< 1: SambaY is cheaper)", *ratios]
     text = "\n".join(lines) + "\n"
     print("\n".join(lines[-len(ratios) - 2:]))

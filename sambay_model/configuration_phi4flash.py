@@ -150,7 +150,7 @@ class Phi4FlashConfig(PretrainedConfig):
         if self.use_diff_attn and self.num_key_value_heads % 2 != 0:
             raise bad("num_key_value_heads", "differential attention splits heads in pairs: must be even")
         if len(self.sliding_window) != self.num_hidden_layers:
-            raise bad("sliding_window", f"a per-layer list must have num_hidden_layers={self.num_hidden_layers} entries")
+            raise bad("sliding_window", f"a per-layer list needs num_hidden_layers={self.num_hidden_layers} entries")
         for w in self.sliding_window:
             if w is not None and (not isinstance(w, int) or w < 1):
                 raise bad("sliding_window", "windows must be positive integers or None")

@@ -244,7 +244,8 @@ class Phi4FlashAttention(nn.Module):
         else:
             kv_width = self.num_kv_heads * self.head_dim
             q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
-            q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
+            q = self._heads(q, self.num_heads)
+            k, v = self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if self.rope_theta is not None:
                 q = apply_rope(q, ctx.positions, self.rope_theta)
                 k = apply_rope(k, ctx.positions, self.rope_theta)

@@ -26,7 +26,7 @@ if not __package__:  # run as a file: make the checkout's packages importable wi
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from scripts.pipeline_config import PipelineConfig, StageConfig, register_configs
+from scripts.pipeline_config import PipelineConfig, register_configs
 
 LAUNCHERS = ("torchrun", "python")
 # Hydra override values made only of these characters need no quoting.

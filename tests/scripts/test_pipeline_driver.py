@@ -199,3 +199,13 @@ def test_cli_plan_mode_prints_stage_lines(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/pipeline.py", "nproc_per_nod=2", "plan=true"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nproc_per_nod" in bad.stderr
+
+
+def test_thin_stage_scripts_run_their_modules(tmp_path):
+    out = subprocess.run([sys.executable, "scripts/pretrain.py", "--config-name=demo", "--cfg", "job",
+                          "trainer.max_steps=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "max_steps: 7" in out.stdout
+    out = subprocess.run([sys.executable, "scripts/report.py", "--pipeline-dir", str(tmp_path / "missing")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "does not exist" in out.stderr

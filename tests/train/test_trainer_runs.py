@@ -171,7 +171,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(shards, tmp_path):
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_or_skips(shards, tmp_path):
-    overrides = ["trainer.max_steps=3", "trainer.log_every=1", "trainer.save_every=1", "optim.lr=1e38",
+    overrides = ["trainer.max_steps=3", "trainer.log_every=1", "trainer.save_every=1", "optim.lr=1e30",
                  "deepspeed.grad_clip=0", "data.global_batch_tokens=128", "trainer.export=false"]
     rd = tmp_path / "nan"
     p = run(rd, shards, overrides, check=False)

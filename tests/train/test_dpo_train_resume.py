@@ -1,0 +1,145 @@
+"""train.dpo on a tiny SambaY export: bad input, a short run with held-out metrics, resume from a checkpoint."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _build_data(root: Path, vocab: int = 320, seed: int = 0) -> Path:
+    from data.jsonl import write_jsonl
+    from data.preference import pairs_from_corruptions
+    from data.reasoning import generate_problems
+    from data.tokenizer import train_bpe_tokenizer
+
+    train = generate_problems(40, "train", seed=seed)
+    heldout = generate_problems(12, "heldout", seed=seed + 1)
+    train_bpe_tokenizer([p["question"] + " " + p["solution"] for p in train[: 30 + seed]], vocab, root / "tokenizer")
+    write_jsonl(root / "reasoning" / "train.jsonl", train)
+    write_jsonl(root / "reasoning" / "heldout.jsonl", heldout)
+    write_jsonl(root / "preference" / "train.jsonl", pairs_from_corruptions(train, seed=0))
+    write_jsonl(root / "preference" / "heldout.jsonl", pairs_from_corruptions(heldout, seed=1))
+    return root
+
+
+def _build_export(data_dir: Path, out: Path) -> Path:
+    from data.tokenizer import load_tokenizer
+    from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
+    from train.export import save_export
+
+    tok = load_tokenizer(data_dir / "tokenizer")
+    cfg = Phi4FlashConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                          num_attention_heads=2, num_key_value_heads=2, sliding_window=32,
+                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    save_export(Phi4FlashForCausalLM(cfg), data_dir / "tokenizer", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dpodata")
+    data = _build_data(root / "data")
+    return data, _build_export(data, root / "export")
+
+
+def _cfg(data, export, run_dir, **dpo):
+    from train.dpo_config import DPORunConfig
+
+    cfg = DPORunConfig()
+    cfg.run.name, cfg.run.dir = "dpo_test", str(run_dir)
+    cfg.wandb.mode = "disabled"
+    cfg.trainer.max_steps, cfg.trainer.save_every, cfg.trainer.keep_last, cfg.trainer.log_every = 4, 2, 2, 1
+    cfg.trainer.progress_bar = False
+    cfg.dpo.init_from, cfg.dpo.data_dir = str(export), str(data)
+    cfg.dpo.per_device_batch_size, cfg.dpo.max_length, cfg.dpo.lr, cfg.dpo.warmup_steps = 4, 512, 3e-3, 0
+    cfg.dpo.train_limit = 16
+    for k, v in dpo.items():
+        setattr(cfg.dpo, k, v)
+    return cfg
+
+
+def _run(cfg):
+    from omegaconf import OmegaConf
+
+    from train.dpo import run
+
+    return run(cfg, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def test_chosen_equal_rejected_is_an_error_and_writes_nothing(tiny, tmp_path):
+    data, export = tiny
+    rec = json.loads((data / "preference" / "train.jsonl").read_text().splitlines()[0])
+    rec["rejected"] = rec["chosen"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl: record 1: chosen and rejected are identical"):
+        _run(_cfg(data, export, tmp_path / "run", train_file=str(bad)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_tokenizer_mismatch_is_an_error_and_writes_nothing(tiny, tmp_path):
+    from train.eval_tokenizer_check import TokenizerMismatchError
+
+    _, export = tiny
+    other = _build_data(tmp_path / "other", vocab=300, seed=3)
+    with pytest.raises(TokenizerMismatchError, match="tokenizer mismatch"):
+        _run(_cfg(other, export, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_override_names_the_key():
+    proc = subprocess.run([sys.executable, "-m", "train.dpo", "dpo.init_from=x", "dpo.bta=0.2"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "bta" in proc.stderr + proc.stdout
+
+
+def test_bad_reference_mode_is_rejected():
+    from train.dpo_config import DPOSection
+
+    with pytest.raises(ValueError, match="dpo.reference"):
+        DPOSection(init_from="x", reference="shared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", ["precomputed", "frozen_copy"])
+def test_dpo_run_learns_exports_and_resumes(tiny, tmp_path, reference):
+    from train.model_build import load_export
+
+    data, export = tiny
+    run_dir = tmp_path / "run"
+    # Held-out = the training pairs here, so a 4-step run must visibly raise the margin.
+    cfg = _cfg(data, export, run_dir, reference=reference, heldout_file=str(data / "preference" / "train.jsonl"),
+               heldout_limit=16)
+    metrics = _run(cfg)
+    assert metrics["heldout_reward_margin"] > 0
+    assert metrics["heldout_preference_accuracy"] > 0.5
+    assert metrics["heldout_logp_margin_policy"] > metrics["heldout_logp_margin_ref"]
+    for name in ("config.yaml", "metrics.jsonl", "dpo_heldout.json", "DONE", "export/config.json",
+                 "export/tokenizer.json", "export/generation_config.json"):
+        assert (run_dir / name).exists(), name
+    reloaded = load_export(run_dir / "export")
+    assert sum(p.numel() for p in reloaded.parameters()) > 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert _run(cfg) is None  # DONE: a relaunch does nothing
+
+    if reference != "precomputed":
+        return
+    # Simulate a crash after step 3: only checkpoint-2 survives; the relaunch must replay steps 3-4 exactly.
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-4")
+    shutil.rmtree(run_dir / "export")
+    for name in ("DONE", "dpo_heldout.json"):
+        (run_dir / name).unlink()
+    resumed = _run(cfg)
+    again = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    for a, b in zip(records[2:], again[2:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    assert resumed["heldout_reward_margin"] == pytest.approx(metrics["heldout_reward_margin"], rel=1e-4)
