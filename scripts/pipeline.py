@@ -217,9 +217,13 @@ def run_stage(cfg: PipelineConfig, name: str) -> None:
             rc = proc.wait()
         finally:
             signal.signal(signal.SIGTERM, previous)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # we were interrupted: let the stage checkpoint and exit before killing it
+                proc.terminate()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     if rc != 0:
         raise PipelineError(f"stage {name!r} failed with exit status {rc}; log: {log_path}")
     if not is_done(cfg, name):

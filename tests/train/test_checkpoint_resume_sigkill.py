@@ -51,6 +51,25 @@ def env():
     return {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def descendants(pid):
+    """pid and all its descendants (torchrun starts its workers in new sessions, so killpg misses them)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            todo.extend(int(c) for c in task.read_text().split())
+    return out
+
+
+def kill_tree(pid):
+    for p in descendants(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def losses(run_dir):
     rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r["loss"], r["grad_norm"]) for r in rows]
@@ -65,17 +84,18 @@ def test_sigkill_then_relaunch_reproduces_losses(tmp_path):
 
     rd = tmp_path / "killed"
     proc = subprocess.Popen(command(rd, shards), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 400
         while not (rd / "checkpoints" / "latest").exists():
             assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, no chance to clean up
+        kill_tree(proc.pid)  # torchrun and both ranks, no chance to clean up
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
+    time.sleep(1.0)  # let the kernel reap the killed ranks before checking the directory
     assert not (rd / "DONE").exists()
     p = subprocess.run(command(rd, shards), cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-4000:]

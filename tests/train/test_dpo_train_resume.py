@@ -143,3 +143,30 @@ def test_dpo_run_learns_exports_and_resumes(tiny, tmp_path, reference):
     for a, b in zip(records[2:], again[2:]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     assert resumed["heldout_reward_margin"] == pytest.approx(metrics["heldout_reward_margin"], rel=1e-4)
+
+
+def test_on_policy_pairs_pair_graded_right_with_wrong(tiny, monkeypatch):
+    import train.generation
+    from data.jsonl import read_jsonl
+    from train.dpo import build_on_policy_pairs
+
+    data, _ = tiny
+    problems = read_jsonl(data / "reasoning" / "train.jsonl")[:3]
+    by_prompt = {p["question"]: p for p in problems}
+
+    def fake_generate(model, tokenizer, prompts, sampling, progress=False):
+        out = []
+        for prompt in prompts:
+            p = next(v for q, v in by_prompt.items() if q in prompt)
+            out.append([f"wrong. \\boxed{{{int(p['answer']) + 1}}}", p["solution"]][: sampling.num_samples])
+        return out
+
+    monkeypatch.setattr(train.generation, "generate", fake_generate)
+    monkeypatch.setattr(train.generation, "chat_prompt", lambda tok, text: text)
+    cfg = _cfg(data, "unused", "unused")
+    cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 3, 2
+    pairs = build_on_policy_pairs(None, None, cfg, data)
+    assert len(pairs) == 3
+    for pair, p in zip(pairs, problems):
+        assert pair["chosen"][0]["content"] == p["solution"]
+        assert pair["rejected"][0]["content"].startswith("wrong")
