@@ -98,9 +98,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (T=512 scan, T=4096 attention only)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ops_cpu.txt")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     lines: list[str] = []
 
     def log(line: str) -> None:
@@ -108,7 +111,8 @@ def main() -> None:
         lines.append(line)
 
     log(f"bench_ops: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     log("scan: B=4 D=512 N=16 fp32, resets every ~256 tokens; naive = per-token autograd loop")
     for T in (512,) if args.quick else (512, 2048):
         bench_scan(T, args.repeats, log)

@@ -184,6 +184,13 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     precision = cfg.deepspeed.precision
     bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
     steps = cfg.trainer.max_steps
+    ds_json = trainer_deepspeed_json(cfg, world_size, bf16)
+    if ds_json is not None and not on_gpu and cfg.deepspeed.skip_shm_build:
+        from train.distributed import _skip_cpu_shm_build
+
+        # Same CPU cold-start saving as the DeepSpeed trainer (see train.distributed): plain gloo collectives.
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(".cache", "torch_extensions")))
+        _skip_cpu_shm_build()
     args = DPOConfig(
         output_dir=str(rd.checkpoints), max_steps=steps, per_device_train_batch_size=cfg.dpo.per_device_batch_size,
         gradient_accumulation_steps=cfg.dpo.gradient_accumulation_steps, learning_rate=cfg.dpo.lr,
@@ -196,7 +203,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         data_seed=cfg.trainer.seed, report_to="none", use_cpu=not on_gpu, bf16=bf16,
         # TRL defaults to gradient checkpointing on and bf16 on: both set explicitly (deps_feasibility.md s.3).
         gradient_checkpointing=cfg.dpo.gradient_checkpointing, disable_tqdm=not cfg.trainer.progress_bar,
-        deepspeed=trainer_deepspeed_json(cfg, world_size, bf16), dataloader_num_workers=0,
+        deepspeed=ds_json, dataloader_num_workers=0,
     )
     wandb_id = rd.wandb_id.read_text().strip() if rank == 0 and rd.wandb_id.exists() else None
     resume_step = last_checkpoint_step(rd.checkpoints)

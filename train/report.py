@@ -138,29 +138,48 @@ def render_markdown(stages: list[StageResult], plot_name: str = "report.png") ->
     return "\n".join(lines)
 
 
+def _bars(ax, names: list[str], values: list[float], title: str, ylabel: str, ylim=None) -> None:
+    ax.bar(names, values, color="tab:blue")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+
+def _metric_series(stages: list[StageResult], key: str) -> tuple[list[str], list[float]]:
+    pairs = [(s.name, float(s.metrics[key])) for s in stages
+             if isinstance(s.metrics.get(key), (int, float)) and not isinstance(s.metrics.get(key), bool)]
+    return [n for n, _ in pairs], [v for _, v in pairs]
+
+
 def render_plot(stages: list[StageResult]) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")  # headless: clusters and CI have no display
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_loss, ax_acc, ax_pref) = plt.subplots(1, 3, figsize=(16, 4.5))
+    # Stages run one after another: draw each curve after the previous one so the x axis reads as pipeline time.
+    offset = 0.0
     for s in stages:
         for label, (steps, losses) in loss_curves(s.run_dir).items():
-            ax_loss.plot(steps, losses, label=f"{s.name}/{label}" if label else s.name)
-    ax_loss.set_xlabel("step")
+            ax_loss.plot([offset + x for x in steps], losses, label=f"{s.name}/{label}" if label else s.name)
+            offset += steps[-1]
+            ax_loss.axvline(offset, color="0.85", linewidth=0.8)
+    ax_loss.set_xlabel("optimizer step (stages in order)")
     ax_loss.set_ylabel("training loss")
     ax_loss.set_title("loss curves")
     if ax_loss.get_legend_handles_labels()[0]:
         ax_loss.legend(fontsize=8)
-    names = [s.name for s in stages if isinstance(s.metrics.get("accuracy"), (int, float))]
-    accs = [float(s.metrics["accuracy"]) for s in stages if isinstance(s.metrics.get("accuracy"), (int, float))]
-    ax_acc.bar(names, accs, color="tab:blue")
-    for i, a in enumerate(accs):
-        ax_acc.text(i, a, f"{a:.3f}", ha="center", va="bottom", fontsize=8)
-    ax_acc.set_ylim(0, 1)
-    ax_acc.set_ylabel("held-out accuracy (pass@1)")
-    ax_acc.set_title("accuracy per stage")
+    _bars(ax_acc, *_metric_series(stages, "accuracy"), "held-out math accuracy per stage", "pass@1", (0, 1))
+    names, values = _metric_series(stages, "heldout_preference_accuracy")
+    _bars(ax_pref, names, values, "held-out preference accuracy (DPO)", "reward(chosen) > reward(rejected)", (0, 1))
+    margins = _metric_series(stages, "heldout_reward_margin")[1]
+    for i, m in enumerate(margins[:len(names)]):
+        ax_pref.text(i, 0.02, f"margin {m:.3g}", ha="center", va="bottom", fontsize=8, color="white")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -6,9 +6,9 @@ Tk - Tq + i; ``window=w`` lets a query see itself and the previous w-1 keys; ``d
 use the last Tq entries) blocks attention across documents; ``key_padding_mask`` [B, Tk] is True at real
 tokens. A query with no visible key returns zeros (left padding), never NaN.
 
-The pure-PyTorch path uses ``F.scaled_dot_product_attention`` (CPU and GPU). Sliding windows over long
-sequences run block by block, each query block against only the keys it can see, so memory is O(T * w)
-instead of O(T^2).
+The pure-PyTorch path uses ``F.scaled_dot_product_attention`` (CPU and GPU; it is also what runs on GPU without
+flash-attn). Sliding windows over long sequences run block by block, each query block against only the keys it
+can see, so memory is O(T * w) instead of O(T^2); long masked full attention also runs in query blocks.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ from .backend import resolve_backend
 # Sliding-window attention goes blockwise once the full key length exceeds this many windows; below it one
 # masked SDPA call over all keys is cheaper than the Python loop over blocks.
 BLOCKWISE_MIN_WINDOWS = 4
+# Masked attention without a window runs in query blocks once one [Tq, Tk] mask would exceed this many entries
+# (the additive fp32 mask of a 16K-token packed row would otherwise take 1 GiB per batch row).
+MAX_MASK_ELEMENTS = 1 << 24
 
 
 def _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> None:
@@ -96,35 +99,46 @@ def _sdpa(q, k, v, mask, scale, is_causal=False, may_be_empty=False):
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 
-def _attention_blockwise(q, k, v, *, window, doc_ids, key_padding_mask, scale, block):
-    """Causal sliding-window attention, one query block at a time against only its visible keys."""
+def _masked(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale, i0=0, i1=None, j0=0, j1=None):
+    """Queries [i0, i1) against keys [j0, j1) with an explicit mask (whole tensors by default)."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    i1 = Tq if i1 is None else i1
+    j1 = Tk if j1 is None else j1
+    offset = Tk - Tq
+    mask = build_mask(
+        torch.arange(offset + i0, offset + i1, device=q.device),
+        torch.arange(j0, j1, device=q.device),
+        causal=causal,
+        window=window,
+        q_doc=doc_ids[:, offset + i0 : offset + i1] if doc_ids is not None else None,
+        k_doc=doc_ids[:, j0:j1] if doc_ids is not None else None,
+        k_real=key_padding_mask[:, j0:j1] if key_padding_mask is not None else None,
+    )
+    # A query always sees its own position unless that key is padding, so only padding can empty a row.
+    return _sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale,
+                 may_be_empty=key_padding_mask is not None)
+
+
+def _attention_blockwise(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale, block):
+    """One query block at a time against only the keys it can see (causal edge, window start)."""
     Tq, Tk = q.shape[2], k.shape[2]
     offset = Tk - Tq
     outs = []
     for i0 in range(0, Tq, block):
         i1 = min(Tq, i0 + block)
-        # Keys visible to queries at absolute positions [offset + i0, offset + i1).
-        j0 = max(0, offset + i0 - window + 1)
-        j1 = offset + i1
-        q_pos = torch.arange(offset + i0, offset + i1, device=q.device)
-        k_pos = torch.arange(j0, j1, device=q.device)
-        mask = build_mask(
-            q_pos,
-            k_pos,
-            causal=True,
-            window=window,
-            q_doc=doc_ids[:, offset + i0 : offset + i1] if doc_ids is not None else None,
-            k_doc=doc_ids[:, j0:j1] if doc_ids is not None else None,
-            k_real=key_padding_mask[:, j0:j1] if key_padding_mask is not None else None,
-        )
-        outs.append(_sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale,
-                          may_be_empty=key_padding_mask is not None))
+        j0 = max(0, offset + i0 - window + 1) if window is not None else 0
+        j1 = offset + i1 if causal else Tk
+        outs.append(_masked(q, k, v, causal=causal, window=window, doc_ids=doc_ids,
+                            key_padding_mask=key_padding_mask, scale=scale, i0=i0, i1=i1, j0=j0, j1=j1))
     return torch.cat(outs, dim=2)
 
 
 def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, block=None):
-    """Pure-PyTorch attention (SDPA); same contract as ``attention``. ``block``: query block of the sliding-window
-    path (default: the window size)."""
+    """Pure-PyTorch attention (SDPA); same contract as ``attention``.
+
+    ``block``: query rows per block on the blockwise paths (default: the window, or enough rows for a
+    ``MAX_MASK_ELEMENTS`` mask).
+    """
     _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
     Tq, Tk = q.shape[2], k.shape[2]
     if scale is None:
@@ -136,24 +150,13 @@ def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padd
         return _sdpa(q, k, v, None, scale)  # a single last query sees every key
     if plain and Tq == Tk:
         return _sdpa(q, k, v, None, scale, is_causal=True)  # exact and uses SDPA's fused causal kernel
+    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
     if window is not None and Tk > BLOCKWISE_MIN_WINDOWS * window:
-        return _attention_blockwise(
-            q, k, v, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale,
-            block=block or window,
-        )
-    q_pos = torch.arange(Tk - Tq, Tk, device=q.device)
-    k_pos = torch.arange(Tk, device=q.device)
-    mask = build_mask(
-        q_pos,
-        k_pos,
-        causal=causal,
-        window=window,
-        q_doc=doc_ids[:, Tk - Tq :] if doc_ids is not None else None,
-        k_doc=doc_ids,
-        k_real=key_padding_mask,
-    )
-    # A query always sees its own position unless that key is padding, so only padding can empty a row.
-    return _sdpa(q, k, v, mask, scale, may_be_empty=key_padding_mask is not None)
+        return _attention_blockwise(q, k, v, block=block or window, **kwargs)
+    if Tq * Tk > MAX_MASK_ELEMENTS:
+        # Long masked full attention (documents / padding): bound the mask to [block, Tk] per call.
+        return _attention_blockwise(q, k, v, block=block or max(1, MAX_MASK_ELEMENTS // Tk), **kwargs)
+    return _masked(q, k, v, **kwargs)
 
 
 def attention(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"):

@@ -6,9 +6,10 @@ Recurrence per batch b, channel d, state n (all math in fp32 whatever the input 
     y_t = sum_n C_t,n * h_t,n + D * u_t
 
 ``selective_scan`` returns the pre-gate ``y`` (the model multiplies by silu(z) itself, because the GMU memory is
-the pre-gate output). The scan is a custom autograd.Function: forward and backward each run the chunked linear
-scan of ``linear_scan.py`` (backward runs the adjoint recurrence in reverse), recomputing the [T, B, D, N]
-states instead of saving them, so autograd memory is O(inputs) rather than O(B * D * N * T) per layer.
+the pre-gate output). The scan is a custom autograd.Function: forward and backward each run ``linear_scan``
+(backward runs the adjoint recurrence in reverse time), recomputing the [T, B, D, N] states instead of saving
+them, so autograd memory is O(inputs) rather than O(B * D * N * T) per layer, and the autograd graph has one node
+instead of several per token. Channels are processed in blocks to bound the size of the work tensors.
 """
 from __future__ import annotations
 

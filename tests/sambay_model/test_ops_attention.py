@@ -105,6 +105,21 @@ def test_blockwise_window_equals_masked_path(Tq, block, monkeypatch):
     torch.testing.assert_close(masked, attention_ref(q, k, v, **kwargs), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Tq", [48, 17])
+def test_long_masked_attention_in_query_blocks(causal, Tq, monkeypatch):
+    Tk = 48
+    q, k, v = make(Tq=Tq, Tk=Tk, dv=16, seed=Tq + causal)
+    kwargs = dict(causal=causal, doc_ids=docs(2, Tk, seed=6, p=0.1), key_padding_mask=left_padding(2, Tk, (7, 0)))
+    calls = []
+    original = attn_impl._attention_blockwise
+    monkeypatch.setattr(attn_impl, "_attention_blockwise", lambda *a, **kw: calls.append(kw["block"]) or original(*a, **kw))
+    monkeypatch.setattr(attn_impl, "MAX_MASK_ELEMENTS", 10 * Tk)
+    out = attn_impl.attention_torch(q, k, v, **kwargs)
+    assert calls == [10]
+    torch.testing.assert_close(out, attention_ref(q, k, v, **kwargs), rtol=1e-10, atol=1e-12)
+
+
 def test_blockwise_gradients_equal_masked_path(monkeypatch):
     q, k, v = make(Tq=40, Tk=40, seed=6)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]

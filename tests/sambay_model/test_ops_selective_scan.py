@@ -54,9 +54,14 @@ def test_forward_matches_reference(shape, resets_p, initial):
 @pytest.mark.parametrize("chunks", [1, 2, 5, 16])
 def test_chunk_counts_agree(chunks):
     inputs, resets, h0 = make_inputs(2, 4, 8, 100, seed=3, resets_p=0.1, initial=True)
-    y_ref = selective_scan_ref(**inputs, resets=resets, initial_state=h0)
-    y = scan_impl.selective_scan_torch(**inputs, resets=resets, initial_state=h0, chunks=chunks)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y_ref = selective_scan_ref(**leaves, resets=resets, initial_state=h0)
+    y = scan_impl.selective_scan_torch(**leaves, resets=resets, initial_state=h0, chunks=chunks)
     assert rel_err(y, y_ref) < 1e-5
+    grads = torch.autograd.grad(y.square().sum(), list(leaves.values()))  # reverse scan, chunked or not
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), list(leaves.values()))
+    for name, a, b in zip(leaves, grads, grads_ref):
+        assert rel_err(a, b) < 2e-5, name
 
 
 def test_optional_arguments_off():
@@ -208,5 +213,7 @@ def test_linear_scan_matches_recurrence(T, chunks):
 
 def test_num_chunks_bounds():
     assert num_chunks(1, 10) == 1
-    assert num_chunks(4096, 1 << 20) == 1  # wide step: plain recurrence
+    assert num_chunks(4096, 1 << 15) == 1  # wide step: plain recurrence
+    assert num_chunks(4096, 64) == 8  # narrow step: chunks of about TARGET_STEP_ELEMENTS values
     assert num_chunks(4096, 1) == 64  # tiny step: capped at sqrt(T)
+    assert num_chunks(4096, 1 << 15, on_gpu=True) == 64  # GPU: fewest kernel launches

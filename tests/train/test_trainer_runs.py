@@ -135,6 +135,7 @@ def test_run_directory_contents(shards, tmp_path):
     assert "nothing to do" in p.stdout
 
 
+@pytest.mark.slow
 def test_bad_batch_geometry_is_a_clear_error(shards, tmp_path):
     p = run(tmp_path / "bad", shards, ["data.global_batch_tokens=100"], check=False)
     assert p.returncode != 0 and "data.global_batch_tokens=100" in p.stderr
