@@ -1,8 +1,8 @@
 """CPU benchmark of sambay_model.ops against naive baselines measured in the same process.
 
-1. selective scan: our chunked-recurrence autograd.Function vs the naive per-token autograd loop
-   (``reference.selective_scan_ref`` in fp32) on the same inputs, forward and forward+backward,
-   B=4, D=512, N=16, T in {512, 2048}.
+1. selective scan: our autograd.Function vs the naive per-token autograd loop (``reference.selective_scan_ref``
+   in fp32) on the same inputs, forward and forward+backward, B=4, D=512, N=16, T in {512, 2048}, plus the
+   CPU demo model's shape (B=8, D=256, T=512).
 2. sliding-window attention (window 512): our blockwise path vs one SDPA call with the full [T, T] mask,
    forward, B=1, 2 heads, head dim 64, T in {4096, 16384}.
 
@@ -51,8 +51,8 @@ def scan_inputs(T: int, Bsz=4, Dch=512, N=16, seed=0):
     return {k: v.requires_grad_() for k, v in tensors.items()}, resets
 
 
-def bench_scan(T: int, repeats: int, log) -> None:
-    inputs, resets = scan_inputs(T)
+def bench_scan(T: int, repeats: int, log, Bsz: int = 4, Dch: int = 512) -> None:
+    inputs, resets = scan_inputs(T, Bsz=Bsz, Dch=Dch)
     leaves = list(inputs.values())
 
     def fwd(fn):
@@ -71,7 +71,8 @@ def bench_scan(T: int, repeats: int, log) -> None:
     t_naive_fb, g_naive = timed(lambda: fwd_bwd(naive), 1)
     err_y = ((y_ours - y_naive).abs().max() / y_naive.abs().max()).item()
     err_g = max(((a - b).abs().max() / b.abs().max()).item() for a, b in zip(g_ours, g_naive))
-    log(f"scan T={T:5d}  fwd: ours {t_ours_f:7.3f}s naive {t_naive_f:7.3f}s ratio {t_naive_f / t_ours_f:6.1f}x"
+    log(f"scan B={Bsz} D={Dch} T={T:5d}  fwd: ours {t_ours_f:7.3f}s naive {t_naive_f:7.3f}s"
+        f" ratio {t_naive_f / t_ours_f:6.1f}x"
         f" | fwd+bwd: ours {t_ours_fb:7.3f}s naive {t_naive_fb:7.3f}s ratio {t_naive_fb / t_ours_fb:6.1f}x"
         f" | max rel diff y {err_y:.1e} grads {err_g:.1e}")
 
@@ -113,9 +114,10 @@ def main() -> None:
     log(f"bench_ops: torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-    log("scan: B=4 D=512 N=16 fp32, resets every ~256 tokens; naive = per-token autograd loop")
+    log("scan: N=16 fp32, resets every ~256 tokens; naive = per-token autograd loop")
     for T in (512,) if args.quick else (512, 2048):
         bench_scan(T, args.repeats, log)
+    bench_scan(512, args.repeats, log, Bsz=8, Dch=256)  # the CPU demo model's Mamba shape (hidden 128)
     log("sliding-window attention: B=1 H=2 d=64 fp32, forward")
     for T in (4096,) if args.quick else (4096, 16384):
         bench_window_attention(T, 512, args.repeats, log)

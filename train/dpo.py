@@ -111,7 +111,30 @@ def _add_on_policy_pairs(cfg: DPORunConfig, offline: list[dict], model, tokenize
     return [{k: p[k] for k in FIELDS} for p in pairs]
 
 
+def shared_train_dataset(pairs: list[dict], run_dir: Path, rank: int):
+    """The training pairs as an Arrow dataset in ``run_dir/dpo_dataset`` that every rank opens.
+
+    TRL caches precomputed reference log-probs next to the dataset's files and every rank reads rank 0's
+    cache; an in-memory dataset would put that cache in a per-process temp dir the other ranks cannot see.
+    """
+    import shutil
+
+    from datasets import Dataset, load_from_disk
+
+    path = run_dir / "dpo_dataset"
+    if rank == 0:
+        tmp = run_dir / f"dpo_dataset.tmp-{os.getpid()}"
+        Dataset.from_list(pairs).save_to_disk(str(tmp))
+        if path.exists():
+            shutil.rmtree(path)  # a relaunch rebuilds it (the pairs may have changed with the config)
+        os.replace(tmp, path)
+    _barrier()
+    return load_from_disk(str(path))
+
+
 def _write_export(trainer, init_from: Path, out_dir: Path, zero_stage: int, rank: int) -> None:
+    import shutil
+
     from data.atomic import atomic_dir
     from train.export import generation_config_for, save_export
 
@@ -125,10 +148,11 @@ def _write_export(trainer, init_from: Path, out_dir: Path, zero_stage: int, rank
             tokenizer = load_tokenizer(init_from)
             with atomic_dir(out_dir, overwrite=True) as final:
                 for f in tmp.iterdir():
-                    os.replace(f, final / f.name)
+                    if f.name != "training_args.bin":  # Trainer bookkeeping, not part of the HF export
+                        os.replace(f, final / f.name)
                 tokenizer.save_pretrained(str(final))
                 generation_config_for(trainer.model.config, tokenizer).save_pretrained(str(final))
-            tmp.rmdir()
+            shutil.rmtree(tmp)
     elif rank == 0:
         save_export(trainer.accelerator.unwrap_model(trainer.model), init_from, out_dir)
     _barrier()
@@ -136,7 +160,6 @@ def _write_export(trainer, init_from: Path, out_dir: Path, zero_stage: int, rank
 
 def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     """Train, score held-out pairs, export; returns the held-out metrics on rank 0 (None when already done)."""
-    from datasets import Dataset
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
@@ -226,7 +249,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
             logger.log(record)
 
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None,
-                         args=args, train_dataset=Dataset.from_list(train_pairs), processing_class=tokenizer,
+                         args=args, train_dataset=shared_train_dataset(train_pairs, rd.root, rank), processing_class=tokenizer,
                          callbacks=[LogToRunDir()])
     if cfg.trainer.dry_run:
         summary = {"dry_run": True, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout),

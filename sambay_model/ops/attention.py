@@ -22,7 +22,7 @@ from .backend import resolve_backend
 # Sliding-window attention goes blockwise once the full key length exceeds this many windows; below it one
 # masked SDPA call over all keys is cheaper than the Python loop over blocks.
 BLOCKWISE_MIN_WINDOWS = 4
-# Masked attention without a window runs in query blocks once one [Tq, Tk] mask would exceed this many entries
+# Masked attention without a window runs in query blocks once one [B, Tq, Tk] mask would exceed this many entries
 # (the additive fp32 mask of a 16K-token packed row would otherwise take 1 GiB per batch row).
 MAX_MASK_ELEMENTS = 1 << 24
 
@@ -153,13 +153,16 @@ def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padd
     kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
     if window is not None and Tk > BLOCKWISE_MIN_WINDOWS * window:
         return _attention_blockwise(q, k, v, block=block or window, **kwargs)
-    if Tq * Tk > MAX_MASK_ELEMENTS:
-        # Long masked full attention (documents / padding): bound the mask to [block, Tk] per call.
-        return _attention_blockwise(q, k, v, block=block or max(1, MAX_MASK_ELEMENTS // Tk), **kwargs)
+    mask_rows = q.shape[0] if (doc_ids is not None or key_padding_mask is not None) else 1
+    if mask_rows * Tq * Tk > MAX_MASK_ELEMENTS:
+        # Long masked full attention (documents / padding): bound the mask to [B, block, Tk] per call.
+        return _attention_blockwise(q, k, v, block=block or max(1, MAX_MASK_ELEMENTS // (mask_rows * Tk)), **kwargs)
     return _masked(q, k, v, **kwargs)
 
 
-def attention(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"):
+def attention(
+    q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"
+):
     """Attention with GQA and causal / window / document / padding masks; returns [B, Hq, Tq, dv].
 
     See the module docstring for conventions. ``scale`` defaults to 1/sqrt(d). ``backend``: "auto" | "torch" |

@@ -94,7 +94,10 @@ def plan_varlen(doc_ids: torch.Tensor | None, key_padding_mask: torch.Tensor | N
     starts[:, 0] = True
     seg = (torch.cumsum(starts.flatten(), 0) - 1).view(Bsz, Tk)  # global segment id per token
     nseg = int(seg[-1, -1].item()) + 1
-    real = torch.ones(Bsz, Tk, dtype=torch.bool, device=device) if key_padding_mask is None else key_padding_mask.to(torch.bool)
+    if key_padding_mask is None:
+        real = torch.ones(Bsz, Tk, dtype=torch.bool, device=device)
+    else:
+        real = key_padding_mask.to(torch.bool)
     q_seg = seg[:, Tk - Tq :].flatten()
     n_q = torch.bincount(q_seg, minlength=nseg)
     n_k = torch.bincount(seg[real], minlength=nseg)
@@ -130,12 +133,13 @@ def selective_scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus, resets
         return selective_scan_torch(
             u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
         )
+    # The kernel wants delta and the input-dependent B, C in u's dtype; A, D and delta_bias in fp32.
     out = probe_kernels().selective_scan_fn(
         u.contiguous(),
-        delta.contiguous(),
+        delta.to(u.dtype).contiguous(),
         A.float().contiguous(),
-        B.contiguous(),
-        C.contiguous(),
+        B.to(u.dtype).contiguous(),
+        C.to(u.dtype).contiguous(),
         None if D is None else D.float(),
         None,
         None if delta_bias is None else delta_bias.float(),
@@ -176,7 +180,8 @@ def causal_conv1d_cuda(x, weight, bias, resets, initial_state, activation):
     if resets is not None:
         return fn(_channel_last(x), w, bias, seq_idx=resets_to_seq_idx(resets), activation=activation)
     if initial_state is not None:
-        return fn(_channel_last(x), w, bias, initial_states=_channel_last(initial_state.to(x.dtype)), activation=activation)
+        init = _channel_last(initial_state.to(x.dtype))
+        return fn(_channel_last(x), w, bias, initial_states=init, activation=activation)
     return fn(x.contiguous(), w, bias, activation=activation)
 
 
@@ -184,7 +189,7 @@ def causal_conv1d_update_cuda(x_t, conv_state, weight, bias, activation):
     """causal-conv1d's decode step; it shifts the state in place, so it runs on a copy."""
     from .conv import _weight_2d
 
-    new_state = conv_state.clone()
+    new_state = conv_state.to(dtype=x_t.dtype, copy=True)  # the kernel wants the state in x's dtype
     y = probe_kernels().causal_conv1d_update(x_t, new_state, _weight_2d(weight).contiguous(), bias, activation)
     return y, new_state
 

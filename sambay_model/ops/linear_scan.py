@@ -91,3 +91,29 @@ def linear_scan(
         carry[0] = h0
     out = torch.addcmul(local, decay, carry.unsqueeze(0))
     return out.transpose(0, 1).reshape(C * L, *rest)[:T]
+
+
+def linear_scan_outer(
+    e: torch.Tensor, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunks: int | None = None,
+    reverse: bool = False, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``linear_scan`` with inputs given as outer products: x[t] = a[t][..., None] * b[t][:, None, :].
+
+    Shapes: e [T, B, D, N], a [T, B, D], b [T, B, N]. On the plain-recurrence path the outer product is formed
+    per step, in cache, instead of as one more [T, B, D, N] tensor in memory. ``out``: optional result buffer.
+    """
+    T = e.shape[0]
+    C = chunks if chunks is not None else num_chunks(T, e[0].numel(), e.is_cuda)
+    if min(C, T) > 1:
+        result = linear_scan(e, a.unsqueeze(-1) * b.unsqueeze(2), h0, C, reverse)
+        return result if out is None else out.copy_(result)
+    out = torch.empty_like(e) if out is None else out
+    prev = h0
+    for t in range(T - 1, -1, -1) if reverse else range(T):
+        if prev is None:
+            torch.mul(a[t].unsqueeze(-1), b[t].unsqueeze(1), out=out[t])
+        else:
+            torch.mul(e[t], prev, out=out[t])
+            out[t].addcmul_(a[t].unsqueeze(-1), b[t].unsqueeze(1))
+        prev = out[t]
+    return out

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .backend import resolve_backend
-from .linear_scan import linear_scan
+from .linear_scan import linear_scan_outer
 
 # Upper bound on elements of one [T, B, Dblock, N] work tensor: channels are processed in blocks so that the
 # official width (d_inner = 5120) at long T does not need several GiB per tensor.
@@ -42,7 +42,7 @@ def _decays(delta_t: torch.Tensor, A: torch.Tensor, keep_t: torch.Tensor | None)
 def _states(u, dl, A, B_t, keep_t, h0, chunks):
     """Scan states H [T, B, Dblk, N] and the decays e used to build them."""
     e = _decays(dl, A, keep_t)
-    H = linear_scan(e, (dl * u).unsqueeze(-1) * B_t.unsqueeze(2), h0, chunks)
+    H = linear_scan_outer(e, dl * u, B_t, h0, chunks)
     return H, e
 
 
@@ -85,13 +85,10 @@ class _SelectiveScan(torch.autograd.Function):
             H, e = _states(u, dl, Ab, B_t, keep_t, h0b, chunks)
             gy = g_y[:, :, d0:d1]
             # Adjoint state G_t = dL/dh_t = C_t gy_t + e_{t+1} G_{t+1}, seeded by the last state's gradient.
-            x_adj = gy.unsqueeze(-1) * C_t.unsqueeze(2)
-            x_adj[-1] += g_last[:, d0:d1]
-            G = torch.empty_like(x_adj)
-            G[-1] = x_adj[-1]
+            G = torch.empty_like(H)
+            torch.addcmul(g_last[:, d0:d1], gy[-1].unsqueeze(-1), C_t[-1].unsqueeze(1), out=G[-1])
             if T > 1:
-                G[:-1] = linear_scan(e[1:], x_adj[:-1], x_adj[-1], chunks, reverse=True)
-            del x_adj
+                linear_scan_outer(e[1:], gy[:-1], C_t[:-1], G[-1], chunks, reverse=True, out=G[:-1])
             g_h0[:, d0:d1] = G[0] * e[0]
             GB = torch.matmul(G, B_t.unsqueeze(-1)).squeeze(-1)  # sum_n G B: [T, B, Dblk]
             du = dl * u

@@ -113,8 +113,10 @@ def test_long_masked_attention_in_query_blocks(causal, Tq, monkeypatch):
     kwargs = dict(causal=causal, doc_ids=docs(2, Tk, seed=6, p=0.1), key_padding_mask=left_padding(2, Tk, (7, 0)))
     calls = []
     original = attn_impl._attention_blockwise
-    monkeypatch.setattr(attn_impl, "_attention_blockwise", lambda *a, **kw: calls.append(kw["block"]) or original(*a, **kw))
-    monkeypatch.setattr(attn_impl, "MAX_MASK_ELEMENTS", 10 * Tk)
+    monkeypatch.setattr(
+        attn_impl, "_attention_blockwise", lambda *a, **kw: calls.append(kw["block"]) or original(*a, **kw)
+    )
+    monkeypatch.setattr(attn_impl, "MAX_MASK_ELEMENTS", 2 * 10 * Tk)  # batch of 2 rows x 10 queries
     out = attn_impl.attention_torch(q, k, v, **kwargs)
     assert calls == [10]
     torch.testing.assert_close(out, attention_ref(q, k, v, **kwargs), rtol=1e-10, atol=1e-12)

@@ -64,7 +64,9 @@ def fake_flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_
     assert max_seqlen_q == max(b - a for a, b in zip(cq, cq[1:]))
     assert max_seqlen_k == max(b - a for a, b in zip(ck, ck[1:]))
     parts = [
-        _segment_attention(q[cq[s] : cq[s + 1]], k[ck[s] : ck[s + 1]], v[ck[s] : ck[s + 1]], softmax_scale, causal, window_size)
+        _segment_attention(
+            q[cq[s] : cq[s + 1]], k[ck[s] : ck[s + 1]], v[ck[s] : ck[s + 1]], softmax_scale, causal, window_size
+        )
         for s in range(len(cq) - 1)
     ]
     return torch.cat(parts)
@@ -240,7 +242,8 @@ ATTN_CASES = [
 def test_flash_adapter_matches_reference(case, fake_kernels):
     Hq, Hkv, Tq, Tk, dv, window, use_docs, pads, causal = case
     q, k, v = _qkv(Hq, Hkv, Tq, Tk, 8, dv, seed=len(str(case)))
-    doc_ids = torch.cumsum((torch.rand(2, Tk, generator=torch.Generator().manual_seed(1)) < 0.25).long(), 1) if use_docs else None
+    starts = torch.rand(2, Tk, generator=torch.Generator().manual_seed(1)) < 0.25
+    doc_ids = torch.cumsum(starts.long(), 1) if use_docs else None
     kpm = None
     if pads:
         kpm = torch.ones(2, Tk, dtype=torch.bool)
@@ -257,7 +260,9 @@ def test_flash_adapter_falls_back_on_right_padding(fake_kernels):
     q, k, v = _qkv(2, 2, 6, 6, 8, 8, seed=3)
     kpm = torch.tensor([[True] * 4 + [False] * 2] * 2)
     with pytest.warns(UserWarning, match="not left padding"):
-        out = cuda_mod.attention_flash(q, k, v, causal=True, window=None, doc_ids=None, key_padding_mask=kpm, scale=None)
+        out = cuda_mod.attention_flash(
+            q, k, v, causal=True, window=None, doc_ids=None, key_padding_mask=kpm, scale=None
+        )
     ref = attention_ref(q, k, v, key_padding_mask=kpm)
     torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)  # bf16 SDPA vs bf16 reference
 

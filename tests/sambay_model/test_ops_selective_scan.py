@@ -43,7 +43,8 @@ SHAPES = [(1, 1, 1, 1), (2, 3, 4, 7), (3, 8, 16, 64), (2, 5, 3, 129)]
 @pytest.mark.parametrize("resets_p", [0.0, 0.15])
 @pytest.mark.parametrize("initial", [False, True])
 def test_forward_matches_reference(shape, resets_p, initial):
-    inputs, resets, h0 = make_inputs(*shape, seed=hash((shape, resets_p, initial)) % 1000, resets_p=resets_p, initial=initial)
+    seed = sum(shape) + int(100 * resets_p) + initial
+    inputs, resets, h0 = make_inputs(*shape, seed=seed, resets_p=resets_p, initial=initial)
     y, last = selective_scan(**inputs, resets=resets, initial_state=h0, return_last_state=True, backend="torch")
     y_ref, last_ref = selective_scan_ref(**inputs, resets=resets, initial_state=h0, return_last_state=True)
     assert y.dtype == torch.float32 and last.dtype == torch.float32

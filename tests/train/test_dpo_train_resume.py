@@ -146,6 +146,7 @@ def test_dpo_run_learns_exports_and_resumes(tiny, tmp_path, reference):
 
 
 def test_on_policy_pairs_pair_graded_right_with_wrong(tiny, monkeypatch):
+    import train.eval_math  # noqa: F401  (bind its real `generate` before the patch below)
     import train.generation
     from data.jsonl import read_jsonl
     from train.dpo import build_on_policy_pairs
@@ -170,3 +171,21 @@ def test_on_policy_pairs_pair_graded_right_with_wrong(tiny, monkeypatch):
     for pair, p in zip(pairs, problems):
         assert pair["chosen"][0]["content"] == p["solution"]
         assert pair["rejected"][0]["content"].startswith("wrong")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_zero2(tiny, tmp_path):
+    data, export = tiny
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.dpo",
+           f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
+           "trainer.max_steps=2", "trainer.save_every=2", "trainer.log_every=1", "trainer.progress_bar=false",
+           "dpo.train_limit=8", "dpo.heldout_limit=4", "dpo.per_device_batch_size=2", "dpo.max_length=512",
+           "wandb.mode=disabled"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run_dir / "DONE").exists() and (run_dir / "export" / "model.safetensors").exists()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["epoch"] == pytest.approx(0.5)  # 2 ranks x 2 pairs of 8 per step
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["heldout_pairs"] == 4
