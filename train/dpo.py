@@ -233,8 +233,9 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     if rank == 0 and resume_step is not None:
         truncate_after(rd.metrics, resume_step)
     logger = MetricsLogger(enabled=rank == 0 and not cfg.trainer.dry_run, path=rd.metrics, wandb_cfg=cfg.wandb,
-                           run_name=cfg.run.name, run_dir=rd.root, config=OmegaConf.to_container(OmegaConf.create(config_yaml)),
-                           wandb_id=wandb_id, total_steps=steps, start_step=resume_step or 0, progress_bar=False)
+                           run_name=cfg.run.name, run_dir=rd.root,
+                           config=OmegaConf.to_container(OmegaConf.create(config_yaml)), wandb_id=wandb_id,
+                           total_steps=steps, start_step=resume_step or 0, progress_bar=False)
     if rank == 0 and logger.wandb_id:
         atomic_write_text(rd.wandb_id, logger.wandb_id, overwrite=True)
 
@@ -248,8 +249,9 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
             record = {"step": state.global_step, **{rename.get(k, k): v for k, v in logs.items()}}
             logger.log(record)
 
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None,
-                         args=args, train_dataset=shared_train_dataset(train_pairs, rd.root, rank), processing_class=tokenizer,
+    ref_model = copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
+                         train_dataset=shared_train_dataset(train_pairs, rd.root, rank), processing_class=tokenizer,
                          callbacks=[LogToRunDir()])
     if cfg.trainer.dry_run:
         summary = {"dry_run": True, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout),

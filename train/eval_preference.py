@@ -41,7 +41,8 @@ def encode_pair_side(tokenizer, prompt: list[dict], completion: list[dict], max_
 
 
 @torch.no_grad()
-def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps(model, tokenizer, pairs: list[dict], max_length: int,
+                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N]."""
     rows = []
     for p in pairs:

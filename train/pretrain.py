@@ -11,7 +11,6 @@ to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from train.config import DataConfig, PretrainConfig, register_configs
+from train.launch import run_specs
 
 
 def resolve_tokenizer_dir(data: DataConfig, manifest: dict | None) -> Path | None:
@@ -104,44 +104,7 @@ def run(dcfg: DictConfig) -> int:
     cfg: PretrainConfig = OmegaConf.to_object(dcfg)
     config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
     config_dict = OmegaConf.to_container(dcfg, resolve=True)
-    return run_spec_entry(cfg, config_yaml, config_dict, lambda dry: build_spec(cfg, config_yaml, config_dict, dry))
-
-
-def run_spec_entry(cfg, config_yaml: str, config_dict: dict, make_specs) -> int:
-    """Shared by pretraining and SFT: dry run, or init the process group and train each spec in order.
-
-    ``make_specs(dry_run)`` returns a TrainSpec or a list of them (built lazily, so SFT can build stage k+1
-    after stage k exported).
-    """
-    import os
-
-    import torch.distributed as dist
-
-    from train.distributed import init_distributed
-    from train.trainer import NonFiniteLossError, StopReason, dry_run_summary, train
-
-    if cfg.trainer.dry_run:
-        specs = make_specs(True)
-        specs = specs if isinstance(specs, list) else [specs]
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        for spec in specs:
-            spec = spec() if callable(spec) else spec
-            print(json.dumps({"dry_run": dry_run_summary(spec, world)}), flush=True)
-        return 0
-    dist_info = init_distributed(cfg.deepspeed)
-    try:
-        specs = make_specs(False)
-        for spec in specs if isinstance(specs, list) else [specs]:
-            spec = spec() if callable(spec) else spec
-            if train(spec, dist_info) is StopReason.preempted:
-                break
-        return 0
-    except NonFiniteLossError as e:
-        print(f"[train] rank {dist_info.rank}: {e}", file=sys.stderr, flush=True)
-        return NonFiniteLossError.exit_code
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return run_specs(cfg, lambda dry: build_spec(cfg, config_yaml, config_dict, dry))
 
 
 @hydra.main(version_base=None, config_path="../recipes/pretrain", config_name="demo")

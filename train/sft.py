@@ -168,7 +168,7 @@ def _cap_epochs(data: DataConfig, manifests: list[dict], epochs: float, cap: int
 
 
 def run(dcfg: DictConfig) -> int:
-    from train.pretrain import run_spec_entry
+    from train.launch import run_specs
 
     cfg: SFTConfig = OmegaConf.to_object(dcfg)
     if cfg.optim.mup.enabled:
@@ -181,7 +181,7 @@ def run(dcfg: DictConfig) -> int:
         # Built lazily: stage k+1 reads stage k's export, which exists only once stage k has run.
         return [(lambda s=s: build_stage_spec(cfg, s, config_yaml, config_dict, dry_run)) for s in stages]
 
-    return run_spec_entry(cfg, config_yaml, config_dict, make_specs)
+    return run_specs(cfg, make_specs)
 
 
 @hydra.main(version_base=None, config_path="../recipes/sft", config_name="demo")
