@@ -3,7 +3,9 @@ same model, batches and thread count, measured in this one process (goal: overhe
 
     python bench/bench_trainer.py [--steps 10] [--hidden 64] [--seq-len 128] [--rows 4]
 
-Prints the medians of the per-step throughputs (first step excluded: warm-up) and their ratio.
+Prints the medians of the per-step throughputs (first step excluded: warm-up) and their ratio. On a shared
+machine the load changes between the bare blocks and the trainer run, so it also times a DeepSpeed engine step
+and a bare step *alternately* on the same batch (load changes hit both equally): the engine's own overhead.
 """
 from __future__ import annotations
 
@@ -93,12 +95,40 @@ def main() -> None:
     trainer = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]
     bare += bare_loop(args.steps // 2 + 1)
 
+    # Alternating engine / bare steps on one batch: robust to load changes.
+    import deepspeed
+
+    from train.distributed import deepspeed_json
+
+    engine_model = build_fresh(config, "cpu", seed=0)
+    engine, _, _, _ = deepspeed.initialize(
+        model=engine_model, optimizer=build_optimizer(engine_model, mc, optim, tokens_per_step),
+        config=deepspeed_json(DeepSpeedConfig(), micro_batch_rows=args.rows, grad_accum=1, world_size=1))
+    batch = {k: v for k, v in loader.next_batch().items()}
+    t_engine, t_bare = [], []
+    for _ in range(args.steps // 2 + 1):
+        t0 = time.perf_counter()
+        out = engine(**batch, use_cache=False)
+        engine.backward(out.loss)
+        engine.step()
+        t_engine.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = model(**batch, use_cache=False)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t_bare.append(time.perf_counter() - t0)
+    e_alt, b_alt = statistics.median(t_engine[1:]), statistics.median(t_bare[1:])
+
     b, t = statistics.median(bare), statistics.median(trainer)
     print(f"model: hidden {args.hidden}, 8 layers, {sum(p.numel() for p in model.parameters()):,} params; "
           f"batch {args.rows} x {args.seq_len} tokens; {args.steps} steps; torch threads {torch.get_num_threads()}")
     print(f"bare loop   tokens/s (median): {b:10.1f}")
     print(f"trainer     tokens/s (median): {t:10.1f}")
     print(f"trainer / bare: {t / b:.3f}  (overhead {100 * (1 - t / b):+.1f}%)")
+    print(f"alternating steps: engine {e_alt:.3f} s, bare {b_alt:.3f} s; bare / engine time: {b_alt / e_alt:.3f} "
+          f"(engine overhead {100 * (e_alt / b_alt - 1):+.1f}%)")
 
 
 if __name__ == "__main__":
