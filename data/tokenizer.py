@@ -103,6 +103,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
                         overwrite: bool = False) -> Path:
     """Train a byte-level BPE of ``vocab_size`` ids on ``texts`` with the Phi-4-mini specials and chat format.
 
+    Digits are always split into single tokens (see the pre-tokenizer below).
+
     Specials take the first ids (``<|endoftext|>`` = 0); every byte is in the initial alphabet, so any text
     encodes without unknown tokens.
     """
@@ -111,7 +113,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
     if vocab_size < 256 + len(BPE_SPECIALS):
         raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (need >= {256 + len(BPE_SPECIALS)})")
     tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # One token per digit: a small model learns arithmetic far more easily when every number is spelled
+    # digit by digit than when a BPE merges frequent numbers into opaque ids.
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BPE_SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
