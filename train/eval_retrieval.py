@@ -42,7 +42,10 @@ def make_example(tokenizer, length: int, rng: random.Random) -> tuple[list[int],
     rng.shuffle(names)
     query_suffix = "\n\nWhat is the phone number of {}?\nAnswer:"
     entries: list[tuple[str, str]] = []
-    budget = length - len(tokenizer(query_suffix.format(names[0]), add_special_tokens=False)["input_ids"])
+    header = "Phonebook:\n"
+    # Reserve room for the header and for the longest possible query, so the prompt never exceeds ``length``.
+    longest_query = max(len(tokenizer(query_suffix.format(n), add_special_tokens=False)["input_ids"]) for n in names)
+    budget = length - len(tokenizer(header, add_special_tokens=False)["input_ids"]) - longest_query
     used = 0
     for name in names:
         number = f"{rng.randint(100, 999)}-{rng.randint(1000, 9999)}"
@@ -54,7 +57,7 @@ def make_example(tokenizer, length: int, rng: random.Random) -> tuple[list[int],
         used += n
     name, number = entries[rng.randrange(len(entries))]
     book = "".join(f"{n}: {p}\n" for n, p in entries)
-    prompt = tokenizer("Phonebook:\n" + book + query_suffix.format(name), add_special_tokens=False)["input_ids"]
+    prompt = tokenizer(header + book + query_suffix.format(name), add_special_tokens=False)["input_ids"]
     answer = tokenizer(" " + number, add_special_tokens=False)["input_ids"]
     return prompt, answer
 

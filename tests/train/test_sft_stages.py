@@ -19,7 +19,9 @@ def make_tokenizer(root: Path, seed: int) -> dict:
     from data.shards import tokenizer_info
     from data.tokenizer import train_bpe_tokenizer
 
-    train_bpe_tokenizer([f"sft corpus {seed} line {i} {i * 5}" for i in range(100)], 300, root / "tokenizer")
+    # Digits are single tokens in our BPE, so the seed must change the words for two tokenizers to differ.
+    word = "".join(chr(97 + (seed * 7 + k) % 26) for k in range(6))
+    train_bpe_tokenizer([f"sft corpus {word} line {i} {i * 5}" for i in range(100)], 300, root / "tokenizer")
     return tokenizer_info(root / "tokenizer")
 
 
