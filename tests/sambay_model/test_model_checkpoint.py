@@ -54,14 +54,6 @@ CONFIG_JSON = {
 D_CONV, D_STATE = 4, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def role(i: int, L: int) -> str:
     if i % 2 == 0:
         return "mamba" if i <= L // 2 else "gmu"

@@ -8,15 +8,6 @@ from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
 VOCAB = 128
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are dominated by thread hand-offs on a shared 2-core machine: run them on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(**overrides) -> Phi4FlashConfig:
     values = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=8, num_attention_heads=4,
                   num_key_value_heads=2, sliding_window=8, bos_token_id=0, eos_token_id=1, pad_token_id=2,
