@@ -38,6 +38,10 @@ class Phi4FlashConfig(PretrainedConfig):
     - ``backbone="sambay"``: ``"transformer"`` builds the Transformer++ baseline (RoPE, full causal GQA attention
       and SwiGLU MLP in every layer, same width and depth),
     - ``compute_backend="auto"``: ``"torch"`` forces the pure-PyTorch ops, ``"cuda"`` requires the CUDA kernels.
+    - muP++ multipliers (spec 8.3; the defaults are the standard parametrisation of the official model):
+      ``residual_multiplier=1.0`` scales every mixer and MLP branch before it joins the residual stream,
+      ``logits_multiplier=1.0`` scales the LM-head logits, ``attention_multiplier=None`` is the softmax scale
+      (None: 1/sqrt(head_dim)).
     """
 
     model_type = "phi4flash"
@@ -78,6 +82,9 @@ class Phi4FlashConfig(PretrainedConfig):
         use_gmu: bool = True,
         backbone: str = "sambay",
         compute_backend: str = "auto",
+        residual_multiplier: float = 1.0,
+        logits_multiplier: float = 1.0,
+        attention_multiplier: float | None = None,
         **kwargs,
     ):
         # The official config.json points auto_map at remote code that we replace, and names flash_attention_2,
@@ -121,6 +128,9 @@ class Phi4FlashConfig(PretrainedConfig):
         self.use_gmu = use_gmu
         self.backbone = backbone
         self.compute_backend = compute_backend
+        self.residual_multiplier = float(residual_multiplier)
+        self.logits_multiplier = float(logits_multiplier)
+        self.attention_multiplier = None if attention_multiplier is None else float(attention_multiplier)
         super().__init__(
             bos_token_id=bos_token_id,
             eos_token_id=eos_token_id,

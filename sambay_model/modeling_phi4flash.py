@@ -217,6 +217,8 @@ class Phi4FlashAttention(nn.Module):
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
         self.window = config.sliding_window[layer_idx] if role == "swa" else None
         self.rope_theta = config.rope_theta if config.backbone == "transformer" else None
+        self.softmax_scale = (config.attention_multiplier if config.attention_multiplier is not None
+                              else self.head_dim ** -0.5)
         q_width = self.num_heads * self.head_dim
         kv_width = 0 if role == "cross_attn" else 2 * self.num_kv_heads * self.head_dim
         self.Wqkv = nn.Linear(config.hidden_size, q_width + kv_width, bias=True)
@@ -254,7 +256,7 @@ class Phi4FlashAttention(nn.Module):
         if keep_last:
             q = q[:, :, -keep_last:]
         attn_kwargs = dict(causal=True, window=self.window, doc_ids=ctx.key_doc_ids(k.shape[2]),
-                           scale=self.head_dim ** -0.5, backend=ctx.backend)
+                           scale=self.softmax_scale, backend=ctx.backend)
         if self.inner_cross_attn is not None:
             o = self.inner_cross_attn(q, k, v, **attn_kwargs)
         else:
@@ -298,6 +300,7 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
             self.attn = Phi4FlashAttention(config, layer_idx, self.role)
         self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
         self.mlp = Phi4FlashMLP(config)
+        self.residual_multiplier = config.residual_multiplier
 
     def forward(
         self,
@@ -328,8 +331,9 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
                 if keep:
                     hidden = hidden[:, -keep:]
                     memory = memory[:, -keep:] if memory is not None else None
-        hidden = hidden + out.to(hidden.dtype)
-        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden.to(dtype))).to(hidden.dtype)
+        r = self.residual_multiplier
+        hidden = hidden + r * out.to(hidden.dtype)
+        hidden = hidden + r * self.mlp(self.post_attention_layernorm(hidden.to(dtype))).to(hidden.dtype)
         return hidden, memory, shared_k, shared_v
 
 
@@ -516,6 +520,12 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.model.embed_tokens = value
 
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits; muP++ scales them by ``logits_multiplier`` (1.0 in the standard parametrisation)."""
+        logits = self.lm_head(hidden)
+        m = self.config.logits_multiplier
+        return logits if m == 1.0 else logits * m
+
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
@@ -558,7 +568,7 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         loss = None
         if labels is not None:
-            logits = self.lm_head(hidden)
+            logits = self._logits(hidden)
             loss = causal_lm_loss(logits, labels, num_items_in_batch)
             if isinstance(logits_to_keep, int) and logits_to_keep > 0:
                 logits = logits[:, -logits_to_keep:]
@@ -569,7 +579,7 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
                 hidden = hidden[:, logits_to_keep]
             elif logits_to_keep > 0:
                 hidden = hidden[:, -logits_to_keep:]
-            logits = self.lm_head(hidden)
+            logits = self._logits(hidden)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
 

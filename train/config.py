@@ -157,6 +157,8 @@ class MupConfig:
     base_batch_tokens: B0 (default 2**21).
     scale_lr_with_batch: multiply the LR by sqrt(B/B0) (default True).
     reinit_hidden_uniform: re-initialise hidden matrices U(+-1/sqrt(fan_in)) (default True).
+    base_head_dim: hd0 of the attention logit scale sqrt(hd0)/head_dim (default 128).
+    The model-side multipliers follow from these: residual branches x 1/sqrt(2L), logits x d0/L.
     """
 
     enabled: bool = False
@@ -164,6 +166,7 @@ class MupConfig:
     base_batch_tokens: int = 2**21
     scale_lr_with_batch: bool = True
     reinit_hidden_uniform: bool = True
+    base_head_dim: int = 128
 
 
 @dataclass

@@ -23,11 +23,23 @@ def resolve_vocab_size(cfg: ModelConfig, tokenizer_vocab: int | None) -> int:
     return int(math.ceil(tokenizer_vocab / m) * m)
 
 
-def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None):
-    """A ``Phi4FlashConfig`` from the recipe's model section and the tokenizer's special ids."""
+def mup_multipliers(cfg: ModelConfig, mup) -> dict[str, float]:
+    """Model-side muP++ multipliers (spec 8.3): residual 1/sqrt(2L), logits d0/L, attention sqrt(hd0)/hd."""
+    depth = cfg.num_hidden_layers
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    return {"residual_multiplier": 1.0 / math.sqrt(2 * depth),
+            "logits_multiplier": mup.base_depth / depth,
+            "attention_multiplier": math.sqrt(mup.base_head_dim) / head_dim}
+
+
+def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None, mup=None):
+    """A ``Phi4FlashConfig`` from the recipe's model section and the tokenizer's special ids; with an enabled
+    ``MupConfig`` the model also gets the muP++ multipliers."""
     from sambay_model import Phi4FlashConfig
 
     kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _TRAINER_KEYS}
+    if mup is not None and mup.enabled:
+        kwargs.update(mup_multipliers(cfg, mup))
     kwargs["vocab_size"] = vocab_size
     if eos_token_id is not None:
         # Like Phi-4-mini-flash: <|endoftext|> is BOS, EOS and padding; the generation config adds <|end|>.

@@ -85,7 +85,8 @@ def build_spec(cfg: PretrainConfig, config_yaml: str, config_dict: dict, dry_run
         vocab = None
     else:
         vocab = resolve_vocab_size(cfg.model, tok_info["vocab_size"] if tok_info else None)
-        config = hf_config(cfg.model, vocab_size=vocab, eos_token_id=tok_info["eos_token_id"] if tok_info else None)
+        config = hf_config(cfg.model, vocab_size=vocab, eos_token_id=tok_info["eos_token_id"] if tok_info else None,
+                           mup=cfg.optim.mup)
 
         def build_model(device):
             return build_fresh(config, device, cfg.trainer.seed)
