@@ -287,19 +287,21 @@ def generate_problems_with_values(n: int, split: str, seed: int = 0, families: S
 
 
 # ---- answers ---------------------------------------------------------------------------------------------------
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text`` (nested braces allowed), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (nested braces allowed), or None."""
+    for start in reversed([m.end() for m in _BOX_RE.finditer(text)]):
+        depth = 1
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start:i].strip()
+        # An unclosed box (truncated generation) is skipped in favour of an earlier complete one.
     return None
 
 

@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+from data.reasoning import extract_boxed as last_boxed
+
 _HASH_RE = re.compile(r"####\s*([^\n]*)")
 # Wrappers and decorations that never change the value of a GSM-style answer.
 _STRIP_TOKENS = ("\\$", "$", "\\%", "%", "\\!", "\\,", "\\;", "\\ ", "dollars", "\\text{dollars}")
@@ -30,22 +31,6 @@ class Grade:
 
     extracted: str | None
     correct: bool
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (balanced braces), or None."""
-    starts = [m.end() for m in _BOX_RE.finditer(text)]
-    for start in reversed(starts):
-        depth = 1
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
-        # An unclosed box (truncated generation) is skipped in favour of an earlier complete one.
-    return None
 
 
 def extract_answer(text: str) -> str | None:
