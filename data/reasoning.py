@@ -3,13 +3,13 @@
 Each family is one skill (e.g. "buy some, then give some away"); its templates are different phrasings of the
 same question. Held-out templates are never used for training data, so evaluating on them measures transfer
 to new wordings of known skills rather than memorised text. The held-out phrasings recombine clauses that
-occur in the family's training phrasings into sentences never seen whole: a model of a few million parameters
-trained for minutes cannot learn what a new verb means, but it can learn to read known clauses in a new order
-(measured: with held-out phrasings built from new verbs, a 2.7M-parameter model reached 16% on training
-phrasings and 6% on held-out ones after 200 SFT steps). Operands are small (mostly one digit) for the same
-reason: the CPU demo must show the arithmetic being learned within its budget. Solutions are short chains of
-thought that end with ``The answer is \\boxed{N}.``. For real-scale data, :func:`generate_gsm_symbolic` splits reasoning_gym's
-GSM-Symbolic problems on template ids the same way.
+occur in the family's training phrasings into sentences never seen whole, rather than introducing new verbs a
+model of a few million parameters has no way to learn in minutes. Operands are small (mostly one digit) so
+that the arithmetic itself is within reach of the CPU demo; the price is few distinct answers per family, so
+report accuracy next to ``train.eval_math.blind_baseline_accuracy`` (what guessing the family's commonest
+answer scores). Solutions are short chains of thought that end with ``The answer is \\boxed{N}.``. For
+real-scale data, :func:`generate_gsm_symbolic` splits reasoning_gym's GSM-Symbolic problems on template ids the
+same way.
 """
 from __future__ import annotations
 

@@ -3,10 +3,12 @@
 pass@1 is the fraction of correct samples averaged over problems (each problem weighs the same whatever its
 number of samples); ``pass_at_k`` (any of the k samples correct) is reported when k > 1;
 ``extracted_fraction`` is the share of samples whose final answer could be extracted at all.
+``blind_baseline_accuracy`` is what a model that never reads the numbers would score (see
+:func:`blind_baseline_accuracy`): accuracy means learning only where it is clearly above this.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -47,6 +49,22 @@ def score_samples(samples: Iterable[dict]) -> tuple[dict, list[dict]]:
     return metrics, graded
 
 
+def blind_baseline_accuracy(problems: list[dict]) -> float | None:
+    """Accuracy of always answering the most common answer of the problem's family, where the family is the
+    ``template_id`` prefix before ``/``; ``None`` when a problem has no ``template_id``.
+
+    Small procedural problems have few distinct answers per family, so a model can score well above 0 by
+    recognising the family and guessing, without copying a single number from the question. The modal answers
+    are taken from ``problems`` themselves, which makes this an upper bound on such guessing.
+    """
+    if not problems or any(not p.get("template_id") for p in problems):
+        return None
+    by_family: dict[str, Counter] = {}
+    for p in problems:
+        by_family.setdefault(str(p["template_id"]).split("/")[0], Counter())[str(p["answer"])] += 1
+    return sum(max(c.values()) for c in by_family.values()) / len(problems)
+
+
 def score_file(path: str | Path) -> dict:
     """Score a JSONL of ``{completion, answer}`` records (``completions: [..]`` also accepted); no model."""
     samples = []
@@ -74,4 +92,8 @@ def evaluate_math(model, tokenizer, problems: list[dict], sampling: SamplingConf
         {"id": p.get("id", i), "template_id": p.get("template_id"), "answer": p["answer"], "completion": c}
         for i, (p, cs) in enumerate(zip(problems, completions)) for c in cs
     ]
-    return score_samples(samples)
+    metrics, graded = score_samples(samples)
+    baseline = blind_baseline_accuracy(problems)
+    if baseline is not None:
+        metrics["blind_baseline_accuracy"] = baseline
+    return metrics, graded

@@ -36,8 +36,8 @@ from train.gates import Gate, GateFailed, check_gate
 
 EVAL_FILES = ("eval.json", "eval/eval.json", "dpo_heldout.json")
 # Metrics shown in the cross-stage summary table, in this order, when any stage reports them.
-SUMMARY_METRICS = ("accuracy", "extracted_fraction", "perplexity", "retrieval_accuracy", "heldout_reward_margin",
-                   "heldout_preference_accuracy")
+SUMMARY_METRICS = ("accuracy", "blind_baseline_accuracy", "extracted_fraction", "perplexity", "retrieval_accuracy",
+                   "heldout_reward_margin", "heldout_preference_accuracy")
 
 
 @dataclass

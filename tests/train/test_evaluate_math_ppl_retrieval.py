@@ -107,6 +107,15 @@ def test_pass_at_1_averages_over_k_samples():
     assert [g["correct"] for g in graded] == [True, False, False, False]
 
 
+def test_blind_baseline_is_the_family_modal_answer_rate():
+    from train.eval_math import blind_baseline_accuracy
+
+    problems = [{"template_id": "a/0", "answer": "3"}, {"template_id": "a/5", "answer": "3"},
+                {"template_id": "a/1", "answer": "4"}, {"template_id": "b/0", "answer": "7"}]
+    assert blind_baseline_accuracy(problems) == 0.75          # "3" for family a (2 of 3), "7" for b (1 of 1)
+    assert blind_baseline_accuracy(problems + [{"answer": "1"}]) is None   # no family to condition on
+
+
 def test_batched_left_padded_generation_matches_single(tiny):
     from train.evaluate import load_model
     from train.generation import SamplingConfig, chat_prompt, generate
