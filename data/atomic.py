@@ -35,8 +35,15 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    publish_dir(tmp, out_dir)
+
+
+def publish_dir(tmp: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+    """Rename the complete directory ``tmp`` to ``out_dir``, replacing an existing ``out_dir`` (the caller
+    checked ``overwrite``) without a moment where neither exists."""
+    tmp, out_dir = Path(tmp), Path(out_dir)
     if out_dir.exists():
-        # Only reachable with overwrite=True: move the old output aside first so a crash never loses both.
+        # Move the old output aside first so a crash never loses both.
         old = Path(tempfile.mkdtemp(prefix=out_dir.name + ".old-", dir=out_dir.parent))
         os.replace(out_dir, old / "x")
         os.replace(tmp, out_dir)

@@ -13,6 +13,8 @@ its own share via memmaps, so no rank ever holds the dataset in memory.
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -27,7 +29,11 @@ STATE_VERSION = 1
 
 
 class _Source:
-    """One split of one shard set, seen as a single token stream (shards concatenated)."""
+    """One split of one shard set, seen as a single token stream (shards concatenated).
+
+    Document starts stay in the shards' memory-mapped indexes; only per-shard offsets (a few numbers per
+    shard) are held, so memory does not grow with the number of documents.
+    """
 
     def __init__(self, shard_dir: str, split: str):
         self.path = str(shard_dir)
@@ -37,27 +43,71 @@ class _Source:
         self.tokenizer_fingerprint = manifest["tokenizer"]["fingerprint"]
         sizes = np.array([len(s.tokens) for s in self.shards], dtype=np.int64)
         self.shard_offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self.doc_offsets = np.concatenate([[0], np.cumsum([len(s.doc_starts) for s in self.shards])]).astype(np.int64)
         self.n_tokens = int(self.shard_offsets[-1])
-        self.doc_starts = np.concatenate([s.doc_starts + off for s, off in zip(self.shards, self.shard_offsets[:-1])])
-        self.doc_lens = np.diff(np.append(self.doc_starts, self.n_tokens))
+        self.n_docs = int(self.doc_offsets[-1])
+        # Plain-ndarray views of the memmaps (still file-backed, no copy): indexing skips np.memmap's per-access
+        # subclass overhead; Python lists make the per-document shard lookup a bisect.
+        self._starts = [s.doc_starts.view(np.ndarray) for s in self.shards]
+        self._tokens = [s.tokens.view(np.ndarray) for s in self.shards]
+        self._masks = [None if s.mask is None else s.mask.view(np.ndarray) for s in self.shards]
+        self._doc_off, self._tok_off = self.doc_offsets.tolist(), self.shard_offsets.tolist()
         if self.n_tokens == 0:
             raise ValueError(f"{shard_dir}: split {split!r} has no tokens")
+
+    def document(self, d: int) -> tuple[int, int]:
+        """Global start and length of document ``d``."""
+        i = bisect.bisect_right(self._doc_off, d) - 1
+        starts, local = self._starts[i], d - self._doc_off[i]
+        first = int(starts[local])
+        end = int(starts[local + 1]) if local + 1 < len(starts) else self._tok_off[i + 1] - self._tok_off[i]
+        return self._tok_off[i] + first, end - first
+
+    def clipped_tokens(self, seq_len: int) -> int:
+        """Sum over documents of min(length, seq_len), one shard's index at a time."""
+        total = 0
+        for s in self.shards:
+            lens = np.diff(np.append(np.asarray(s.doc_starts), len(s.tokens)))
+            total += int(np.minimum(lens, seq_len).sum())
+        return total
+
+    def _pieces(self, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
+        """(shard, offset in shard, count, offset in the range) covering the global range [start, start+length)."""
+        i = bisect.bisect_right(self._tok_off, start) - 1
+        done = 0
+        while done < length:
+            off = start + done - self._tok_off[i]
+            n = min(length - done, self._tok_off[i + 1] - self._tok_off[i] - off)
+            yield i, off, n, done
+            done += n
+            i += 1
+
+    def document_ids(self, start: int, length: int) -> np.ndarray:
+        """Global document index of every token in [start, start+length), via the memory-mapped indexes."""
+        out = np.empty(length, dtype=np.int64)
+        for i, off, n, pos in self._pieces(start, length):
+            out[pos:pos + n] = np.searchsorted(self._starts[i], np.arange(off, off + n), side="right") + (self._doc_off[i] - 1)
+        return out
 
     def read(self, start: int, length: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Tokens (int64) and loss mask (uint8, or None for pretrain shards) of the global range [start, start+length)."""
         toks = np.empty(length, dtype=np.int64)
         mask = np.empty(length, dtype=np.uint8) if self.kind == "sft" else None
-        i = int(np.searchsorted(self.shard_offsets, start, side="right")) - 1
-        done = 0
-        while done < length:
-            shard, off = self.shards[i], start + done - int(self.shard_offsets[i])
-            n = min(length - done, len(shard.tokens) - off)
-            toks[done:done + n] = shard.tokens[off:off + n]
+        for i, off, n, pos in self._pieces(start, length):
+            toks[pos:pos + n] = self._tokens[i][off:off + n]
             if mask is not None:
-                mask[done:done + n] = shard.mask[off:off + n]
-            done += n
-            i += 1
+                mask[pos:pos + n] = self._masks[i][off:off + n]
         return toks, mask
+
+
+def _greedy_rows(lengths: list[int], seq_len: int) -> int:
+    """Rows the loader's greedy packing makes from documents of ``lengths`` (each <= seq_len), in this order."""
+    rows, used = 0, 0
+    for n in lengths:
+        if used + n > seq_len:
+            rows, used = rows + 1, 0
+        used += n
+    return rows + (1 if used else 0)
 
 
 @dataclass
@@ -115,7 +165,7 @@ class PackedLoader:
     # ---- epoch bookkeeping -------------------------------------------------------------------------------------
     def _n_units(self, s: int) -> int:
         src = self._sources[s]
-        return src.n_tokens // self.seq_len if self.split_documents else len(src.doc_starts)
+        return src.n_tokens // self.seq_len if self.split_documents else src.n_docs
 
     def _order(self, s: int, epoch: int) -> np.ndarray:
         key = (s, epoch)
@@ -135,12 +185,30 @@ class PackedLoader:
             self._offsets[key] = int(np.random.default_rng([self.seed, s, epoch, 1]).integers(slack + 1))
         return self._offsets[key]
 
-    @property
+    @functools.cached_property
     def tokens_per_epoch(self) -> int:
-        """Tokens (excluding padding) in one pass over every source."""
+        """Tokens (excluding padding) in one pass over every source (computed once: SFT reads every index)."""
         if self.split_documents:
             return sum(self._n_units(s) * self.seq_len for s in range(len(self._sources)))
-        return int(sum(np.minimum(src.doc_lens, self.seq_len).sum() for src in self._sources))
+        return sum(src.clipped_tokens(self.seq_len) for src in self._sources)
+
+    @functools.cached_property
+    def padded_tokens_per_epoch(self) -> int:
+        """Row tokens, padding included, of one pass over every source: what one epoch costs in batch tokens.
+
+        Equals ``tokens_per_epoch`` when documents are split into windows. With whole-document packing (SFT)
+        every row carries padding, so ``epochs`` must be converted to steps with this number (dividing
+        ``tokens_per_epoch`` by the batch tokens would cover only the non-padding fraction of a pass). It
+        replays the greedy packing of epoch 0's document order on lengths only (later epochs' orders pack
+        to within a few rows of it).
+        """
+        if self.split_documents:
+            return self.tokens_per_epoch
+        rows = 0
+        for s, src in enumerate(self._sources):
+            lens = np.concatenate([np.diff(np.append(np.asarray(sh.doc_starts), len(sh.tokens))) for sh in src.shards])
+            rows += _greedy_rows(np.minimum(lens, self.seq_len)[self._order(s, 0)].tolist(), self.seq_len)
+        return rows * self.seq_len
 
     @property
     def epoch(self) -> float:
@@ -162,11 +230,11 @@ class PackedLoader:
         else:
             src, order, used, segs = self._sources[s], self._order(s, cur.epoch), 0, []
             while cur.position < n_units:
-                d = int(order[cur.position])
-                n = min(int(src.doc_lens[d]), self.seq_len)
+                d_start, d_len = src.document(int(order[cur.position]))
+                n = min(d_len, self.seq_len)
                 if used + n > self.seq_len:
                     break
-                segs.append((int(src.doc_starts[d]), n))
+                segs.append((d_start, n))
                 used += n
                 cur.position += 1
         if cur.position >= n_units:
@@ -193,7 +261,7 @@ class PackedLoader:
             if mask is not None:
                 lab[mask == 0] = IGNORE_INDEX
             # Document id per token: starts inside the segment open a new document.
-            k = np.searchsorted(src.doc_starts, np.arange(start, start + length), side="right") - 1
+            k = src.document_ids(start, length)
             local = k - k[0] + next_doc
             doc[pos:pos + length] = local
             is_start = np.concatenate([[True], local[1:] != local[:-1]])

@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -39,28 +39,47 @@ RESERVED_NAMES = ("tokenizer", "pretrain", "reasoning", "sft", "preference")
 
 
 class _Corpus:
-    """Collected at most once, and only when a step needs the text."""
+    """Pretraining text. ``corpus.files`` are streamed from disk on every use (any size); the Debian/stdlib
+    corpus (a fixed ~10-100 MB) is collected at most once, and only when a step needs the text."""
 
     def __init__(self, corpus_cfg):
         self.corpus_cfg, self._docs = corpus_cfg, None
-        self.sources: list[str] = []
+        self.files = [str(f) for f in corpus_cfg.files]
+        if self.files:
+            from data.documents import check_inputs
 
-    def documents(self):
+            check_inputs(self.files)  # a typo in a path fails now, not after the tokenizer is trained
+
+    @property
+    def sources(self) -> list[str]:
+        if self.files:
+            return self.files
+        return sorted({d.source.split(":")[0] for d in self._collected()})
+
+    def _collected(self):
         if self._docs is None:
-            from data.corpus import Document, collect_corpus
+            from data.corpus import collect_corpus
 
             c = self.corpus_cfg
-            if c.files:
-                from data.pretrain import load_documents
-
-                ds = load_documents(c.files, c.text_field)
-                self._docs = [Document("files", t) for t in ds["text"]]
-                self.sources = [str(f) for f in c.files]
-            else:
-                self._docs = collect_corpus(c.debian_packages, c.include_stdlib, c.cache_dir, c.max_chars)
-                self.sources = sorted({d.source.split(":")[0] for d in self._docs})
+            self._docs = collect_corpus(c.debian_packages, c.include_stdlib, c.cache_dir, c.max_chars)
             log.info("corpus: %d documents, %.1f M characters", len(self._docs), sum(len(d.text) for d in self._docs) / 1e6)
         return self._docs
+
+    def texts(self, skip: int = 0) -> Iterator[str]:
+        """The documents' texts in order, after the first ``skip``."""
+        if self.files:
+            from data.documents import iter_documents
+
+            return iter_documents(self.files, self.corpus_cfg.text_field, skip)
+        return (d.text for d in self._collected()[skip:])
+
+    def input_id(self) -> str | None:
+        """What a resumed preparation must match; None (collected corpus: small, redone from zero)."""
+        if not self.files:
+            return None
+        from data.documents import input_fingerprint
+
+        return input_fingerprint(self.files, self.corpus_cfg.text_field)
 
 
 def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
@@ -68,13 +87,7 @@ def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
 
     t = cfg.tokenizer
     if t.kind == "bpe":
-        texts, total = [], 0
-        for d in corpus.documents():
-            if t.train_chars and total >= t.train_chars:
-                break
-            texts.append(d.text)
-            total += len(d.text)
-        train_bpe_tokenizer(texts, t.vocab_size, out, overwrite=cfg.overwrite)
+        train_bpe_tokenizer(_first_chars(corpus.texts(), t.train_chars), t.vocab_size, out, overwrite=cfg.overwrite)
     elif t.kind == "phi4mini":
         build_phi4mini_tokenizer(out, overwrite=cfg.overwrite)
     elif t.kind == "path":
@@ -92,6 +105,16 @@ def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
                                  pad_token_id=tok.pad_token_id).save_pretrained(tmp)
     else:
         raise ValueError(f"tokenizer.kind={t.kind!r}: expected one of bpe, phi4mini, path")
+
+
+def _first_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
+    """Texts until ``max_chars`` characters have been passed on (0 = all), streamed."""
+    total = 0
+    for text in texts:
+        if max_chars and total >= max_chars:
+            return
+        yield text
+        total += len(text)
 
 
 def reasoning_records(cfg: PrepareConfig, n: int, split: str, seed: int, families=None, with_values: bool = False):
@@ -143,11 +166,8 @@ def prepare(cfg: PrepareConfig) -> Path:
         _reuse_check(pre)
 
         def _pretrain(pre=pre, source=source, val_fraction=val_fraction):
-            import datasets
-
-            ds = datasets.Dataset.from_dict({"text": [d.text for d in source.documents()]})
-            write_pretrain_shards(ds, tok_dir, pre, source.sources, val_fraction, cfg.seed, cfg.num_proc,
-                                  cfg.pretrain.shard_tokens, cfg.overwrite)
+            write_pretrain_shards(source.texts, tok_dir, pre, source.sources, val_fraction, cfg.seed, cfg.num_proc,
+                                  cfg.pretrain.shard_tokens, cfg.overwrite, input_id=source.input_id())
 
         _step(pre, cfg, f"{name} shards", _pretrain)
 

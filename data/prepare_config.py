@@ -30,9 +30,11 @@ class TokenizerConfig:
 class CorpusConfig:
     """Pretraining text.
 
-    files: local ``.txt``/``.md``/``.rst`` (one document per file), ``.jsonl``/``.json`` or ``.parquet`` files
-        (one document per row); when non-empty they replace the Debian/stdlib corpus (default empty).
-    text_field: JSONL/Parquet field holding the text (default ``text``).
+    files: local inputs, streamed (any size): ``.jsonl``/``.json`` (JSON Lines, also ``.gz``/``.zst``
+        compressed), ``.parquet``, directories written by ``datasets``' ``save_to_disk`` (one document per
+        row), ``.txt``/``.md``/``.rst`` (one document per file, also compressed); when non-empty they replace
+        the Debian/stdlib corpus, and an interrupted preparation resumes (see ``data.pretrain``) (default empty).
+    text_field: JSONL/Parquet/datasets field holding the text (default ``text``).
     debian_packages: Debian documentation packages fetched with ``apt-get download`` (default
         ``[python3.11-doc]``; see ``data.corpus.DEBIAN_TEXT_GLOBS`` for the known ones).
     include_stdlib: add the Python standard library sources (also the fallback when apt fails) (default False).
@@ -54,7 +56,9 @@ class PretrainDataConfig:
 
     enabled: write it (default True).
     val_fraction: fraction of documents in the ``val`` split (default 0.02).
-    shard_tokens: tokens per shard file (default 2**26).
+    shard_tokens: most tokens per shard file, i.e. the shard size bound: 2 bytes per token for vocabularies up
+        to 65,536, else 4 (2**26 = 128 MiB / 256 MiB; 2**29 = 1 GiB with uint16). Only a single document
+        longer than this makes a larger shard, since documents never straddle shards (default 2**26).
     """
 
     enabled: bool = True
@@ -135,7 +139,9 @@ class PrepareConfig:
     out_dir: output root (default ``artifacts/data/demo``).
     overwrite: redo outputs that already exist (default False: complete outputs are skipped).
     seed: seeds splits and generated problems (default 0).
-    num_proc: tokenization processes (default 2).
+    num_proc: tokenization worker processes for pretraining shards; the shards are byte-identical for any
+        value; 0 = one per available core; 1 tokenizes in-process with the tokenizers library's own threads
+        (default 2).
     """
 
     out_dir: str = "artifacts/data/demo"

@@ -1,69 +1,35 @@
-"""Text documents -> pretraining shard set: parallel tokenization, EOS-separated docs, seeded doc-level split."""
+"""Text documents -> pretraining shard set, streaming: bounded memory, every core, resumable.
+
+Documents flow in order through chunks (``CHUNK_CHARS``) tokenized in parallel (``data.tokenize_pool``,
+order-preserving) and are appended, with EOS, to the ``train`` or ``val`` split. Nothing is held beyond the
+chunks in flight and the open shards' document indexes, so memory does not depend on the corpus size, and the
+shards are byte-identical for any number of workers. With an ``input_id`` the run is resumable: after every
+completed shard the writer checkpoints, and a rerun with the same inputs and settings continues there.
+"""
 from __future__ import annotations
 
-import functools
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data.jsonl import DataFormatError, read_jsonl
-from data.shards import ShardSetWriter, tokenizer_info
+from data.shards import FORMAT_VERSION, ShardSetWriter, tokenizer_info
+from data.tokenize_pool import backend_json, tokenize_chunks
+from data.tokenizer import load_tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md", ".rst")
-JSON_SUFFIXES = (".jsonl", ".json")
-PARQUET_SUFFIXES = (".parquet",)
+log = logging.getLogger(__name__)
 
-
-def load_documents(files: Sequence[str | os.PathLike], text_field: str = "text"):
-    """Load local text / JSONL / Parquet files as a ``datasets.Dataset`` with one ``text`` column.
-
-    A text file is one document. JSONL/Parquet rows are documents, read from ``text_field``. Errors name the file
-    (and the line for JSONL): bad UTF-8, malformed JSON, a missing field, an empty file.
-    """
-    import datasets
-
-    if not files:
-        raise ValueError("no input files given")
-    parts = []
-    for f in map(Path, files):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: no such file")
-        suffix = f.suffix.lower()
-        if suffix in TEXT_SUFFIXES:
-            raw = f.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line = raw[: e.start].count(b"\n") + 1
-                raise DataFormatError(f"{f}:{line}: not valid UTF-8 (byte offset {e.start})") from None
-            if not text.strip():
-                raise DataFormatError(f"{f}: empty file")
-            parts.append(datasets.Dataset.from_dict({"text": [text]}))
-        elif suffix in JSON_SUFFIXES:
-            # The strict reader gives file:line errors; datasets' json builder would only say "failed".
-            rows = read_jsonl(f, required=(text_field,))
-            for i, r in enumerate(rows):
-                if not isinstance(r[text_field], str):
-                    raise DataFormatError(f"{f}: record {i + 1}: field {text_field!r} is not a string")
-            parts.append(datasets.Dataset.from_dict({"text": [r[text_field] for r in rows]}))
-        elif suffix in PARQUET_SUFFIXES:
-            ds = datasets.load_dataset("parquet", data_files=str(f), split="train")
-            if text_field not in ds.column_names:
-                raise DataFormatError(f"{f}: no column {text_field!r} (has {ds.column_names})")
-            if len(ds) == 0:
-                raise DataFormatError(f"{f}: empty file")
-            parts.append(ds.select_columns([text_field]).rename_column(text_field, "text") if text_field != "text"
-                         else ds.select_columns(["text"]))
-        else:
-            raise ValueError(f"{f}: unsupported file type {suffix!r} (use {TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES})")
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+CHUNK_CHARS = 1 << 20  # characters per tokenization task: big enough to amortise IPC, small enough to bound memory
+SPLIT_BLOCK = 4096  # documents per seeded draw block of the train/val split
 
 
 def document_split(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
     """Boolean array, True = validation document. Seeded, so the split is reproducible; each side gets >= 1 doc
-    when there are at least two documents and ``0 < val_fraction < 1``."""
+    when there are at least two documents and ``0 < val_fraction < 1``. (In-memory form, used for SFT.)"""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     is_val = np.random.default_rng(seed).random(n_docs) < val_fraction
@@ -75,39 +41,90 @@ def document_split(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
     return is_val
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_tokenizer(tokenizer_dir: str):
-    from data.tokenizer import load_tokenizer
-
-    return load_tokenizer(tokenizer_dir)
-
-
-def _tokenize_batch(batch: dict, tokenizer_dir: str) -> dict:
-    tok = _cached_tokenizer(tokenizer_dir)
-    ids = tok(batch["text"], add_special_tokens=False)["input_ids"]
-    return {"input_ids": [x + [tok.eos_token_id] for x in ids]}
-
-
-def tokenize_texts(ds, tokenizer_dir: str | os.PathLike, num_proc: int = 1, batch_size: int = 64):
-    """Add ``input_ids`` (text ids + EOS) to a dataset with a ``text`` column, in ``num_proc`` processes."""
-    return ds.map(_tokenize_batch, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-                  fn_kwargs={"tokenizer_dir": str(tokenizer_dir)}, remove_columns=ds.column_names,
-                  desc="tokenize", load_from_cache_file=False)
+def streaming_split(start: int, n: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Whether documents ``start .. start+n-1`` go to ``val``: a seeded draw per block of ``SPLIT_BLOCK``
+    documents, so a document's split depends only on its index (not on chunking, workers or resuming)."""
+    out = np.empty(n, dtype=bool)
+    pos = start
+    while pos < start + n:
+        block, off = divmod(pos, SPLIT_BLOCK)
+        take = min(SPLIT_BLOCK - off, start + n - pos)
+        draws = np.random.default_rng([seed, block]).random(SPLIT_BLOCK)
+        out[pos - start:pos - start + take] = draws[off:off + take] < val_fraction
+        pos += take
+    return out
 
 
-def write_pretrain_shards(ds, tokenizer_dir: str | os.PathLike, out_dir: str | os.PathLike, sources: Sequence[str],
-                          val_fraction: float = 0.01, seed: int = 0, num_proc: int = 1,
-                          shard_tokens: int = 1 << 26, overwrite: bool = False) -> Path:
-    """Tokenize ``ds`` (column ``text``) and write a ``kind: pretrain`` shard set with splits train / val."""
-    from tqdm.auto import tqdm
+def chunk_texts(texts: Iterable[str], chunk_chars: int = CHUNK_CHARS) -> Iterator[list[str]]:
+    """Consecutive lists of texts of about ``chunk_chars`` characters (a longer text is a chunk of its own)."""
+    chunk, size = [], 0
+    for t in texts:
+        chunk.append(t)
+        size += len(t)
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
-    info = tokenizer_info(tokenizer_dir)
-    tokenized = tokenize_texts(ds, tokenizer_dir, num_proc=num_proc)
-    is_val = document_split(len(tokenized), val_fraction, seed)
-    with ShardSetWriter(out_dir, "pretrain", info, sources, shard_tokens=shard_tokens, overwrite=overwrite) as w:
-        i = 0
-        for batch in tqdm(tokenized.iter(batch_size=256), total=-(-len(tokenized) // 256), desc="write shards"):
-            for ids in batch["input_ids"]:
-                w.add("val" if is_val[i] else "train", np.asarray(ids, dtype=np.int64))
-                i += 1
+
+def resume_key(info: dict, input_id: str, val_fraction: float, seed: int, shard_tokens: int) -> str:
+    """Digest of everything the shards depend on (not the worker count, which does not change them)."""
+    blob = json.dumps({"format": FORMAT_VERSION, "tokenizer": info["fingerprint"], "input": input_id,
+                       "val_fraction": val_fraction, "seed": seed, "shard_tokens": shard_tokens,
+                       "split_block": SPLIT_BLOCK}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _as_factory(documents) -> Callable[[int], Iterable[str]]:
+    if callable(documents):
+        return documents
+    if isinstance(documents, Sequence):
+        return lambda skip: documents[skip:]
+    raise TypeError("documents must be a sequence of texts or a function skip -> iterable of texts")
+
+
+def write_pretrain_shards(documents: Sequence[str] | Callable[[int], Iterable[str]], tokenizer_dir: str | os.PathLike,
+                          out_dir: str | os.PathLike, sources: Sequence[str], val_fraction: float = 0.01,
+                          seed: int = 0, num_proc: int = 1, shard_tokens: int = 1 << 26, overwrite: bool = False,
+                          input_id: str | None = None, chunk_chars: int = CHUNK_CHARS) -> Path:
+    """Tokenize ``documents`` (texts, or ``skip -> iterator of texts`` for streaming) into a ``kind: pretrain``
+    shard set with splits train / val.
+
+    ``num_proc`` > 1 tokenizes in that many worker processes (same bytes as 1); 0 = one per available core.
+    ``input_id`` (e.g. :func:`data.documents.input_fingerprint`) makes the run resumable; None redoes an
+    interrupted run from zero.
+    ``chunk_chars``: characters per tokenization task (changes speed and memory, never the output).
+    The last document goes to the split that would otherwise be empty (when ``0 < val_fraction`` and there are
+    at least two documents), which is why one document is held back until the next arrives.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    factory = _as_factory(documents)
+    tok = load_tokenizer(tokenizer_dir)
+    info = tokenizer_info(tokenizer_dir, tok)
+    key = None if input_id is None else resume_key(info, input_id, val_fraction, seed, shard_tokens)
+    with ShardSetWriter(out_dir, "pretrain", info, sources, shard_tokens=shard_tokens, overwrite=overwrite,
+                        resume_key=key) as w:
+        done = int(w.position["documents"]) if w.position else 0
+        if done:
+            log.info("%s: resuming after %d documents (the last complete shard)", out_dir, done)
+        chunks = chunk_texts(factory(done), chunk_chars)
+        pending = None  # (tokens, is_val) of the held-back document
+        workers = num_proc or len(os.sched_getaffinity(0))
+        for ids, lengths in tokenize_chunks(chunks, backend_json(tok), info["eos_token_id"], workers):
+            bounds = np.concatenate([[0], np.cumsum(lengths)])
+            flags = streaming_split(done + (pending is not None), len(lengths), val_fraction, seed)
+            for k in range(len(lengths)):
+                if pending is not None:
+                    if w.add("val" if pending[1] else "train", pending[0]):
+                        w.checkpoint({"documents": done + 1})
+                    done += 1
+                pending = (ids[bounds[k]:bounds[k + 1]], bool(flags[k]))
+        if pending is None:
+            raise ValueError(f"{out_dir}: no documents to write")
+        split = "val" if pending[1] else "train"
+        if val_fraction > 0 and done >= 1 and w.splits_written == {split}:
+            split = "train" if split == "val" else "val"  # the last document fills the empty side
+        w.add(split, pending[0])
     return Path(out_dir)

@@ -1,7 +1,9 @@
 """SFT data: chat records (``{"messages": [...]}``) -> token ids + assistant-only loss masks -> shard sets."""
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,7 +14,11 @@ from data.jsonl import DataFormatError, read_jsonl
 from data.reasoning import format_prompt
 from data.shards import ShardSetWriter, tokenizer_info
 
+log = logging.getLogger(__name__)
 ROLES = tuple(ROLE_TOKENS)
+# What an SFT stage does with a conversation longer than its seq_len (the loader keeps its first seq_len tokens):
+# "error" refuses to train; "truncate" trains on the kept part and warns with the counts.
+OVERLONG_POLICIES = ("error", "truncate")
 
 
 def validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
@@ -87,3 +93,62 @@ def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_di
             ids, mask = tokenize_chat(tok, msgs, where=f"{sources[0] if sources else out_dir} record {i + 1}")
             w.add("val" if is_val[i] else "train", ids, mask)
     return Path(out_dir)
+
+
+@dataclass(frozen=True)
+class OverlongReport:
+    """Conversations of one SFT shard split longer than ``seq_len``.
+
+    conversations: all conversations of the split; overlong: those longer than ``seq_len``; answerless: overlong
+    ones whose kept first ``seq_len`` tokens hold no assistant (loss) token at all; cut_loss_tokens /
+    loss_tokens: assistant tokens that truncation removes / all assistant tokens of the split; longest: the longest
+    conversation, in tokens.
+    """
+
+    conversations: int
+    overlong: int
+    answerless: int
+    cut_loss_tokens: int
+    loss_tokens: int
+    longest: int
+
+    def describe(self, where: str, seq_len: int) -> str:
+        return (f"{where}: {self.overlong} of {self.conversations} conversations are longer than seq_len={seq_len} "
+                f"(longest {self.longest} tokens); truncation cuts {self.cut_loss_tokens} of {self.loss_tokens} "
+                f"assistant tokens and leaves {self.answerless} with no assistant token at all")
+
+
+def overlong_report(shard_dir: str | os.PathLike, split: str, seq_len: int) -> OverlongReport:
+    """Count the conversations of an SFT shard split that a ``seq_len`` row cannot hold whole."""
+    from data.shards import open_split
+
+    _, shards = open_split(shard_dir, split)
+    n = overlong = answerless = cut = loss = longest = 0
+    for sh in shards:
+        lens = np.diff(np.append(np.asarray(sh.doc_starts), len(sh.tokens)))
+        n += len(lens)
+        loss += int(np.count_nonzero(sh.mask))
+        longest = max(longest, int(lens.max(initial=0)))
+        for d in np.flatnonzero(lens > seq_len):  # only the overlong ones are read
+            start, end = int(sh.doc_starts[d]), int(sh.doc_starts[d]) + int(lens[d])
+            overlong += 1
+            cut += int(np.count_nonzero(sh.mask[start + seq_len:end]))
+            answerless += int(not np.any(sh.mask[start:start + seq_len]))
+    return OverlongReport(n, overlong, answerless, cut, loss, longest)
+
+
+def check_overlong(shard_dir: str | os.PathLike, split: str, seq_len: int, policy: str, where: str) -> OverlongReport:
+    """Apply an SFT stage's ``overlong`` policy (``OVERLONG_POLICIES``) to one source: "error" raises naming the
+    source and the counts; "truncate" warns with them (and says how many examples keep no answer). Nothing is
+    said when every conversation fits."""
+    if policy not in OVERLONG_POLICIES:
+        raise ValueError(f"{where}: overlong={policy!r}; expected one of {list(OVERLONG_POLICIES)}")
+    report = overlong_report(shard_dir, split, seq_len)
+    if report.overlong:
+        message = report.describe(where, seq_len)
+        if policy == "error":
+            raise DataFormatError(f"{message}. Raise the stage's seq_len, filter the data, or set "
+                                  f"overlong=truncate to train on the first seq_len tokens")
+        log.warning("%s; training on the first %d tokens of each (overlong=truncate)", message, seq_len)
+    return report
+

@@ -8,7 +8,8 @@ import pytest
 
 from data.atomic import OutputExistsError, atomic_write_text
 from data.jsonl import DataFormatError, read_jsonl, write_jsonl
-from data.pretrain import load_documents, write_pretrain_shards
+from data.documents import iter_documents
+from data.pretrain import write_pretrain_shards
 
 
 def test_malformed_jsonl_line(tmp_path):
@@ -35,7 +36,7 @@ def test_empty_file(tmp_path):
             read_jsonl(tmp_path / name)
     (tmp_path / "e.txt").write_text("   \n")
     with pytest.raises(DataFormatError, match=r"e\.txt: empty file"):
-        load_documents([tmp_path / "e.txt"])
+        list(iter_documents([tmp_path / "e.txt"]))
 
 
 def test_non_utf8(tmp_path):
@@ -46,25 +47,25 @@ def test_non_utf8(tmp_path):
     t = tmp_path / "d.txt"
     t.write_bytes(b"line one\nline two\n\xff\xfe bad\n")
     with pytest.raises(DataFormatError, match=r"d\.txt:3: not valid UTF-8"):
-        load_documents([t])
+        list(iter_documents([t]))
 
 
-def test_load_documents_formats(tmp_path):
+def test_iter_documents_formats(tmp_path):
     (tmp_path / "a.txt").write_text("first document\nwith two lines")
     (tmp_path / "b.jsonl").write_text('{"body": "second"}\n{"body": "third"}\n')
     import datasets
 
     datasets.Dataset.from_dict({"body": ["fourth", "fifth"]}).to_parquet(str(tmp_path / "c.parquet"))
-    ds = load_documents([tmp_path / "b.jsonl", tmp_path / "c.parquet"], text_field="body")
-    assert ds["text"] == ["second", "third", "fourth", "fifth"]
-    assert load_documents([tmp_path / "a.txt"])["text"] == ["first document\nwith two lines"]
+    texts = list(iter_documents([tmp_path / "b.jsonl", tmp_path / "c.parquet"], text_field="body"))
+    assert texts == ["second", "third", "fourth", "fifth"]
+    assert list(iter_documents([tmp_path / "a.txt"])) == ["first document\nwith two lines"]
     with pytest.raises(DataFormatError, match=r"b\.jsonl:1: record lacks required field"):
-        load_documents([tmp_path / "b.jsonl"])
+        list(iter_documents([tmp_path / "b.jsonl"]))
     with pytest.raises(DataFormatError, match=r"c\.parquet: no column 'text'"):
-        load_documents([tmp_path / "c.parquet"])
+        list(iter_documents([tmp_path / "c.parquet"]))
     with pytest.raises(ValueError, match="unsupported file type"):
         (tmp_path / "x.csv").write_text("a,b")
-        load_documents([tmp_path / "x.csv"])
+        list(iter_documents([tmp_path / "x.csv"]))
 
 
 def test_pretrain_shards_from_files_and_no_silent_overwrite(tmp_path, bpe_dir):
@@ -75,7 +76,7 @@ def test_pretrain_shards_from_files_and_no_silent_overwrite(tmp_path, bpe_dir):
 
     texts = [f"Document number {i}: " + "some words here. " * (i % 5 + 1) for i in range(30)]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    ds = load_documents([tmp_path / "in.jsonl"])
+    ds = list(iter_documents([tmp_path / "in.jsonl"]))
     out = write_pretrain_shards(ds, bpe_dir, tmp_path / "pre", ["in.jsonl"], val_fraction=0.2, seed=0, num_proc=2)
     m = read_manifest(out)
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 30

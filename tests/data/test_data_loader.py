@@ -202,3 +202,25 @@ def test_sources_with_different_tokenizers_are_refused(tmp_path, make_shards, pr
 
     with pytest.raises(ValueError, match="different tokenizers"):
         parse_sources([(pretrain_dir, 1.0), (other, 1.0)])
+
+
+def test_document_index_stays_memory_mapped(tmp_path, make_shards):
+    """Per-rank memory must not grow with the number of documents: starts are read from the .idx.npy memmaps."""
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 1000, size=rng.integers(1, 12)) for _ in range(6000)]
+    out = make_shards(tmp_path / "s", docs, kind="sft", masks=[np.ones(len(d)) for d in docs], shard_tokens=5000)
+    loader = PackedLoader([(out, 1.0)], seq_len=32, global_batch_rows=4, split_documents=False)
+    src = loader._sources[0]
+    assert len(src.shards) > 5 and src.n_docs == 6000
+    assert all(isinstance(s.doc_starts, np.memmap) for s in src.shards)
+    in_memory = [v for v in vars(src).values() if isinstance(v, np.ndarray) and not isinstance(v, np.memmap)]
+    assert in_memory and all(v.size <= len(src.shards) + 1 for v in in_memory)  # per-shard offsets only
+    assert all(not v.flags.owndata and isinstance(v.base, np.memmap) for v in src._starts)  # views, not copies
+    # Spans read through the memmaps are the documents as written.
+    for d in (0, 1, 2999, 5999):
+        start, length = src.document(d)
+        assert np.array_equal(src.read(start, length)[0], docs[d])
+    assert loader.tokens_per_epoch == sum(min(len(d), 32) for d in docs)
+    # A row's doc ids count documents inside the row, across shard boundaries too.
+    b = loader.next_batch()
+    assert b["input_ids"].shape == (1 * 4, 32) and int(b["doc_ids"].min()) == 0

@@ -159,3 +159,56 @@ def test_full_recipe_composes_against_the_schema():
 
     with pytest.raises(ConfigCompositionException, match="n_trian"):
         _cfg(["reasoning.n_trian=5"])
+
+
+def _pretrain_only(tmp_path, out, files, tok_dir, extra=()):
+    return _cfg([f"out_dir={out}", f"corpus.files=[{','.join(map(str, files))}]", "tokenizer.kind=path",
+                 f"tokenizer.path={tok_dir}", "sft.0.n_examples=5", "sft.1.n_examples=5", "preference.enabled=false", "reasoning.n_train=5",
+                 "reasoning.n_heldout=5", "pretrain.shard_tokens=2000", "pretrain.val_fraction=0.1", "num_proc=1",
+                 *extra])
+
+
+def test_killed_prepare_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir, monkeypatch, caplog):
+    """Compressed JSON Lines + Parquet input; a crash right after a checkpoint; the rerun resumes there."""
+    import gzip
+    import logging
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data.prepare import prepare
+    from data.shards import ShardSetWriter
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    texts = [" ".join(words[(i * 7 + k) % 10] for k in range(i % 90 + 3)) + f" {i}" for i in range(400)]
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps({"body": t}) + "\n" for t in texts[:250]).encode()))
+    pq.write_table(pa.table({"body": texts[250:]}), tmp_path / "b.parquet", row_group_size=50)
+    files = [tmp_path / "a.jsonl.gz", tmp_path / "b.parquet"]
+    cfg = _pretrain_only(tmp_path, tmp_path / "out", files, bpe_dir, ["corpus.text_field=body"])
+    uninterrupted = {p.name: p.read_bytes() for p in (prepare(cfg) / "pretrain").iterdir()}
+    shutil.rmtree(tmp_path / "out")  # same config, same out_dir: the manifest must come out identical
+
+    class Killed(Exception):
+        pass
+
+    original = ShardSetWriter.checkpoint
+
+    def checkpoint_then_die(self, position):
+        original(self, position)
+        if position["documents"] > 150:
+            raise Killed
+
+    monkeypatch.setattr(ShardSetWriter, "checkpoint", checkpoint_then_die)
+    with pytest.raises(Killed):
+        prepare(cfg)
+    assert not (tmp_path / "out" / "pretrain").exists() and (tmp_path / "out" / "pretrain.partial").is_dir()
+    monkeypatch.setattr(ShardSetWriter, "checkpoint", original)
+    with caplog.at_level(logging.INFO, logger="data.pretrain"):
+        out = prepare(cfg)
+    assert "resuming after" in caplog.text
+    resumed = {p.name: p.read_bytes() for p in (out / "pretrain").iterdir()}
+    assert sorted(resumed) == sorted(uninterrupted) and len(resumed) > 6
+    assert resumed == uninterrupted  # manifest.json included
+    splits = read_manifest(out / "pretrain")["splits"]
+    assert splits["train"]["documents"] + splits["val"]["documents"] == 400

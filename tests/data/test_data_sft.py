@@ -106,3 +106,43 @@ def test_conversations_from_a_datasets_dataset():
     bad = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "only a question"}]}])
     with pytest.raises(DataFormatError, match="ds: row 0: conversation has no assistant message"):
         conversations_from_records(bad, "ds")
+
+
+def _sft_set(out, bpe_dir, docs):
+    """An SFT shard set from (length, first assistant position) pairs; the assistant part runs to the end."""
+    from data.shards import ShardSetWriter, tokenizer_info
+
+    with ShardSetWriter(out, "sft", tokenizer_info(bpe_dir), ["test"], shard_tokens=40) as w:
+        for n, answer_from in docs:
+            mask = np.zeros(n, dtype=np.uint8)
+            mask[answer_from:] = 1
+            w.add("train", np.arange(n) % 50 + 3, mask)
+    return out
+
+
+def test_overlong_conversations_are_counted_with_their_cut_answers(bpe_dir, tmp_path):
+    from data.sft import overlong_report
+
+    # Fits; too long with part of its answer kept; too long with its whole answer cut (answer-less).
+    out = _sft_set(tmp_path / "sft", bpe_dir, [(10, 4), (30, 12), (25, 22), (16, 10)])
+    report = overlong_report(out, "train", seq_len=16)
+    assert (report.conversations, report.overlong, report.answerless, report.longest) == (4, 2, 1, 30)
+    assert report.loss_tokens == 6 + 18 + 3 + 6 and report.cut_loss_tokens == 14 + 3
+
+
+def test_overlong_policy_errors_or_warns_never_silently(bpe_dir, tmp_path, caplog):
+    from data.sft import check_overlong
+
+    out = _sft_set(tmp_path / "sft", bpe_dir, [(10, 4), (30, 12), (25, 22)])
+    with pytest.raises(DataFormatError, match=r"sources\[0\]: 2 of 3 conversations are longer than seq_len=16.*"
+                                               r"1 with no assistant token at all.*overlong=truncate"):
+        check_overlong(out, "train", 16, "error", "sources[0]")
+    with caplog.at_level("WARNING", logger="data.sft"):
+        check_overlong(out, "train", 16, "truncate", "sources[0]")
+    assert "2 of 3 conversations are longer than seq_len=16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="data.sft"):
+        assert check_overlong(out, "train", 30, "error", "sources[0]").overlong == 0  # all fit: nothing said
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match="overlong='drop'"):
+        check_overlong(out, "train", 16, "drop", "sources[0]")
