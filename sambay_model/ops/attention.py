@@ -17,8 +17,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend
-
 # Sliding-window attention goes blockwise once the full key length exceeds this many windows; below it one
 # masked SDPA call over all keys is cheaper than the Python loop over blocks.
 BLOCKWISE_MIN_WINDOWS = 4
@@ -27,7 +25,7 @@ BLOCKWISE_MIN_WINDOWS = 4
 MAX_MASK_ELEMENTS = 1 << 24
 
 
-def _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> None:
+def check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("attention: q, k, v must be 4-D [batch, heads, time, head_dim]")
     Bsz, Hq, Tq, d = q.shape
@@ -134,12 +132,15 @@ def _attention_blockwise(q, k, v, *, causal, window, doc_ids, key_padding_mask, 
 
 
 def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, block=None):
-    """Pure-PyTorch attention (SDPA); same contract as ``attention``.
+    """Attention with GQA and causal / window / document / padding masks; returns [B, Hq, Tq, dv].
+
+    Pure PyTorch (SDPA); see the module docstring for conventions, the contract of ``dispatch.attention``.
+    ``scale`` defaults to 1/sqrt(d).
 
     ``block``: query rows per block on the blockwise paths (default: the window, or enough rows for a
     ``MAX_MASK_ELEMENTS`` mask).
     """
-    _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
+    check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
     Tq, Tk = q.shape[2], k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -158,22 +159,3 @@ def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padd
         # Long masked full attention (documents / padding): bound the mask to [B, block, Tk] per call.
         return _attention_blockwise(q, k, v, block=block or max(1, MAX_MASK_ELEMENTS // (mask_rows * Tk)), **kwargs)
     return _masked(q, k, v, **kwargs)
-
-
-def attention(
-    q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"
-):
-    """Attention with GQA and causal / window / document / padding masks; returns [B, Hq, Tq, dv].
-
-    See the module docstring for conventions. ``scale`` defaults to 1/sqrt(d). ``backend``: "auto" | "torch" |
-    "cuda"; the cuda backend (flash-attn) handles fp16/bf16 and hands fp32 inputs to the SDPA path.
-    """
-    if resolve_backend(backend, q.device) == "cuda" and q.dtype in (torch.float16, torch.bfloat16):
-        from .cuda_kernels import attention_flash
-
-        return attention_flash(
-            q, k, v, causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale
-        )
-    return attention_torch(
-        q, k, v, causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale
-    )

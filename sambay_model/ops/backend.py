@@ -1,8 +1,17 @@
-"""Which compute backend runs an op: pure PyTorch ("torch") or the CUDA kernel packages ("cuda").
+"""Which compute backend runs an op: pure PyTorch ("torch"), the Triton kernels ("triton") or the CUDA kernel
+packages ("cuda").
 
 The CUDA kernels come from three optional packages (the ``gpu`` extra): mamba-ssm, causal-conv1d and
 flash-attn. Each is probed once per process; a package that is missing *or broken* (they fail at import in
 many ways: missing ``*_cuda`` extension, ABI mismatch with torch, no GPU driver) simply counts as absent.
+Triton ships with every CUDA build of PyTorch; on CPU its kernels run only under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before Python imports triton), which is how the tests run them.
+
+Layering of ``sambay_model.ops`` (imports go one way, top to bottom):
+``reference`` (naive ground truth, tests only) | ``linear_scan`` <- ``selective_scan`` / ``conv`` / ``attention``
+(pure PyTorch) <- kernel adapters ``cuda_kernels`` / ``triton_scan`` / ``triton_conv`` / ``triton_attention``
+<- ``dispatch`` (the public ops; picks an adapter through this module). No module imports ``dispatch``
+except the package ``__init__``.
 """
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from typing import Any
 
 import torch
 
-BACKENDS = ("auto", "torch", "cuda")
+BACKENDS = ("auto", "torch", "cuda", "triton")
 
 
 @dataclass(frozen=True)
@@ -74,11 +83,27 @@ def probe_kernels() -> KernelProbe:
     return KernelProbe(**found, errors=tuple(errors))
 
 
-def resolve_backend(requested: str, device: torch.device | str | None) -> str:
-    """Map a requested backend ("auto" | "torch" | "cuda") and a tensor device to "torch" or "cuda".
+@functools.lru_cache(maxsize=1)
+def triton_importable() -> bool:
+    """True when the ``triton`` package imports (cached for the process)."""
+    try:
+        importlib.import_module("triton")
+    except Exception:  # noqa: BLE001 - a broken install fails in many ways, not only ImportError
+        return False
+    return True
 
-    "auto" picks "cuda" only when the tensors are on a CUDA device and all kernels import; "torch" always
-    means pure PyTorch; "cuda" raises when the kernels are missing or the tensors are not on a GPU.
+
+def triton_interpreted() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return triton_importable() and bool(importlib.import_module("triton").knobs.runtime.interpret)
+
+
+def resolve_backend(requested: str, device: torch.device | str | None) -> str:
+    """Map a requested backend ("auto" | "torch" | "cuda" | "triton") and a tensor device to the one that runs.
+
+    "auto" picks "triton" for CUDA tensors when Triton imports, else "cuda" when all CUDA kernels import, else
+    "torch"; "torch" always means pure PyTorch; "cuda" raises when the kernels are missing or the tensors are
+    not on a GPU; "triton" raises when Triton is missing, or the tensors are on CPU without the interpreter.
     """
     if requested not in BACKENDS:
         raise ValueError(f"compute_backend must be one of {BACKENDS}, got {requested!r}")
@@ -86,7 +111,13 @@ def resolve_backend(requested: str, device: torch.device | str | None) -> str:
         return "torch"
     on_cuda = device is not None and torch.device(device).type == "cuda"
     if requested == "auto":
-        return "cuda" if on_cuda and probe_kernels().complete else "torch"
+        if not on_cuda:
+            return "torch"
+        if triton_importable():
+            return "triton"
+        return "cuda" if probe_kernels().complete else "torch"
+    if requested == "triton":
+        return _check_triton(on_cuda, device)
     probe = probe_kernels()
     if not probe.complete:
         detail = "\n  ".join(probe.errors) or "unknown import failure"
@@ -97,3 +128,13 @@ def resolve_backend(requested: str, device: torch.device | str | None) -> str:
     if not on_cuda:
         raise RuntimeError(f"compute_backend='cuda' needs tensors on a CUDA device, got device {device}")
     return "cuda"
+
+
+def _check_triton(on_cuda: bool, device) -> str:
+    if not triton_importable():
+        raise RuntimeError("compute_backend='triton' needs the triton package (CUDA builds of torch ship it; "
+                           "else pip install triton)")
+    if not on_cuda and not triton_interpreted():
+        raise RuntimeError(f"compute_backend='triton' needs tensors on a CUDA device, got device {device} "
+                           "(on CPU the kernels run only under Triton's interpreter, TRITON_INTERPRET=1)")
+    return "triton"

@@ -1,6 +1,6 @@
 """Depthwise causal 1-D convolution (the Mamba input conv) with document resets, plus its decode step.
 
-State conventions (Hugging Face, spec section 5.1): the decode ``conv_state`` holds the last K raw (pre-conv)
+State conventions (Hugging Face, docs/architecture.md §9.1): the decode ``conv_state`` holds the last K raw (pre-conv)
 inputs ``[B, D, K]``; the prefill ``initial_state`` holds the last K-1 raw inputs ``[B, D, K-1]``, i.e.
 ``conv_state[..., 1:]``.
 """
@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend
-
 ACTIVATIONS = (None, "silu", "swish")
 
 
-def _weight_2d(weight: torch.Tensor) -> torch.Tensor:
+def weight_2d(weight: torch.Tensor) -> torch.Tensor:
     """Accept the checkpoint shape [D, 1, K] or [D, K]; return [D, K]."""
     if weight.dim() == 3:
         if weight.shape[1] != 1:
@@ -25,10 +23,28 @@ def _weight_2d(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+def activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     if activation not in ACTIVATIONS:
         raise ValueError(f"causal_conv1d: activation must be one of {ACTIVATIONS}, got {activation!r}")
     return F.silu(y) if activation is not None else y
+
+
+def check_conv_args(x, weight, resets, initial_state, activation) -> torch.Tensor:
+    """Validate ``causal_conv1d`` arguments (clear errors naming the argument); returns the [D, K] weight."""
+    w = weight_2d(weight)
+    Bsz, Dch, T = x.shape
+    K = w.shape[-1]
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"causal_conv1d: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if w.shape[0] != Dch:
+        raise ValueError(f"causal_conv1d: weight has {w.shape[0]} channels, x has {Dch}")
+    if initial_state is not None and tuple(initial_state.shape) != (Bsz, Dch, K - 1):
+        raise ValueError(
+            f"causal_conv1d: initial_state must be [B, D, K-1] = {(Bsz, Dch, K - 1)}, got {tuple(initial_state.shape)}"
+        )
+    if resets is not None and tuple(resets.shape) != (Bsz, T):
+        raise ValueError(f"causal_conv1d: resets must be [B, T] = {(Bsz, T)}, got {tuple(resets.shape)}")
+    return w
 
 
 def positions_in_document(resets: torch.Tensor) -> torch.Tensor:
@@ -42,18 +58,15 @@ def positions_in_document(resets: torch.Tensor) -> torch.Tensor:
 
 
 def causal_conv1d_torch(x, weight, bias=None, resets=None, initial_state=None, activation="silu"):
-    """Pure-PyTorch depthwise causal conv; same contract as ``causal_conv1d``."""
-    w = _weight_2d(weight)
+    """Depthwise causal conv over x [B, D, T] with weight [D, 1, K] or [D, K] and bias [D] (or None).
+
+    resets [B, T] bool (True = a document starts here): no tap crosses a reset, so a document's first token
+    sees only itself. initial_state [B, D, K-1] = the raw inputs just before x (ignored after a reset).
+    activation: "silu" (default) or None. Pure PyTorch; the contract of ``dispatch.causal_conv1d``.
+    """
+    w = check_conv_args(x, weight, resets, initial_state, activation)
     Bsz, Dch, T = x.shape
     K = w.shape[-1]
-    if w.shape[0] != Dch:
-        raise ValueError(f"causal_conv1d: weight has {w.shape[0]} channels, x has {Dch}")
-    if initial_state is not None and tuple(initial_state.shape) != (Bsz, Dch, K - 1):
-        raise ValueError(
-            f"causal_conv1d: initial_state must be [B, D, K-1] = {(Bsz, Dch, K - 1)}, got {tuple(initial_state.shape)}"
-        )
-    if resets is not None and tuple(resets.shape) != (Bsz, T):
-        raise ValueError(f"causal_conv1d: resets must be [B, T] = {(Bsz, T)}, got {tuple(resets.shape)}")
     prefix = initial_state.to(x.dtype) if initial_state is not None else x.new_zeros(Bsz, Dch, K - 1)
     xp = torch.cat([prefix, x], dim=-1)
     if resets is None:
@@ -68,21 +81,7 @@ def causal_conv1d_torch(x, weight, bias=None, resets=None, initial_state=None, a
             y = y + tap * (pos >= j)
         if bias is not None:
             y = y + bias.unsqueeze(-1)
-    return _activate(y, activation)
-
-
-def causal_conv1d(x, weight, bias=None, resets=None, initial_state=None, activation="silu", *, backend: str = "auto"):
-    """Depthwise causal conv over x [B, D, T] with weight [D, 1, K] or [D, K] and bias [D] (or None).
-
-    resets [B, T] bool (True = a document starts here): no tap crosses a reset, so a document's first token
-    sees only itself. initial_state [B, D, K-1] = the raw inputs just before x (ignored after a reset).
-    activation: "silu" (default) or None.
-    """
-    if resolve_backend(backend, x.device) == "cuda":
-        from .cuda_kernels import causal_conv1d_cuda
-
-        return causal_conv1d_cuda(x, weight, bias, resets, initial_state, activation)
-    return causal_conv1d_torch(x, weight, bias, resets, initial_state, activation)
+    return activate(y, activation)
 
 
 def conv_state_after(x, kernel_size: int, resets=None, initial_state=None):
@@ -106,23 +105,14 @@ def conv_state_after(x, kernel_size: int, resets=None, initial_state=None):
 
 
 def causal_conv1d_update_torch(x_t, conv_state, weight, bias=None, activation="silu"):
-    """Pure-PyTorch decode step; same contract as ``causal_conv1d_update``."""
-    w = _weight_2d(weight)
+    """One decode step: x_t [B, D], conv_state [B, D, K] (last K raw inputs) -> (y_t [B, D], new_state).
+
+    ``conv_state`` is not modified; new_state drops the oldest input and appends x_t.
+    """
+    w = weight_2d(weight)
     new_state = torch.cat([conv_state[..., 1:], x_t.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
     acc = torch.promote_types(x_t.dtype, torch.float32)  # accumulate in at least fp32
     y = (new_state.to(acc) * w.to(acc)).sum(-1)
     if bias is not None:
         y = y + bias.to(acc)
-    return _activate(y, activation).to(x_t.dtype), new_state
-
-
-def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation="silu", *, backend: str = "auto"):
-    """One decode step: x_t [B, D], conv_state [B, D, K] (last K raw inputs) -> (y_t [B, D], new_state).
-
-    ``conv_state`` is not modified; new_state drops the oldest input and appends x_t.
-    """
-    if resolve_backend(backend, x_t.device) == "cuda":
-        from .cuda_kernels import causal_conv1d_update_cuda
-
-        return causal_conv1d_update_cuda(x_t, conv_state, weight, bias, activation)
-    return causal_conv1d_update_torch(x_t, conv_state, weight, bias, activation)
+    return activate(y, activation).to(x_t.dtype), new_state

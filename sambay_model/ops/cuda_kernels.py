@@ -20,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import attention_torch, check_attention_args
 from .backend import probe_kernels
+from .conv import causal_conv1d_torch, weight_2d
+from .selective_scan import selective_scan_torch
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -121,8 +124,6 @@ def plan_varlen(doc_ids: torch.Tensor | None, key_padding_mask: torch.Tensor | N
 
 def selective_scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state):
     """mamba-ssm ``selective_scan_fn`` when it is exact, else the PyTorch scan (see module docstring)."""
-    from .selective_scan import selective_scan_torch
-
     inner_reset = resets is not None and bool(resets[:, 1:].any())
     if initial_state is not None or inner_reset:
         warnings.warn(
@@ -171,11 +172,9 @@ def _channel_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def causal_conv1d_cuda(x, weight, bias, resets, initial_state, activation):
-    from .conv import _weight_2d, causal_conv1d_torch
-
     if resets is not None and initial_state is not None:
         return causal_conv1d_torch(x, weight, bias, resets, initial_state, activation)
-    w = _weight_2d(weight).contiguous()
+    w = weight_2d(weight).contiguous()
     fn = probe_kernels().causal_conv1d_fn
     if resets is not None:
         return fn(_channel_last(x), w, bias, seq_idx=resets_to_seq_idx(resets), activation=activation)
@@ -187,26 +186,27 @@ def causal_conv1d_cuda(x, weight, bias, resets, initial_state, activation):
 
 def causal_conv1d_update_cuda(x_t, conv_state, weight, bias, activation):
     """causal-conv1d's decode step; it shifts the state in place, so it runs on a copy."""
-    from .conv import _weight_2d
-
     new_state = conv_state.to(dtype=x_t.dtype, copy=True)  # the kernel wants the state in x's dtype
-    y = probe_kernels().causal_conv1d_update(x_t, new_state, _weight_2d(weight).contiguous(), bias, activation)
+    y = probe_kernels().causal_conv1d_update(x_t, new_state, weight_2d(weight).contiguous(), bias, activation)
     return y, new_state
 
 
 # --------------------------------------------------------------------------------------------- attention
 
 
+def flash_dtype(q: torch.Tensor) -> bool:
+    """flash-attn computes in fp16/bf16 only."""
+    return q.dtype in (torch.float16, torch.bfloat16)
+
+
 def flash_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
     d = q.shape[-1]
-    return q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256 and v.shape[-1] % d == 0
+    return flash_dtype(q) and d % 8 == 0 and d <= 256 and v.shape[-1] % d == 0
 
 
 def attention_flash(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale):
     """flash-attn for [B, H, T, d] inputs; falls back to SDPA where flash cannot be exact."""
-    from .attention import _check_attention_args, attention_torch
-
-    _check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
+    check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
     kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
     if not flash_supported(q, v):
         return attention_torch(q, k, v, **kwargs)

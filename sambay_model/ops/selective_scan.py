@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend
 from .linear_scan import linear_scan_outer
 
 # Upper bound on elements of one [T, B, Dblock, N] work tensor: channels are processed in blocks so that the
@@ -106,7 +105,7 @@ class _SelectiveScan(torch.autograd.Function):
         return g_u, g_delta, g_A, g_B, g_C, None, g_h0, None
 
 
-def _check_scan_shapes(u, delta, A, B, C, D, resets, initial_state) -> None:
+def check_scan_shapes(u, delta, A, B, C, D, resets, initial_state) -> None:
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be [batch, channels, time], got shape {tuple(u.shape)}")
     Bsz, Dch, T = u.shape
@@ -128,20 +127,30 @@ def _check_scan_shapes(u, delta, A, B, C, D, resets, initial_state) -> None:
             raise ValueError(f"selective_scan: {name} must have shape {shape}, got {tuple(t.shape)}")
 
 
+def effective_delta(delta, delta_bias, delta_softplus):
+    """softplus(delta + delta_bias) in fp32, [B, D, T] (each part optional)."""
+    dl = delta.to(torch.float32)
+    if delta_bias is not None:
+        dl = dl + delta_bias.to(torch.float32).unsqueeze(-1)
+    return F.softplus(dl) if delta_softplus else dl
+
+
 def selective_scan_torch(
     u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, resets=None, initial_state=None,
     return_last_state=False, chunks: int | None = None,
 ):
-    """Pure-PyTorch selective scan; same contract as ``selective_scan``."""
-    _check_scan_shapes(u, delta, A, B, C, D, resets, initial_state)
+    """Pure-PyTorch Mamba-1 selective scan returning the pre-gate output y (including D * u) [and the last state].
+
+    Shapes: u, delta [B, D, T]; A [D, N] (negative, A = -exp(A_log)); B, C [B, N, T]; D, delta_bias [D];
+    resets [B, T] bool, True where a new document starts (the carried state, including ``initial_state``, is
+    zeroed before that token); initial_state [B, D, N]. y has u's dtype; the last state [B, D, N] is fp32.
+    This is the contract of ``dispatch.selective_scan`` and of every kernel adapter.
+    """
+    check_scan_shapes(u, delta, A, B, C, D, resets, initial_state)
     Bsz, Dch, T = u.shape
     N = A.shape[-1]
     f32 = torch.float32
-    dl = delta.to(f32)
-    if delta_bias is not None:
-        dl = dl + delta_bias.to(f32).unsqueeze(-1)
-    if delta_softplus:
-        dl = F.softplus(dl)
+    dl = effective_delta(delta, delta_bias, delta_softplus)
     # Time-major fp32 copies: every time slice of the scan is then one contiguous block.
     u_t = u.to(f32).permute(2, 0, 1).contiguous()
     delta_t = dl.permute(2, 0, 1).contiguous()
@@ -162,30 +171,12 @@ def selective_scan_torch(
     return (y, last) if return_last_state else y
 
 
-def selective_scan(
-    u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, resets=None, initial_state=None,
-    return_last_state=False, *, backend: str = "auto",
-):
-    """Mamba-1 selective scan returning the pre-gate output y (including D * u) [and the last state].
-
-    Shapes: u, delta [B, D, T]; A [D, N] (negative, A = -exp(A_log)); B, C [B, N, T]; D, delta_bias [D];
-    resets [B, T] bool, True where a new document starts (the carried state, including ``initial_state``, is
-    zeroed before that token); initial_state [B, D, N]. y has u's dtype; the last state [B, D, N] is fp32.
-    ``backend``: "auto" | "torch" | "cuda" (see ``backend.resolve_backend``).
-    """
-    if resolve_backend(backend, u.device) == "cuda":
-        from .cuda_kernels import selective_scan_cuda
-
-        return selective_scan_cuda(
-            u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
-        )
-    return selective_scan_torch(
-        u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
-    )
-
-
 def selective_state_update_torch(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True):
-    """One decode step in pure PyTorch; same contract as ``selective_state_update``."""
+    """One recurrent step for decoding: returns (y [B, D], new_state [B, D, N]); ``state`` is not modified.
+
+    Shapes: state [B, D, N]; x, dt [B, D]; A [D, N]; B, C [B, N]; D, dt_bias [D]. Math in fp32; y has x's
+    dtype and new_state has state's dtype. Consistent with ``selective_scan_torch`` run token by token.
+    """
     f32 = torch.float32
     dt = dt.to(f32)
     if dt_bias is not None:
@@ -199,16 +190,3 @@ def selective_state_update_torch(state, x, dt, A, B, C, D=None, dt_bias=None, dt
     if D is not None:
         y = y + D.to(f32) * xf
     return y.to(x.dtype), new_state.to(state.dtype)
-
-
-def selective_state_update(state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, *, backend: str = "auto"):
-    """One recurrent step for decoding: returns (y [B, D], new_state [B, D, N]); ``state`` is not modified.
-
-    Shapes: state [B, D, N]; x, dt [B, D]; A [D, N]; B, C [B, N]; D, dt_bias [D]. Math in fp32; y has x's
-    dtype and new_state has state's dtype. Consistent with ``selective_scan`` run token by token.
-    """
-    if resolve_backend(backend, x.device) == "cuda":
-        from .cuda_kernels import selective_state_update_cuda
-
-        return selective_state_update_cuda(state, x, dt, A, B, C, D, dt_bias, dt_softplus)
-    return selective_state_update_torch(state, x, dt, A, B, C, D, dt_bias, dt_softplus)

@@ -128,18 +128,38 @@ def fake_kernels(monkeypatch):
 # ------------------------------------------------------------------------------------ backend resolution
 
 
-def test_resolve_backend_without_kernels(monkeypatch):
+@pytest.fixture
+def no_triton(monkeypatch):
+    monkeypatch.setattr(backend_mod, "triton_importable", lambda: False)
+
+
+def test_resolve_backend_without_kernels(monkeypatch, no_triton):
     monkeypatch.setattr(backend_mod, "probe_kernels", lambda: KernelProbe(errors=("flash_attn.x: boom",)))
     assert resolve_backend("torch", "cpu") == "torch"
     assert resolve_backend("auto", "cpu") == "torch"
     assert resolve_backend("auto", torch.device("cuda")) == "torch"
     with pytest.raises(RuntimeError, match="flash_attn.x: boom"):
         resolve_backend("cuda", "cuda")
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        resolve_backend("triton", "cuda")
     with pytest.raises(ValueError, match="compute_backend"):
+        resolve_backend("flash", "cpu")
+
+
+def test_resolve_backend_prefers_triton_on_cuda(fake_kernels, monkeypatch):
+    monkeypatch.setattr(backend_mod, "triton_importable", lambda: True)
+    monkeypatch.setattr(backend_mod, "triton_interpreted", lambda: False)
+    assert resolve_backend("auto", "cuda:0") == "triton"
+    assert resolve_backend("auto", "cpu") == "torch"  # never the interpreter by default
+    assert resolve_backend("cuda", "cuda") == "cuda"  # mamba-ssm / flash-attn stay selectable
+    assert resolve_backend("triton", "cuda") == "triton"
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         resolve_backend("triton", "cpu")
+    monkeypatch.setattr(backend_mod, "triton_interpreted", lambda: True)
+    assert resolve_backend("triton", "cpu") == "triton"
 
 
-def test_resolve_backend_with_kernels(fake_kernels):
+def test_resolve_backend_with_kernels(fake_kernels, no_triton):
     assert resolve_backend("auto", "cuda:0") == "cuda"
     assert resolve_backend("auto", "cpu") == "torch"
     assert resolve_backend("torch", "cuda") == "torch"
@@ -268,8 +288,8 @@ def test_flash_adapter_falls_back_on_right_padding(fake_kernels):
 
 
 def test_attention_dispatch_by_dtype(fake_kernels, monkeypatch):
-    attn_mod = importlib.import_module("sambay_model.ops.attention")
-    monkeypatch.setattr(attn_mod, "resolve_backend", lambda requested, device: "cuda")
+    dispatch_mod = importlib.import_module("sambay_model.ops.dispatch")
+    monkeypatch.setattr(dispatch_mod, "resolve_backend", lambda requested, device: "cuda")
     calls = []
     monkeypatch.setattr(cuda_mod, "attention_flash", lambda *a, **k: calls.append(1) or a[0])
     q, k, v = _qkv(2, 2, 5, 5, 8, 8, seed=4)
