@@ -1,12 +1,20 @@
-"""Phi4FlashConfig: the official Phi-4-mini-flash config keys (spec section 3) plus SambaY variant switches."""
+"""Phi4FlashConfig: the official Phi-4-mini-flash config keys (docs/architecture.md §10) plus SambaY variant
+switches."""
 from __future__ import annotations
 
 import math
 
 from transformers import PretrainedConfig
 
+from .ops.backend import BACKENDS as COMPUTE_BACKENDS
+
 BACKBONES = ("sambay", "transformer")
-COMPUTE_BACKENDS = ("auto", "torch", "cuda")
+
+
+def resolve_diff_attn(use_diff_attn: bool | None, backbone: str) -> bool:
+    """``use_diff_attn=None`` is the backbone's own choice: differential attention in SambaY (the official model),
+    none in the Transformer++ baseline."""
+    return backbone != "transformer" if use_diff_attn is None else bool(use_diff_attn)
 
 
 class Phi4FlashConfig(PretrainedConfig):
@@ -33,12 +41,21 @@ class Phi4FlashConfig(PretrainedConfig):
 
     Additions (defaults reproduce the official model):
 
-    - ``use_diff_attn=True``: differential attention in every attention layer,
-    - ``use_gmu=True``: False turns every cross-decoder layer into cross-attention (the Samba+YOCO baseline),
-    - ``backbone="sambay"``: ``"transformer"`` builds the Transformer++ baseline (RoPE, full causal GQA attention
-      and SwiGLU MLP in every layer, same width and depth),
-    - ``compute_backend="auto"``: ``"torch"`` forces the pure-PyTorch ops, ``"cuda"`` requires the CUDA kernels.
-    - muP++ multipliers (spec 8.3; the defaults are the standard parametrisation of the official model):
+    - ``use_diff_attn=None``: differential attention in every attention layer; None means the backbone's own
+      choice (True for SambaY, as in the official model; False for Transformer++, which has none: True with
+      ``backbone="transformer"`` is an error),
+    - ``use_gmu=True``: False turns every cross-decoder layer into cross-attention. That is the Samba+YOCO
+      baseline, and it keeps every other choice of the SambaY it is compared with (LayerNorm with bias, NoPE,
+      attention biases, ``use_diff_attn``, window): set the same keys, change only ``use_gmu``,
+    - ``backbone="sambay"``: ``"transformer"`` builds the Transformer++ baseline as ArchScale defines it: every
+      layer full causal GQA attention with RoPE (``rope_theta``; angles and rotation in fp32) and a SwiGLU MLP,
+      RMSNorm (``layer_norm_eps``) for the block and final norms, no bias in any linear layer, no differential
+      attention; same width, depth, heads and MLP width as the SambaY it is compared with,
+    - ``compute_backend="auto"``: ``"torch"`` forces the pure-PyTorch ops, ``"triton"`` the Triton kernels (CUDA, or
+      CPU under ``TRITON_INTERPRET=1``), ``"cuda"`` requires the CUDA kernel packages; ``"auto"`` is triton on
+      CUDA when Triton imports, else cuda when its packages import, else torch.
+    - muP++ multipliers (docs/architecture.md §14; the defaults are the standard parametrisation of the official
+      model):
       ``residual_multiplier=1.0`` scales every mixer and MLP branch before it joins the residual stream,
       ``logits_multiplier=1.0`` scales the LM-head logits, ``attention_multiplier=None`` is the softmax scale
       (None: 1/sqrt(head_dim)).
@@ -48,6 +65,9 @@ class Phi4FlashConfig(PretrainedConfig):
     keys_to_ignore_at_inference = ["past_key_values"]
     # trl reads config.auto_map when it reloads a reference model; our classes are registered locally.
     auto_map = {}
+    # TRL's fused LM head (DPOTrainer's log-probs) reads the logits multiplier as ``lm_head_multiplier`` (Falcon-H1's
+    # name, same meaning: logits are multiplied by it); without this alias DPO on a muP++ model scores another model.
+    attribute_map = {"lm_head_multiplier": "logits_multiplier"}
 
     def __init__(
         self,
@@ -78,7 +98,7 @@ class Phi4FlashConfig(PretrainedConfig):
         mamba_dt_rank: int | str = "auto",
         mamba_conv_bias: bool = True,
         mamba_proj_bias: bool = False,
-        use_diff_attn: bool = True,
+        use_diff_attn: bool | None = None,
         use_gmu: bool = True,
         backbone: str = "sambay",
         compute_backend: str = "auto",
@@ -124,7 +144,7 @@ class Phi4FlashConfig(PretrainedConfig):
         self.mamba_dt_rank = math.ceil(hidden_size / 16) if mamba_dt_rank == "auto" else int(mamba_dt_rank)
         self.mamba_conv_bias = mamba_conv_bias
         self.mamba_proj_bias = mamba_proj_bias
-        self.use_diff_attn = use_diff_attn
+        self.use_diff_attn = resolve_diff_attn(use_diff_attn, backbone)
         self.use_gmu = use_gmu
         self.backbone = backbone
         self.compute_backend = compute_backend
@@ -157,6 +177,8 @@ class Phi4FlashConfig(PretrainedConfig):
             raise bad("num_attention_heads", f"must divide hidden_size={self.hidden_size}")
         if self.num_attention_heads % self.num_key_value_heads != 0:
             raise bad("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
+        if self.use_diff_attn and self.backbone == "transformer":
+            raise bad("use_diff_attn", "the Transformer++ baseline has no differential attention")
         if self.use_diff_attn and self.num_key_value_heads % 2 != 0:
             raise bad("num_key_value_heads", "differential attention splits heads in pairs: must be even")
         if len(self.sliding_window) != self.num_hidden_layers:
@@ -185,7 +207,8 @@ class Phi4FlashConfig(PretrainedConfig):
         ]
 
     def layer_role(self, i: int) -> str:
-        """SambaY role of layer ``i`` (spec section 1): mamba, swa, memory_mamba, full_attn, gmu, cross_attn."""
+        """SambaY role of layer ``i`` (docs/architecture.md §1): mamba, swa, memory_mamba, full_attn, gmu,
+        cross_attn."""
         if self.backbone == "transformer":
             return "full_attn"
         half = self.num_hidden_layers // 2

@@ -1,4 +1,5 @@
-"""SambaY / Phi-4-mini-flash causal LM (spec sections 1-2, 4-6), with the Transformer++ baseline as a config option.
+"""SambaY / Phi-4-mini-flash causal LM (docs/architecture.md §1-§9, §11-§13), with the Transformer++ baseline as a
+config option.
 
 Layer roles by index i of L layers (``Phi4FlashConfig.layer_role``): i < L/2 even: Mamba; i < L/2 odd: sliding-window
 attention; i = L/2: Mamba that also exports its pre-gate scan output as the GMU memory; i = L/2+1: the one full
@@ -20,9 +21,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from . import ops
 from .cache import SambaYCache
+from .cache_names import CACHE_FIELD, cache_in, check_left_padded, pick_cache
 from .configuration_phi4flash import Phi4FlashConfig
+from .decode_attention import last_query_attention, last_query_probs
+from .lm_head_loss import chunked_causal_lm_loss
 
-# Parameters that stay fp32 whatever the model dtype (spec 12.5): the SSM decay/skip and the DA lambdas.
+# Parameters that stay fp32 whatever the model dtype (docs/architecture.md §12): the SSM decay/skip and the DA lambdas.
 FP32_PARAM_NAMES = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
 
 
@@ -35,7 +39,7 @@ def _keep_fp32_params(module: nn.Module, names: tuple[str, ...]) -> None:
 
 
 def residual_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The residual stream is at least fp32 (spec 2.1: "reduce error accumulation")."""
+    """The residual stream is at least fp32 (docs/architecture.md §2: "reduce error accumulation")."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -48,9 +52,11 @@ class ForwardContext:
     resets: ``[B, T]`` True where a new segment starts in the current chunk (Mamba conv/scan reset), or None.
     real: ``[B, T]`` 1 for real tokens, 0 for padding in the current chunk, or None (no padding).
     keep_last: when > 0, the cross-decoder (and the full-attention layer's output) runs only on the last
-        ``keep_last`` positions: the linear prefill of spec 5.3.
+        ``keep_last`` positions: the linear prefill of docs/architecture.md §8.
     positions: ``[T]`` absolute positions of the chunk (RoPE of the Transformer++ baseline only).
     backend: ``config.compute_backend``.
+    last_visible: ``[B, past + T]`` True at the keys the last position may see (its own segment), or None (all):
+        the mask of a single-query (decode) attention, built once per forward instead of once per layer.
     """
 
     doc_ids: torch.Tensor | None
@@ -59,21 +65,33 @@ class ForwardContext:
     keep_last: int
     positions: torch.Tensor
     backend: str
+    last_visible: torch.Tensor | None = None
 
     def key_doc_ids(self, num_keys: int) -> torch.Tensor | None:
         return None if self.doc_ids is None else self.doc_ids[:, -num_keys:]
 
+    def last_query_visible(self, num_keys: int) -> torch.Tensor | None:
+        return None if self.last_visible is None else self.last_visible[:, -num_keys:]
+
 
 class OutProj(nn.Linear):
-    """Output projection of a residual branch: SP init uses std / sqrt(2 * num_layers) (spec 6.1)."""
+    """Output projection of a residual branch: SP init uses std / sqrt(2 * num_layers) (docs/architecture.md §13)."""
+
+
+def block_norm(config: Phi4FlashConfig) -> nn.Module:
+    """The input / post-attention / final norm: LayerNorm with bias in SambaY (the official model), RMSNorm in the
+    Transformer++ baseline (ArchScale's definition)."""
+    if config.backbone == "transformer":
+        return nn.RMSNorm(config.hidden_size, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Mixers
 # --------------------------------------------------------------------------------------------------------------------
 class Phi4FlashMamba(nn.Module):
-    """Mamba-1 (S6) mixer (spec 2.3). With ``exports_memory`` it also returns its pre-gate scan output (the GMU
-    memory, incl. the D skip) for every token."""
+    """Mamba-1 (S6) mixer (docs/architecture.md §4). With ``exports_memory`` it also returns its pre-gate scan output
+    (the GMU memory, incl. the D skip) for every token."""
 
     def __init__(self, config: Phi4FlashConfig, layer_idx: int, exports_memory: bool):
         super().__init__()
@@ -141,7 +159,7 @@ class Phi4FlashMamba(nn.Module):
 
 
 class Phi4FlashGMU(nn.Module):
-    """Gated Memory Unit (spec 2.6): ``out_proj(memory * silu(in_proj(x)))``, memory from layer L/2."""
+    """Gated Memory Unit (docs/architecture.md §7): ``out_proj(memory * silu(in_proj(x)))``, memory from layer L/2."""
 
     def __init__(self, config: Phi4FlashConfig):
         super().__init__()
@@ -153,7 +171,8 @@ class Phi4FlashGMU(nn.Module):
 
 
 class DiffAttentionCore(nn.Module):
-    """Differential attention over already projected heads (spec 2.5), stored as ``attn.inner_cross_attn``.
+    """Differential attention over already projected heads (docs/architecture.md §6), stored as
+    ``attn.inner_cross_attn``.
 
     Computed as two attentions with V of width 2*head_dim (softmax(Q1 K1) [V1|V2], softmax(Q2 K2) [V1|V2]), which
     equals the four-call form of the reference.
@@ -184,6 +203,24 @@ class DiffAttentionCore(nn.Module):
         v_both = torch.cat([v[:, 0::2], v[:, 1::2]], dim=-1)
         a1 = ops.attention(q[:, 0::2], k[:, 0::2], v_both, **attn_kwargs)
         a2 = ops.attention(q[:, 1::2], k[:, 1::2], v_both, **attn_kwargs)
+        return self._combine(a1, a2)
+
+    def forward_last_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                           visible: torch.Tensor | None) -> torch.Tensor:
+        """The same for one query at the last position (decode). Both softmax maps of a head pair multiply the same
+        ``[V1|V2]``, so they are stacked and V is read once, in place (not concatenated): a decode step of DA reads
+        the cached K,V once, like plain attention."""
+        p1 = last_query_probs(q[:, 0::2], k[:, 0::2], scale, visible)  # [B, Hkv/2, g, N]
+        p2 = last_query_probs(q[:, 1::2], k[:, 1::2], scale, visible)
+        g = p1.shape[2]
+        probs = torch.cat([p1, p2], dim=2).to(v.dtype)  # [B, Hkv/2, 2g, N]
+        both = torch.cat([torch.matmul(probs, v[:, 0::2]), torch.matmul(probs, v[:, 1::2])], dim=-1)
+        b, half = q.shape[0], q.shape[1] // 2
+        a1 = both[:, :, :g].reshape(b, half, 1, both.shape[-1])
+        a2 = both[:, :, g:].reshape(b, half, 1, both.shape[-1])
+        return self._combine(a1, a2)
+
+    def _combine(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
         o = a1 - self.lambda_full().to(a1.dtype) * a2
         o = self.subln(o) * (1.0 - self.lambda_init)  # [B, Hq/2, Tq, 2d]
         # [Hq/2, 2d] flattens to the same vector as the inverse stripe [Hq, d].
@@ -196,18 +233,20 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """RoPE (rotate-half form) for ``[B, H, T, d]`` at absolute ``positions`` ``[T]``; angles in fp32."""
+    """RoPE (rotate-half form) for ``[B, H, T, d]`` at absolute ``positions`` ``[T]``, computed in fp32 (angles and
+    the rotation, as ArchScale's Transformer++ does: bf16 angles lose whole radians at long positions)."""
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    wide = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=wide) / d))
+    angles = positions.to(wide)[:, None] * inv_freq[None, :]
     emb = torch.cat([angles, angles], dim=-1)
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    xw = x.to(wide)
+    return (xw * emb.cos() + rotate_half(xw) * emb.sin()).to(x.dtype)
 
 
 class Phi4FlashAttention(nn.Module):
-    """Sliding-window, full or cross attention (spec 2.4). Self-attention layers own a fused ``Wqkv`` laid out
-    ``[Q | K | V]``; cross-attention layers project queries only and read the shared K,V of layer L/2+1."""
+    """Sliding-window, full or cross attention (docs/architecture.md §5). Self-attention layers own a fused ``Wqkv``
+    laid out ``[Q | K | V]``; cross-attention layers project queries only and read the shared K,V of layer L/2+1."""
 
     def __init__(self, config: Phi4FlashConfig, layer_idx: int, role: str):
         super().__init__()
@@ -221,8 +260,10 @@ class Phi4FlashAttention(nn.Module):
                               else self.head_dim ** -0.5)
         q_width = self.num_heads * self.head_dim
         kv_width = 0 if role == "cross_attn" else 2 * self.num_kv_heads * self.head_dim
-        self.Wqkv = nn.Linear(config.hidden_size, q_width + kv_width, bias=True)
-        self.out_proj = OutProj(q_width, config.hidden_size, bias=True)
+        # SambaY (ArchScale attn_bias / attn_out_bias) has biases on both projections; Transformer++ has none.
+        bias = config.backbone == "sambay"
+        self.Wqkv = nn.Linear(config.hidden_size, q_width + kv_width, bias=bias)
+        self.out_proj = OutProj(q_width, config.hidden_size, bias=bias)
         self.inner_cross_attn = (
             DiffAttentionCore(self.head_dim, layer_idx, config.layer_norm_eps) if config.use_diff_attn else None)
 
@@ -255,17 +296,32 @@ class Phi4FlashAttention(nn.Module):
                 k, v = cache.update_kv(self.layer_idx, k, v, self.window)
         if keep_last:
             q = q[:, :, -keep_last:]
-        attn_kwargs = dict(causal=True, window=self.window, doc_ids=ctx.key_doc_ids(k.shape[2]),
-                           scale=self.softmax_scale, backend=ctx.backend)
-        if self.inner_cross_attn is not None:
-            o = self.inner_cross_attn(q, k, v, **attn_kwargs)
+        if q.shape[2] == 1:
+            o = self._attend_last_query(q, k, v, ctx)
         else:
-            o = ops.attention(q, k, v, **attn_kwargs).transpose(1, 2).flatten(2)
+            attn_kwargs = dict(causal=True, window=self.window, doc_ids=ctx.key_doc_ids(k.shape[2]),
+                               scale=self.softmax_scale, backend=ctx.backend)
+            if self.inner_cross_attn is not None:
+                o = self.inner_cross_attn(q, k, v, **attn_kwargs)
+            else:
+                o = ops.attention(q, k, v, **attn_kwargs).transpose(1, 2).flatten(2)
         return self.out_proj(o), (k, v)
+
+    def _attend_last_query(self, q, k, v, ctx: ForwardContext) -> torch.Tensor:
+        """One query at the last position (a decode step, or the linear prefill's last position): no causal mask,
+        the window is a slice of the keys, and K,V are read in place from the cache (``decode_attention``)."""
+        if self.window is not None and k.shape[2] > self.window:
+            k, v = k[:, :, -self.window:], v[:, :, -self.window:]
+        visible = ctx.last_query_visible(k.shape[2])
+        if self.inner_cross_attn is not None:
+            return self.inner_cross_attn.forward_last_query(q, k, v, self.softmax_scale, visible)
+        (o,) = last_query_attention(q, k, (v,), self.softmax_scale, visible)
+        return o.transpose(1, 2).flatten(2)
 
 
 class Phi4FlashMLP(nn.Module):
-    """SwiGLU with a fused first projection: ``fc1`` -> [gate | up], ``fc2(silu(gate) * up)`` (spec 2.2)."""
+    """SwiGLU with a fused first projection: ``fc1`` -> [gate | up], ``fc2(silu(gate) * up)``
+    (docs/architecture.md §3)."""
 
     def __init__(self, config: Phi4FlashConfig):
         super().__init__()
@@ -290,15 +346,14 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
         # In SambaY, the full-attention layer's K,V are shared with the cross-decoder and its output is the first
         # place where the linear prefill may drop positions.
         self.is_shared_kv_layer = config.backbone == "sambay" and self.role == "full_attn"
-        d, eps = config.hidden_size, config.layer_norm_eps
-        self.input_layernorm = nn.LayerNorm(d, eps=eps)
+        self.input_layernorm = block_norm(config)
         if self.role in ("mamba", "memory_mamba"):
             self.attn = Phi4FlashMamba(config, layer_idx, exports_memory=self.role == "memory_mamba")
         elif self.role == "gmu":
             self.attn = Phi4FlashGMU(config)
         else:
             self.attn = Phi4FlashAttention(config, layer_idx, self.role)
-        self.post_attention_layernorm = nn.LayerNorm(d, eps=eps)
+        self.post_attention_layernorm = block_norm(config)
         self.mlp = Phi4FlashMLP(config)
         self.residual_multiplier = config.residual_multiplier
 
@@ -347,9 +402,10 @@ class Phi4FlashPreTrainedModel(PreTrainedModel):
     _keep_in_fp32_modules_strict = ["attn.A_log", "attn.D", "inner_cross_attn.lambda_*"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        """SP init (spec 6): N(0, initializer_range) for Linear/Embedding, residual output projections divided by
-        sqrt(2 * num_layers), biases 0, Mamba A_log = log(1..N), D = 1, dt bias = softplus^-1(log-uniform dt),
-        lambdas N(0, 0.1^2), norms 1/0. ``transformers.initialization`` skips already loaded tensors."""
+        """SP init (docs/architecture.md §13): N(0, initializer_range) for Linear/Embedding, residual output
+        projections divided by sqrt(2 * num_layers), biases 0, Mamba A_log = log(1..N), D = 1, dt bias =
+        softplus^-1(log-uniform dt), lambdas N(0, 0.1^2), norms 1/0. ``transformers.initialization`` skips
+        already loaded tensors."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             scale = math.sqrt(2 * self.config.num_hidden_layers) if isinstance(module, OutProj) else 1.0
@@ -399,6 +455,23 @@ def _boundaries(seg: torch.Tensor) -> torch.Tensor:
     return resets
 
 
+def _chunk_segments(doc, real, batch: int, length: int, device, past: int, cache: SambaYCache | None):
+    """(resets ``[B, T]``, segment ids ``[B, T]``) of a chunk: a segment starts wherever the document or the
+    real/padding state changes, also against the last cached token (whose segment and state the cache keeps)."""
+    doc = torch.zeros(batch, length, dtype=torch.long, device=device) if doc is None else doc.long()
+    real_now = torch.ones(batch, length, dtype=torch.bool, device=device) if real is None else real.bool()
+    resets = _boundaries(doc) | _boundaries(real_now.long())
+    base = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    if past:
+        prior = cache.segments() if cache is not None else None
+        if prior is not None:
+            base = prior[:, -1:].to(device)
+            resets[:, 0] = real_now[:, 0] != cache.last_real().to(device)
+        else:  # every cached token is real, one segment (id 0)
+            resets[:, 0] = ~real_now[:, 0]
+    return resets, base + resets.long().cumsum(dim=1)
+
+
 class Phi4FlashModel(Phi4FlashPreTrainedModel):
     """The backbone: embeddings, decoder layers, final LayerNorm."""
 
@@ -408,7 +481,7 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         padding_idx = pad if isinstance(pad, int) and 0 <= pad < config.vocab_size else None
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=padding_idx)
         self.layers = nn.ModuleList(Phi4FlashDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.final_layernorm = block_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -420,38 +493,44 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
 
     def _context(
         self, batch: int, length: int, past: int, device: torch.device, attention_mask, position_ids, doc_ids,
-        keep_last: int,
+        keep_last: int, cache: SambaYCache | None,
     ) -> ForwardContext:
-        seg = None
+        """The chunk's segment plan: documents (``doc_ids`` / restarting ``position_ids``) and padding
+        (``attention_mask``) become segment ids. With a cache the plan of the cached tokens is the cache's (built
+        when they were processed; their mask columns are not read again), so a decode step costs O(new tokens)."""
+        doc = None
         if doc_ids is not None:
             if past:
                 raise ValueError("doc_ids (packed documents) cannot be combined with a non-empty cache")
             if doc_ids.shape != (batch, length):
                 raise ValueError(f"doc_ids must have shape {(batch, length)}, got {tuple(doc_ids.shape)}")
-            seg = doc_ids.to(device)
+            doc = doc_ids.to(device)
         elif position_ids is not None and not past and length > 1:
             position_ids = position_ids.to(device).expand(batch, length)
             if bool((position_ids[:, 1:] == 0).any()):
-                seg = _segments_from_position_ids(position_ids)
-        real_total = None
+                doc = _segments_from_position_ids(position_ids)
+        real = None
         if attention_mask is not None:
             if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + length):
                 raise ValueError(
                     f"attention_mask must be 2D [batch, past + new tokens] = [{batch}, {past + length}], "
                     f"got {tuple(attention_mask.shape)}")
-            if not bool(attention_mask.all()):
-                real_total = attention_mask.to(device).long()
-        if real_total is not None:
-            # Padding becomes its own segment(s): a segment starts wherever the document or the mask changes.
-            full_seg = torch.zeros_like(real_total) if seg is None else torch.cat(
-                [torch.zeros_like(real_total[:, :past]), seg], dim=1)
-            starts = _boundaries(full_seg) | _boundaries(real_total)
-            seg = starts.long().cumsum(dim=1)
-        resets = None if seg is None else _boundaries(seg)[:, -length:]
-        real = None if real_total is None else real_total[:, -length:]
+            new_mask = attention_mask[:, past:]
+            if not bool(new_mask.all()):
+                real = new_mask.to(device).long()
+        prior = cache.segments() if cache is not None and past else None
         positions = torch.arange(past, past + length, device=device)
-        return ForwardContext(doc_ids=seg, resets=resets, real=real, keep_last=keep_last, positions=positions,
-                              backend=self.config.compute_backend)
+        plain = dict(keep_last=keep_last, positions=positions, backend=self.config.compute_backend)
+        if doc is None and real is None and prior is None:
+            return ForwardContext(doc_ids=None, resets=None, real=None, **plain)
+        resets, chunk_seg = _chunk_segments(doc, real, batch, length, device, past, cache)
+        if cache is not None:
+            last_real = torch.ones(batch, dtype=torch.bool, device=device) if real is None else real[:, -1].bool()
+            cache.record_segments(chunk_seg, last_real)
+            seg = cache.segments()
+        else:
+            seg = chunk_seg
+        return ForwardContext(doc_ids=seg, resets=resets, real=real, last_visible=seg == seg[:, -1:], **plain)
 
     def forward(
         self,
@@ -463,11 +542,15 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         use_cache: bool | None = None,
         doc_ids: torch.LongTensor | None = None,
         keep_last_positions: int = 0,
+        cache: SambaYCache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``keep_last_positions`` > 0: return hidden states for the last that many positions only; SambaY then runs
-        its cross-decoder on those positions only (linear prefill). Unknown kwargs (e.g. a trainer's
-        ``logits_to_keep``) are ignored, like other Hugging Face backbones do."""
+        its cross-decoder on those positions only (linear prefill). The cache may come as ``cache`` (transformers
+        >= 5.24), ``past_key_values`` or ``cache_params``. Unknown kwargs (e.g. a trainer's ``logits_to_keep``) are
+        ignored, like other Hugging Face backbones do."""
+        past_key_values = pick_cache(cache=cache, past_key_values=past_key_values,
+                                     cache_params=kwargs.pop("cache_params", None))
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -488,7 +571,7 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         # The Transformer++ baseline needs every position in every layer (each layer's K,V depend on them).
         keep_last_layers = 0 if self.config.backbone == "transformer" else keep_last
         ctx = self._context(batch, length, past, inputs_embeds.device, attention_mask, position_ids, doc_ids,
-                            keep_last_layers)
+                            keep_last_layers, past_key_values)
 
         hidden = inputs_embeds.to(residual_dtype(inputs_embeds.dtype))
         memory = shared_k = shared_v = None
@@ -500,7 +583,7 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         hidden = self.final_layernorm(hidden.to(self.final_layernorm.weight.dtype))
         if past_key_values is not None:
             past_key_values.advance(length)
-        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=past_key_values)
+        return BaseModelOutputWithPast(last_hidden_state=hidden, **{CACHE_FIELD: past_key_values})
 
 
 class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
@@ -533,14 +616,24 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
-        """generate() builds a SambaYCache (a DynamicCache cannot hold Mamba states)."""
-        if model_kwargs.get("past_key_values") is not None or generation_config.use_cache is False:
+        """generate() builds a SambaYCache (a DynamicCache cannot hold Mamba states), under the installed
+        transformers' cache name."""
+        if cache_in(model_kwargs) is not None or generation_config.use_cache is False:
             return
         if generation_config.cache_implementation is not None:
             raise ValueError(
                 f"cache_implementation={generation_config.cache_implementation!r} is unsupported: "
                 "Phi4Flash always uses SambaYCache")
-        model_kwargs["past_key_values"] = SambaYCache(self.config)
+        model_kwargs[CACHE_FIELD] = SambaYCache(self.config)
+
+    def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
+        """The stock preparation, plus a check on the prompt's padding before the first forward of a generation
+        (every later step only appends real tokens to the mask)."""
+        inputs = super().prepare_inputs_for_generation(*args, **kwargs)
+        mask, cache = inputs.get("attention_mask"), cache_in(inputs)
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and (cache is None or cache.get_seq_length() == 0):
+            check_left_padded(mask)
+        return inputs
 
     def forward(
         self,
@@ -554,10 +647,20 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         doc_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: SambaYCache | None = None,
+        return_logits: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Hugging Face causal-LM forward. ``labels`` are shifted inside (-100 ignored); the loss is the fp32 token
-        cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets."""
+        cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets, computed
+        in fp32 vocabulary tiles from the hidden states (``lm_head_loss``) so no ``[B, T, vocab]`` tensor exists.
+        With ``labels`` the output has logits only where asked: ``logits_to_keep`` positions (int > 0: the last that
+        many; a tensor: those indices) or all of them with ``return_logits=True``; otherwise ``logits`` is None.
+        Without ``labels`` logits come as usual (all positions, or ``logits_to_keep``). The cache
+        may come as ``cache`` (what generate() passes from transformers 5.24 on), ``past_key_values`` or
+        ``cache_params``; the output carries it under the installed transformers' field name."""
+        past_key_values = pick_cache(cache=cache, past_key_values=past_key_values,
+                                     cache_params=kwargs.pop("cache_params", None))
         # The backbone may drop positions (linear prefill) only when no loss needs them.
         backbone_keep = logits_to_keep if labels is None and isinstance(logits_to_keep, int) else 0
         outputs = self.model(
@@ -567,26 +670,25 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         )
         hidden = outputs.last_hidden_state
         loss = None
+        logits = None
         if labels is not None:
+            loss = chunked_causal_lm_loss(hidden, self.lm_head.weight, labels, self.config.logits_multiplier,
+                                          num_items_in_batch)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits = self._logits(hidden[:, logits_to_keep])
+        elif logits_to_keep > 0:
+            logits = self._logits(hidden[:, -logits_to_keep:])
+        elif labels is None or return_logits:
             logits = self._logits(hidden)
-            loss = causal_lm_loss(logits, labels, num_items_in_batch)
-            if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-                logits = logits[:, -logits_to_keep:]
-            elif isinstance(logits_to_keep, torch.Tensor):
-                logits = logits[:, logits_to_keep]
-        else:
-            if isinstance(logits_to_keep, torch.Tensor):
-                hidden = hidden[:, logits_to_keep]
-            elif logits_to_keep > 0:
-                hidden = hidden[:, -logits_to_keep:]
-            logits = self._logits(hidden)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
 
 def causal_lm_loss(
     logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Next-token cross-entropy in fp32: sum / num_items_in_batch when given, else mean over non-ignored targets."""
+    """Next-token cross-entropy in fp32 on full logits: sum / num_items_in_batch when given, else mean over
+    non-ignored targets. The model's forward computes the same from hidden states in tiles
+    (``lm_head_loss.chunked_causal_lm_loss``); this is the direct form, for logits already at hand."""
     targets = labels[:, 1:].to(logits.device)
     flat = logits[:, :-1].reshape(-1, logits.shape[-1])
     flat = flat.to(residual_dtype(flat.dtype))

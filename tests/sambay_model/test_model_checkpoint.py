@@ -1,8 +1,9 @@
-"""Official checkpoint layout (spec section 4): independent writer, Auto loading, exact architecture, save layout.
+"""Official checkpoint layout (docs/architecture.md §11): independent writer, Auto loading, exact architecture, save
+layout.
 
-The checkpoint here is written straight from a dict of tensors named per the spec (not by save_pretrained), and the
-logits are checked against a naive re-statement of spec sections 1-2 (explicit loops, the four-call differential
-attention) computed in float64 from the same tensors.
+The checkpoint here is written straight from a dict of tensors named per docs/architecture.md §11 (not by
+save_pretrained), and the logits are checked against a naive re-statement of §1-§7 there (explicit loops,
+the four-call differential attention) computed in float64 from the same tensors.
 """
 import json
 import math
@@ -63,7 +64,8 @@ def role(i: int, L: int) -> str:
 
 
 def official_tensors(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors with the spec's names and shapes; everything random (biases, norms) so nothing hides."""
+    """Random tensors with the names and shapes of docs/architecture.md §11; everything random (biases, norms) so
+    nothing hides."""
     g = torch.Generator().manual_seed(seed)
     d, L, H, Hkv = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, di, inter = d // H, 2 * d, c["intermediate_size"]
@@ -103,7 +105,7 @@ def official_tensors(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 def write_checkpoint(path, tensors: dict, config: dict, shards: int = 1, dtype=torch.float32) -> None:
     path.mkdir()
     (path / "config.json").write_text(json.dumps(config))
-    # Spec 4: A_log and the lambdas are stored fp32 even in a bf16 checkpoint.
+    # docs/architecture.md §11-§12: A_log and the lambdas are stored fp32 even in a bf16 checkpoint.
     stored = {k: (v if k.endswith(("A_log", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")) else v.to(dtype))
               for k, v in tensors.items()}
     if shards == 1:
@@ -122,7 +124,7 @@ def write_checkpoint(path, tensors: dict, config: dict, shards: int = 1, dtype=t
 
 
 def reference_logits(t: dict, c: dict, ids: list[int]) -> torch.Tensor:
-    """Spec sections 1-2 restated naively in float64 for one sequence."""
+    """docs/architecture.md §1-§7 restated naively in float64 for one sequence."""
     t = {k: v.double() for k, v in t.items()}
     d, L, H, Hkv = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, di, eps, w = d // H, 2 * d, c["layer_norm_eps"], c["sliding_window"]

@@ -83,3 +83,39 @@ def test_auto_model_builds_our_class():
     c = Phi4FlashConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=4,
                         num_attention_heads=2, num_key_value_heads=2)
     assert isinstance(AutoModelForCausalLM.from_config(c), Phi4FlashForCausalLM)
+
+
+def test_transformer_baseline_is_archscale_transformer_plus_plus():
+    """RMSNorm everywhere, no bias in any linear layer, no differential attention, SwiGLU, RoPE."""
+    c = Phi4FlashConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, backbone="transformer")
+    assert c.use_diff_attn is False
+    model = Phi4FlashForCausalLM(c)
+    norms = [m for n, m in model.named_modules() if n.endswith("layernorm")]
+    assert len(norms) == 2 * 4 + 1 and all(isinstance(m, torch.nn.RMSNorm) for m in norms)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert not any("lambda" in n or "subln" in n for n, _ in model.named_parameters())
+    assert all(layer.attn.rope_theta == c.rope_theta for layer in model.model.layers)
+    with pytest.raises(ValueError, match="use_diff_attn"):
+        Phi4FlashConfig(num_hidden_layers=4, backbone="transformer", use_diff_attn=True)
+
+
+def test_samba_yoco_keeps_the_sambay_choices_it_is_compared_with():
+    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=8, num_attention_heads=4,
+              num_key_value_heads=2, sliding_window=8)
+    for da in (True, False):
+        sambay, yoco = (Phi4FlashForCausalLM(Phi4FlashConfig(use_gmu=g, use_diff_attn=da, **kw)) for g in (True, False))
+        kinds = lambda m: {type(x).__name__ for x in m.modules()} - {"Phi4FlashGMU"}  # noqa: E731
+        assert kinds(sambay) == kinds(yoco)
+        assert yoco.config.use_diff_attn is da and sambay.config.use_diff_attn is da
+        assert {type(x) for n, x in yoco.named_modules() if n.endswith("layernorm")} == {torch.nn.LayerNorm}
+        assert all(layer.attn.Wqkv.bias is not None for layer in yoco.model.layers if layer.role == "cross_attn")
+
+
+def test_rope_rotates_in_fp32_for_bf16_inputs():
+    from sambay_model.modeling_phi4flash import apply_rope
+
+    x = torch.randn(2, 4, 3, 64).to(torch.bfloat16)
+    positions = torch.tensor([100_000, 200_001, 262_143])
+    # bf16 in, bf16 out, but nothing rounded to bf16 in between (bf16 cos/sin and products would be).
+    assert torch.equal(apply_rope(x, positions, 10000.0), apply_rope(x.float(), positions, 10000.0).to(torch.bfloat16))

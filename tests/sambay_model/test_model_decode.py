@@ -1,6 +1,8 @@
 """Cached decoding, linear prefill, left-padded batched generation and cache size of the SambaY model."""
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import sambay_model  # noqa: F401  (registers the Auto classes)
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
@@ -141,7 +143,8 @@ def test_sampled_generate_is_seeded_and_batched():
 
 
 def theoretical_cache_bytes(cfg: Phi4FlashConfig, batch: int, tokens: int, elem: int) -> int:
-    """Spec 5.1: Mamba conv (d_conv - 1 raw inputs) + SSM state; SWA K,V of min(window, tokens); one full K,V."""
+    """docs/architecture.md §9.1: Mamba conv (d_conv - 1 raw inputs) + SSM state; SWA K,V of min(window, tokens);
+    one full K,V."""
     L, d_inner, n = cfg.num_hidden_layers, cfg.mamba_expand * cfg.hidden_size, cfg.mamba_d_state
     kv_per_token = 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     n_mamba = L // 4 + 1  # even layers up to and including L/2
@@ -191,3 +194,75 @@ def test_cuda_backend_without_kernels_is_a_clear_error():
         pytest.skip("this checks the CPU-only error path")
     with pytest.raises(RuntimeError, match="compute_backend='cuda'"):
         model(torch.randint(3, VOCAB, (1, 4)))
+
+
+def test_cache_allocation_covers_used_state_and_decode_writes_in_place():
+    model = build()
+    cache = SambaYCache(model.config)
+    with torch.no_grad():
+        model(torch.randint(3, VOCAB, (2, 29)), past_key_values=cache, use_cache=True)
+        full_buffer = cache._keys[5].data
+        model(torch.randint(3, VOCAB, (2, 1)), past_key_values=cache, use_cache=True)
+    # The used part is the theory's state; the buffers hold more (headroom), never less.
+    assert cache.nbytes() == theoretical_cache_bytes(model.config, 2, 30, 4)
+    assert cache.nbytes_allocated() > cache.nbytes()
+    # The step wrote into the full-attention buffer allocated by the prefill instead of concatenating a new one.
+    assert cache._keys[5].data is full_buffer and cache.key_cache[5].shape[2] == 30
+
+
+def _ops_output_sizes(fn) -> list[tuple[str, int]]:
+    """(op, numel) of every freshly allocated tensor an eager call produces (views share an input's storage)."""
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor)}
+            for t in pytree.tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                    self.sizes.append((str(func), t.numel()))
+            return out
+
+    with Record() as rec:
+        fn()
+    return rec.sizes
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_decode_step_copies_no_kv_sized_tensor(overrides):
+    """A decode step reads the cached K,V in place: no op makes a tensor as large as one head's cached keys
+    (a torch.cat of the cache, a .contiguous() of K/V, GQA's repeated K,V, the [V1|V2] concatenation)."""
+    model = build(**overrides)
+    cfg = model.config
+    past = 300
+    cache = SambaYCache(cfg)
+    with torch.no_grad():
+        model(torch.randint(3, VOCAB, (1, past)), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(torch.randint(3, VOCAB, (1, 1)), past_key_values=cache, use_cache=True)  # capacity already there
+        sizes = _ops_output_sizes(lambda: model(torch.randint(3, VOCAB, (1, 1)), past_key_values=cache,
+                                                use_cache=True))
+    limit = past * cfg.head_dim  # one kv head's keys; the attention scores are [Hq, past] < this
+    big = [(op, n) for op, n in sizes if n >= limit]
+    assert not big, big
+
+
+def test_decode_reads_the_padding_plan_of_cached_tokens_from_the_cache():
+    """The segment plan of the prompt is built once by the prefill; later steps read only the new mask columns."""
+    model = build()
+    ids, mask = _left_pad([[5, 6, 7, 8, 9, 10], [11, 12]], pad_id=2)
+    nxt = torch.tensor([[20], [21]])
+    outs = []
+    with torch.no_grad():
+        for step_mask_past in (mask, torch.ones_like(mask)):
+            cache = SambaYCache(model.config)
+            model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+            assert cache.segments().shape == (2, 6)
+            step_mask = torch.cat([step_mask_past, torch.ones(2, 1, dtype=torch.long)], 1)
+            outs.append(model(nxt, attention_mask=step_mask, past_key_values=cache, use_cache=True).logits)
+            assert cache.segments().shape == (2, 7)
+        ref = model(torch.tensor([[11, 12, 21]]), use_cache=False).logits[:, -1:]
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    torch.testing.assert_close(outs[0][1:], ref, rtol=1e-5, atol=1e-5)

@@ -45,6 +45,19 @@ def test_logits_multiplier_scales_logits_exactly():
     torch.testing.assert_close(logits_of(tiny(logits_multiplier=0.25), state, IDS), base * 0.25, rtol=1e-6, atol=0)
 
 
+def test_logits_multiplier_applies_in_the_tiled_training_loss():
+    # The loss never builds full logits (sambay_model.lm_head_loss); it must still score multiplier * logits.
+    state = reference_state()
+    model = Phi4FlashForCausalLM(tiny(logits_multiplier=0.25)).eval()
+    model.load_state_dict(state)
+    with torch.no_grad():
+        loss = model(input_ids=IDS, labels=IDS).loss
+    scaled = logits_of(tiny(), state, IDS)[:, :-1] * 0.25
+    expected = torch.nn.functional.cross_entropy(scaled.reshape(-1, VOCAB), IDS[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert model.config.lm_head_multiplier == 0.25  # the name TRL's fused head reads (see test_model_trl)
+
+
 def test_residual_multiplier_weights_every_branch():
     state = reference_state()
     # With every branch switched off, a position's logits depend on its own token only.

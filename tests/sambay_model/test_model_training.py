@@ -81,7 +81,7 @@ def test_loss_follows_hf_convention():
     ids = torch.randint(3, VOCAB, (2, 12))
     labels = ids.clone()
     labels[0, :4] = -100
-    out = model(ids, labels=labels, use_cache=False)
+    out = model(ids, labels=labels, use_cache=False, return_logits=True)
     logits = out.logits.detach().float()
     token_losses = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), reduction="none",
                                    ignore_index=-100)
@@ -93,6 +93,11 @@ def test_loss_follows_hf_convention():
     out_k = model(ids, labels=labels, use_cache=False, logits_to_keep=1)
     torch.testing.assert_close(out_k.loss.detach(), out.loss.detach())
     assert out_k.logits.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(out_k.logits, out.logits[:, -1:])
+    # With labels, full logits only on request (they are the largest tensors of a step).
+    out_default = model(ids, labels=labels, use_cache=False)
+    assert out_default.logits is None
+    torch.testing.assert_close(out_default.loss, out.loss)
 
 
 def test_loss_is_fp32_for_bf16_logits():
