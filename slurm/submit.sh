@@ -6,7 +6,7 @@
 #   slurm/submit.sh --nodes=4 --gpus-per-node=8 --time=24:00:00 -- --config-name=demo nproc_per_node=8
 #
 # sbatch options apply to the training/eval stages; `launcher: python` stages (data preparation) and the
-# report job run on one node. Job logs: <run_dir>/slurm/<stage>-<jobid>.out
+# report job run on one node (with --cpus-per-task, if given, for the python stages too). Job logs: <run_dir>/slurm/<stage>-<jobid>.out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SBATCH_OPTS=()
@@ -21,7 +21,10 @@ DEP=()
 while read -r STAGE NPROC LAUNCHER ARGS_FILE; do
   [ -n "$STAGE" ] || continue
   OPTS=("${SBATCH_OPTS[@]}")
-  [ "$LAUNCHER" = python ] && OPTS=(--nodes=1)
+  if [ "$LAUNCHER" = python ]; then
+    OPTS=(--nodes=1)  # CPUs per task still apply: stage.sbatch asks for its own default otherwise
+    for o in "${SBATCH_OPTS[@]}"; do case "$o" in --cpus-per-task=*) OPTS+=("$o") ;; esac; done
+  fi
   JOB=$(sbatch --parsable "${DEP[@]}" "${OPTS[@]}" --job-name="sambay-$STAGE" \
         --output="$RUN_DIR/slurm/$STAGE-%j.out" \
         --export="ALL,NPROC_PER_NODE=$NPROC,LAUNCHER=$LAUNCHER" slurm/stage.sbatch "$ARGS_FILE")

@@ -91,7 +91,8 @@ class ModelConfig:
     hidden_act ``silu``, layer_norm_eps 1e-5, initializer_range 0.02, attention_dropout 0.0,
     resid_pdrop 0.0, embd_pdrop 0.0, tie_word_embeddings True, mamba_d_state 16, mamba_d_conv 4,
     mamba_expand 2, mamba_dt_rank ``auto`` (= ceil(hidden/16)), mamba_conv_bias True,
-    mamba_proj_bias False, use_diff_attn True, use_gmu True, backbone ``sambay``,
+    mamba_proj_bias False, use_diff_attn None (the backbone's choice: on in SambaY, off in Transformer++),
+    use_gmu True, backbone ``sambay``,
     compute_backend ``auto``.
     gradient_checkpointing: activation checkpointing of every decoder layer (default False).
     init_from: a Hugging Face export directory to load weights from instead of a fresh init
@@ -121,7 +122,7 @@ class ModelConfig:
     mamba_dt_rank: str = "auto"
     mamba_conv_bias: bool = True
     mamba_proj_bias: bool = False
-    use_diff_attn: bool = True
+    use_diff_attn: Optional[bool] = None
     use_gmu: bool = True
     backbone: str = "sambay"
     compute_backend: str = "auto"
@@ -150,7 +151,7 @@ class ScheduleConfig:
 
 @dataclass
 class MupConfig:
-    """muP++ (spec section 8.3): depth-muP LR multipliers, zero WD on vector-like params, global LR scaling.
+    """muP++ (docs/architecture.md §14): depth-muP LR multipliers, zero WD on vector-like params, global LR scaling.
 
     enabled: default False (standard parametrisation).
     base_depth: d0 (default 16).
@@ -223,7 +224,8 @@ class TrainerConfig:
     """The training loop.
 
     max_steps: optimizer steps (default 100; SFT stages may use ``epochs`` instead).
-    epochs: SFT only: when > 0, max_steps = ceil(epochs * tokens_per_epoch / global_batch_tokens)
+    epochs: SFT only: when > 0, max_steps = ceil(epochs * padded_tokens_per_epoch / global_batch_tokens),
+        one pass counted in packed rows (padding included, see ``PackedLoader.padded_tokens_per_epoch``)
         (default 0.0 = use max_steps).
     save_every: checkpoint every N steps; 0 = only at the end (default 100).
     keep_last: checkpoints kept (default 2).
@@ -282,6 +284,9 @@ class SFTStageConfig:
     schedule: the stage's LR schedule (default: cosine, 10% warmup).
     global_batch_tokens: default ``None`` = ``data.global_batch_tokens``.
     micro_batch_rows: default ``None`` = ``data.micro_batch_rows``.
+    overlong: conversations longer than ``seq_len``: ``truncate`` (default: train on the first ``seq_len`` tokens
+        and warn with the count, the assistant tokens cut and how many keep no answer) or ``error`` (refuse to
+        start, naming the source); see ``data.sft.check_overlong``.
     """
 
     name: str = MISSING
@@ -293,6 +298,7 @@ class SFTStageConfig:
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
     global_batch_tokens: Optional[int] = None
     micro_batch_rows: Optional[int] = None
+    overlong: str = "truncate"
 
 
 @dataclass

@@ -1,15 +1,18 @@
 """Process-group setup for torchrun / Slurm / plain ``python -m``, the DeepSpeed JSON config, small collectives."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
 from train.config import DeepSpeedConfig
+from train.launcher_death import exit_with_launcher
 
 
 @dataclass(frozen=True)
@@ -46,25 +49,40 @@ def _env_from_slurm() -> None:
         raise RuntimeError("srun without torchrun: export MASTER_ADDR (the first node's hostname) in the sbatch script")
 
 
+def select_device() -> tuple[int, torch.device]:
+    """This process's device: ``cuda:LOCAL_RANK`` made the current CUDA device, else the CPU.
+
+    Must run before the first collective and before any ``.cuda()``: NCCL and ``.cuda()`` use the current
+    device, which is cuda:0 on every rank until it is set.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.cuda.is_available():
+        return local_rank, torch.device("cpu")
+    torch.cuda.set_device(local_rank)
+    return local_rank, torch.device("cuda", local_rank)
+
+
+def prepare_deepspeed_env(cfg: DeepSpeedConfig, device: torch.device) -> None:
+    """Where DeepSpeed caches its JIT-built ops, and the CPU shared-memory op skip (see below)."""
+    # Cache any op DeepSpeed JIT-builds (cpu_adam for offload) in the checkout instead of ~/.cache.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(".cache", "torch_extensions")))
+    if device.type == "cpu" and cfg.skip_shm_build:
+        _skip_cpu_shm_build()
+
+
 def init_distributed(cfg: DeepSpeedConfig) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPU, gloo on CPU), also for world size 1."""
     import deepspeed
 
+    exit_with_launcher()  # a rank whose torchrun agent died must not train on (see train/launcher_death.py)
     _env_from_slurm()
     if "RANK" not in os.environ:  # plain `python -m train.X`: a one-process group
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    # Cache any op DeepSpeed JIT-builds in the checkout instead of ~/.cache.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(".cache", "torch_extensions")))
-    if not use_cuda and cfg.skip_shm_build:
-        _skip_cpu_shm_build()
+    local_rank, device = select_device()
+    prepare_deepspeed_env(cfg, device)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", auto_mpi_discovery=False)
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
@@ -95,12 +113,30 @@ def resolve_precision(cfg: DeepSpeedConfig, device: torch.device) -> torch.dtype
     raise ValueError(f"deepspeed.precision={cfg.precision!r}: expected auto, bf16 or fp32 (fp16 is not supported)")
 
 
-def deepspeed_json(cfg: DeepSpeedConfig, *, micro_batch_rows: int, grad_accum: int, world_size: int) -> dict:
-    """The DeepSpeed config dict.
+def bf16_comm_modules(model: torch.nn.Module) -> list[str]:
+    """Import paths of the model's ``nn.Linear`` / ``nn.Conv1d`` classes, subclasses included.
 
-    Parameters, gradients and optimizer states stay fp32 in DeepSpeed; bf16 is applied as autocast in the
-    trainer's forward. This keeps the SSM parameters (A_log, D) in fp32 under bf16, which DeepSpeed's bf16
-    mode (it casts the whole module) would not, at the cost of fp32 gradient communication.
+    For ``torch_autocast.lower_precision_safe_modules``: DeepSpeed matches module classes exactly, so its
+    default list would leave e.g. ``OutProj`` (an ``nn.Linear``) communicating its gradients in fp32.
+    """
+    classes = {type(m) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d))}
+    return sorted(f"{c.__module__}.{c.__name__}" for c in classes)
+
+
+def deepspeed_json(cfg: DeepSpeedConfig, *, micro_batch_rows: int, grad_accum: int, world_size: int,
+                   compute_dtype: torch.dtype, bf16_modules: list[str] | None = None) -> dict:
+    """The DeepSpeed config dict; ``compute_dtype`` comes from :func:`resolve_precision`, ``bf16_modules`` from
+    :func:`bf16_comm_modules` (None: DeepSpeed's default classes).
+
+    bf16 uses DeepSpeed's ``torch_autocast`` mode, not its ``bf16`` mode. Why: ``bf16`` mode casts the whole
+    module to bf16; the model's ``_apply`` override then turns A_log / D / the lambdas back to fp32 and ZeRO's
+    flattening promotes the mixed group to fp32, so everything would run (and be stored) in fp32, and the SSM
+    parameters must not be bf16 anyway. ``torch_autocast`` keeps every parameter and the optimizer's master
+    weights in fp32, runs the forward under ``torch.autocast(bf16)`` inside the engine (so the SSM scan and
+    the parameters it reads stay fp32; only autocast's matmul-class ops run in bf16), and marks the weights
+    of ``nn.Linear`` / ``nn.Conv1d`` with ``comm_dtype=bf16``: ZeRO 1-3 reduce (and ZeRO-3 all-gathers)
+    those in bf16 and the vector-like fp32 parameters in fp32. The trainer must not open its own autocast
+    around the engine: DeepSpeed would then disable autocast inside unless this section is present.
     """
     if cfg.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"deepspeed.zero_stage={cfg.zero_stage}: expected 0, 1, 2 or 3")
@@ -128,8 +164,31 @@ def deepspeed_json(cfg: DeepSpeedConfig, *, micro_batch_rows: int, grad_accum: i
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+    if compute_dtype == torch.bfloat16:
+        out["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+        if bf16_modules is not None:
+            out["torch_autocast"]["lower_precision_safe_modules"] = list(bf16_modules)
+    elif compute_dtype != torch.float32:
+        raise ValueError(f"compute dtype {compute_dtype}: expected torch.bfloat16 or torch.float32")
     out.update(dict(cfg.extra))
     return out
+
+
+@contextlib.contextmanager
+def autocast_weight_cache(enabled: bool) -> Iterator[None]:
+    """Turn autocast's cache of low-precision weight copies on or off for the block (restored after).
+
+    Why off under ZeRO-3: autocast keeps the bf16 copy of every fp32 leaf weight it casts until the outermost
+    autocast region ends, i.e. the whole forward. ZeRO-3 gathers a layer's weights, runs it and frees them,
+    but the cache would keep a bf16 copy of every gathered weight alive: the full model per GPU. DeepSpeed's
+    own ``torch.autocast`` inside the engine takes the cache setting in force when it is entered.
+    """
+    previous = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.set_autocast_cache_enabled(previous)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

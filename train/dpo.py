@@ -3,8 +3,9 @@
     torchrun --nproc_per_node=N -m train.dpo [--config-name demo] dpo.init_from=runs/sft/math/export [overrides]
 
 Run directory (``run.dir``): ``config.yaml``, ``metrics.jsonl`` (step, loss, lr, grad_norm and TRL's
-rewards/logps), ``checkpoints/checkpoint-N`` (HF Trainer / DeepSpeed; a relaunch resumes from the last one),
-``on_policy_pairs.jsonl`` (when on-policy pairs are built), ``dpo_heldout.json`` (held-out reward margin and
+rewards/logps), ``checkpoints/checkpoint-N`` (HF Trainer / DeepSpeed, with ``COMPLETE`` once fully saved; a
+relaunch resumes from the newest complete one, see ``train.hf_resume``; SIGTERM / SIGUSR1 save one and exit 0),
+``on_policy_pairs.jsonl`` (when on-policy pairs are built; ``on_policy_parts/`` holds each rank's share), ``dpo_heldout.json`` (held-out reward margin and
 preference accuracy, see ``train.eval_preference``), ``export/`` (HF layout with tokenizer and generation
 config) and ``DONE`` last.
 """
@@ -13,27 +14,33 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import sys
+import time
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from train.distributed import (DistInfo, autocast_weight_cache, bf16_comm_modules, deepspeed_json, init_distributed,
+                               prepare_deepspeed_env, resolve_precision, select_device)
 from train.dpo_config import DPORunConfig, register_dpo_config
 
-
-def _dist_env() -> tuple[int, int]:
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+ON_POLICY_POLL_S = 5.0  # how often a rank that finished its share of on-policy sampling looks for the others'
 
 
-def _init_process_group(world_size: int) -> None:
-    """Start torch.distributed early (accelerate reuses it) so ranks can wait for rank 0's data building."""
-    import torch.distributed as dist
+def setup_distributed(cfg: DPORunConfig) -> DistInfo:
+    """The pretraining / SFT set-up (``train.distributed``): cuda:LOCAL_RANK set before the first collective.
 
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    The process group is started here (accelerate reuses it) for several processes and for DeepSpeed (ZeRO >= 1,
+    which needs one even for a single process). A single process without DeepSpeed gets none, as accelerate
+    runs it, so an in-process caller (the tests) keeps no global process-group state.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    if world_size > 1 or cfg.deepspeed.zero_stage > 0:
+        return init_distributed(cfg.deepspeed)
+    local_rank, device = select_device()
+    return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device)
 
 
 def _barrier() -> None:
@@ -43,33 +50,40 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def last_checkpoint_step(ckpt_dir: Path) -> int | None:
-    """Global step of the newest complete ``checkpoint-N`` under ``ckpt_dir`` (None when there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def trainer_deepspeed_json(cfg: DPORunConfig, world_size: int, compute_dtype: torch.dtype,
+                           bf16_modules: list[str] | None = None) -> dict | None:
+    """DeepSpeed config for ``DPOConfig(deepspeed=...)``; None at ZeRO stage 0 (plain DDP: nothing to shard).
 
-    if not ckpt_dir.is_dir():
-        return None
-    last = get_last_checkpoint(str(ckpt_dir))
-    return int(re.search(r"checkpoint-(\d+)$", last).group(1)) if last else None
-
-
-def trainer_deepspeed_json(cfg: DPORunConfig, world_size: int, bf16: bool) -> dict | None:
-    """DeepSpeed config for ``DPOConfig(deepspeed=...)``; None at ZeRO stage 0 (plain DDP: nothing to shard)."""
-    from train.distributed import deepspeed_json
-
+    Same precision as the DeepSpeed trainer: fp32 parameters and master weights, bf16 through DeepSpeed's
+    ``torch_autocast`` (see ``train.distributed.deepspeed_json``), never DeepSpeed's ``bf16`` mode. With
+    optimizer offload the optimizer comes from an ``optimizer`` section (DeepSpeed then builds DeepSpeedCPUAdam;
+    it refuses the HF Trainer's torch AdamW with offload) whose ``auto`` values the HF Trainer fills in.
+    """
     if cfg.deepspeed.zero_stage == 0:
         return None
     ds = deepspeed_json(cfg.deepspeed, micro_batch_rows=cfg.dpo.per_device_batch_size,
-                        grad_accum=cfg.dpo.gradient_accumulation_steps, world_size=world_size)
-    ds["bf16"] = {"enabled": bf16}
+                        grad_accum=cfg.dpo.gradient_accumulation_steps, world_size=world_size,
+                        compute_dtype=compute_dtype, bf16_modules=bf16_modules)
+    if cfg.deepspeed.offload_optimizer:
+        ds["optimizer"] = {"type": "AdamW", "params": {k: "auto" for k in ("lr", "betas", "eps", "weight_decay")}}
     if cfg.deepspeed.zero_stage == 3:
-        # trainer.save_model gathers the shards into one state dict (deps_feasibility.md section 3, gotcha 8).
+        # trainer.save_model gathers the shards into one state dict only with this set; without it
+        # it writes an empty state dict plus a sharded ZeRO checkpoint that needs zero_to_fp32.py.
         ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
     return ds
 
 
-def build_on_policy_pairs(model, tokenizer, cfg: DPORunConfig, data_dir: Path) -> list[dict]:
-    """Sample k completions per training problem from the init model, grade them, pair right with wrong."""
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous block ``[lo, hi)`` of ``n`` items for ``rank``: blocks in rank order are the items in order."""
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def build_on_policy_pairs(model, tokenizer, cfg: DPORunConfig, data_dir: Path,
+                          shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Sample k completions per training problem from the init model, grade them, pair right with wrong.
+
+    ``shard=(rank, world_size)``: only this rank's contiguous block of the problems (seeded per rank).
+    """
     from data.preference import pairs_from_samples
     from train.eval_math import load_problems
     from train.generation import chat_prompt, generate
@@ -77,6 +91,8 @@ def build_on_policy_pairs(model, tokenizer, cfg: DPORunConfig, data_dir: Path) -
 
     op = cfg.dpo.on_policy
     problems = load_problems(op.problems or data_dir / "reasoning" / "train.jsonl", limit=op.num_problems or None)
+    lo, hi = shard_bounds(len(problems), *shard)
+    problems = problems[lo:hi]
 
     def generate_fn(user_prompts: list[str], k: int) -> list[list[str]]:
         sampling = copy.copy(op.sampling)
@@ -84,13 +100,46 @@ def build_on_policy_pairs(model, tokenizer, cfg: DPORunConfig, data_dir: Path) -
         return generate(model, tokenizer, [chat_prompt(tokenizer, p) for p in user_prompts], sampling, progress=True)
 
     return pairs_from_samples(problems, generate_fn, lambda c, a: grade(c, a).correct, k=op.sampling.num_samples,
-                              seed=cfg.trainer.seed)
+                              seed=cfg.trainer.seed + shard[0])
+
+
+def _wait_for_files(paths: list[Path], poll_s: float) -> None:
+    """Poll until every path exists. Not a collective: no NCCL watchdog timeout while others still sample."""
+    while not all(p.exists() for p in paths):
+        time.sleep(poll_s)
+
+
+def gather_on_policy_pairs(cfg: DPORunConfig, model, tokenizer, run_dir: Path, data_dir: Path, rank: int,
+                           world_size: int, poll_s: float = ON_POLICY_POLL_S) -> Path:
+    """``run_dir/on_policy_pairs.jsonl``, built once with every rank sampling its share of the problems.
+
+    Each rank writes ``on_policy_parts/part-R-of-W.jsonl`` (atomically; a relaunch keeps finished parts),
+    rank 0 concatenates the parts in rank order (= problem order) and a resumed run reuses the merged file.
+    Ranks wait for each other by polling files: sampling takes hours at ``recipes/dpo/gpu.yaml`` sizes and
+    ranks finish at different times, so a barrier (NCCL's watchdog aborts after 10 minutes) must not wait on it.
+    """
+    from data.jsonl import read_jsonl, write_jsonl
+
+    final = run_dir / "on_policy_pairs.jsonl"
+    if final.exists():
+        return final
+    parts = [run_dir / "on_policy_parts" / f"part-{r:05d}-of-{world_size:05d}.jsonl" for r in range(world_size)]
+    if not parts[rank].exists():
+        built = build_on_policy_pairs(model, tokenizer, cfg, data_dir, shard=(rank, world_size))
+        write_jsonl(parts[rank], built)
+        print(f"[dpo] rank {rank}: built {len(built)} on-policy pairs -> {parts[rank]}", flush=True)
+    _wait_for_files(parts, poll_s)
+    if rank == 0:
+        # A rank whose problems gave no right/wrong pair wrote an empty part (read_jsonl rejects empty files).
+        n = write_jsonl(final, [rec for part in parts if part.stat().st_size for rec in read_jsonl(part)])
+        print(f"[dpo] {n} on-policy pairs from {world_size} rank(s) -> {final}", flush=True)
+    _wait_for_files([final], poll_s)
+    return final
 
 
 def _add_on_policy_pairs(cfg: DPORunConfig, offline: list[dict], model, tokenizer, run_dir: Path, data_dir: Path,
-                         rank: int) -> list[dict]:
-    """Offline pairs plus (or replaced by) on-policy pairs, which rank 0 builds once and saves in the run dir."""
-    from data.jsonl import write_jsonl
+                         dist_info: DistInfo) -> list[dict]:
+    """Offline pairs plus (or replaced by) on-policy pairs (see :func:`gather_on_policy_pairs`)."""
     from data.preference import FIELDS
     from train.eval_preference import load_preference_pairs
 
@@ -98,12 +147,7 @@ def _add_on_policy_pairs(cfg: DPORunConfig, offline: list[dict], model, tokenize
     if cfg.dpo.on_policy.enabled:
         if cfg.dpo.on_policy.mix == "replace":
             pairs = []
-        path = run_dir / "on_policy_pairs.jsonl"
-        if rank == 0 and not path.exists():  # a resumed run reuses the pairs it trained on
-            built = build_on_policy_pairs(model, tokenizer, cfg, data_dir)
-            write_jsonl(path, built)
-            print(f"[dpo] built {len(built)} on-policy pairs -> {path}", flush=True)
-        _barrier()
+        path = gather_on_policy_pairs(cfg, model, tokenizer, run_dir, data_dir, dist_info.rank, dist_info.world_size)
         if path.stat().st_size:
             pairs += load_preference_pairs(path)
     if not pairs:
@@ -165,14 +209,15 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
 
     from data.atomic import atomic_write_text
     from data.tokenizer import load_tokenizer
+    from sambay_model.lm_head_loss import fp32_trl_head
     from train.eval_io import write_json
     from train.eval_preference import completion_logps, load_preference_pairs, preference_metrics
     from train.eval_tokenizer_check import check_same_tokenizer
     from train.metrics import MetricsLogger, truncate_after
     from train.model_build import load_export
+    from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
     from train.run_dir import RunDir
 
-    rank, world_size = _dist_env()
     rd = RunDir(Path(cfg.run.dir))
     if rd.is_done():
         print(f"[dpo] {rd.done} exists: the run is complete; nothing to do", flush=True)
@@ -188,32 +233,29 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
                                     limit=cfg.dpo.heldout_limit or None)
     offline = [] if cfg.dpo.on_policy.enabled and cfg.dpo.on_policy.mix == "replace" else load_preference_pairs(
         cfg.dpo.train_file or data_dir / "preference" / "train.jsonl", limit=cfg.dpo.train_limit or None)
-    _init_process_group(world_size)
+    dist_info = setup_distributed(cfg)  # before any collective and before the model moves to its device
+    rank, world_size = dist_info.rank, dist_info.world_size
     if rank == 0:
         rd.create()
         rd.write_config(config_yaml)
     _barrier()
 
     torch.manual_seed(cfg.trainer.seed)
-    on_gpu = torch.cuda.is_available()
-    model = load_export(init_from)
+    on_gpu = dist_info.device.type == "cuda"
+    model = load_export(init_from).to(dist_info.device)
     tokenizer = load_tokenizer(init_from)
-    if on_gpu:
-        model = model.cuda()
-    train_pairs = _add_on_policy_pairs(cfg, offline, model, tokenizer, rd.root, data_dir, rank)
+    train_pairs = _add_on_policy_pairs(cfg, offline, model, tokenizer, rd.root, data_dir, dist_info)
     # Held-out reference log-probs come from the init model, before any update (same for both reference modes).
     ref_c, ref_r = completion_logps(model, tokenizer, heldout, cfg.dpo.max_length, cfg.dpo.heldout_batch_size)
 
-    precision = cfg.deepspeed.precision
-    bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
+    compute_dtype = resolve_precision(cfg.deepspeed, dist_info.device)
     steps = cfg.trainer.max_steps
-    ds_json = trainer_deepspeed_json(cfg, world_size, bf16)
-    if ds_json is not None and not on_gpu and cfg.deepspeed.skip_shm_build:
-        from train.distributed import _skip_cpu_shm_build
-
-        # Same CPU cold-start saving as the DeepSpeed trainer (see train.distributed): plain gloo collectives.
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(".cache", "torch_extensions")))
-        _skip_cpu_shm_build()
+    ds_json = trainer_deepspeed_json(cfg, world_size, compute_dtype, bf16_comm_modules(model))
+    if ds_json is not None:
+        prepare_deepspeed_env(cfg.deepspeed, dist_info.device)  # accelerate starts DeepSpeed for one process
+    # HF's bf16 flag is accelerate's autocast over fp32 weights: the same rule, used only without DeepSpeed
+    # (with it, HF's flag would switch on DeepSpeed's bf16 mode instead of torch_autocast).
+    hf_bf16 = compute_dtype == torch.bfloat16 and ds_json is None
     args = DPOConfig(
         output_dir=str(rd.checkpoints), max_steps=steps, per_device_train_batch_size=cfg.dpo.per_device_batch_size,
         gradient_accumulation_steps=cfg.dpo.gradient_accumulation_steps, learning_rate=cfg.dpo.lr,
@@ -223,15 +265,16 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         precompute_ref_log_probs=cfg.dpo.reference == "precomputed", max_length=cfg.dpo.max_length,
         truncation_mode=cfg.dpo.truncation_mode, logging_steps=cfg.trainer.log_every, save_strategy="steps",
         save_steps=cfg.trainer.save_every or steps, save_total_limit=cfg.trainer.keep_last, seed=cfg.trainer.seed,
-        data_seed=cfg.trainer.seed, report_to="none", use_cpu=not on_gpu, bf16=bf16,
-        # TRL defaults to gradient checkpointing on and bf16 on: both set explicitly (deps_feasibility.md s.3).
+        data_seed=cfg.trainer.seed, report_to="none", use_cpu=not on_gpu, bf16=hf_bf16,
+        # TRL defaults to gradient checkpointing on and bf16 on: both set explicitly from the recipe.
         gradient_checkpointing=cfg.dpo.gradient_checkpointing, disable_tqdm=not cfg.trainer.progress_bar,
         deepspeed=ds_json, dataloader_num_workers=0,
     )
     wandb_id = rd.wandb_id.read_text().strip() if rank == 0 and rd.wandb_id.exists() else None
-    resume_step = last_checkpoint_step(rd.checkpoints)
-    if rank == 0 and resume_step is not None:
-        truncate_after(rd.metrics, resume_step)
+    resume_from = resume_checkpoint(rd.checkpoints, rank == 0)  # complete checkpoints only (train.hf_resume)
+    resume_step = step_of(resume_from)
+    if rank == 0:  # also without a complete checkpoint: the run starts over, so do its metrics
+        truncate_after(rd.metrics, resume_step or 0)
     logger = MetricsLogger(enabled=rank == 0 and not cfg.trainer.dry_run, path=rd.metrics, wandb_cfg=cfg.wandb,
                            run_name=cfg.run.name, run_dir=rd.root,
                            config=OmegaConf.to_container(OmegaConf.create(config_yaml)), wandb_id=wandb_id,
@@ -250,21 +293,32 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
             logger.log(record)
 
     ref_model = copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None
+    stop = StopOnSignal(dist_info.device)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                          train_dataset=shared_train_dataset(train_pairs, rd.root, rank), processing_class=tokenizer,
-                         callbacks=[LogToRunDir()])
+                         callbacks=[LogToRunDir(), MarkCompleteCheckpoints(rd.checkpoints, rank == 0), stop])
+    # TRL's fused head already scores completions in bounded tiles; make it fp32 like our own loss (lm_head_loss).
+    for scorer in (trainer.model, trainer.ref_model):
+        if scorer is not None:
+            fp32_trl_head(scorer)
     if cfg.trainer.dry_run:
         summary = {"dry_run": True, "train_pairs": len(train_pairs), "heldout_pairs": len(heldout),
                    "world_size": world_size, "max_steps": steps, "reference": cfg.dpo.reference,
                    "deepspeed": args.deepspeed is not None}
         print(json.dumps(summary), flush=True)
         return summary
-    trainer.train(resume_from_checkpoint=resume_step is not None)
-    logger.close()
-
-    # Every rank runs the held-out forward through the wrapped model (ZeRO-3 needs all ranks to gather).
-    pol_c, pol_r = completion_logps(trainer.model_wrapped, tokenizer, heldout, cfg.dpo.max_length,
-                                    cfg.dpo.heldout_batch_size)
+    with autocast_weight_cache(cfg.deepspeed.zero_stage != 3):  # see train.distributed.autocast_weight_cache
+        with stop:  # SIGTERM / SIGUSR1: every rank saves at the same step boundary, then the run ends cleanly
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+        logger.close()
+        if stop.stopped:
+            if rank == 0:
+                print(f"[dpo] stop signal: saved checkpoint-{trainer.state.global_step} in {rd.checkpoints}; "
+                      f"relaunch to resume", flush=True)
+            return None
+        # Every rank runs the held-out forward through the wrapped model (ZeRO-3 needs all ranks to gather).
+        pol_c, pol_r = completion_logps(trainer.model_wrapped, tokenizer, heldout, cfg.dpo.max_length,
+                                        cfg.dpo.heldout_batch_size)
     metrics = preference_metrics(pol_c, pol_r, ref_c, ref_r, cfg.dpo.beta)
     metrics.update(train_pairs=len(train_pairs), steps=trainer.state.global_step)
     _write_export(trainer, init_from, rd.export, cfg.deepspeed.zero_stage, rank)

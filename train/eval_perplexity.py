@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -50,15 +49,23 @@ def evaluate_perplexity(model, shard_dir: str, cfg: PerplexityConfig) -> dict:
     try:
         for _ in range(batches):
             batch = {k: v.to(device) for k, v in loader.next_batch().items()}
-            logits = model(input_ids=batch["input_ids"], doc_ids=batch["doc_ids"]).logits
-            targets = batch["labels"][:, 1:]
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100,
-                                   reduction="sum")
+            # num_items_in_batch=1: the summed token loss, computed by the model's tiled fp32 head (no full logits).
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"], doc_ids=batch["doc_ids"],
+                         num_items_in_batch=1, use_cache=False).loss
             total_loss += loss.item()
-            total_tokens += int((targets != -100).sum())
+            total_tokens += int((batch["labels"][:, 1:] != -100).sum())
     finally:
         model.train(was_training)
     if total_tokens == 0:
         raise ValueError(f"{shard_dir}: split {cfg.split!r} gave no target tokens")
     val_loss = total_loss / total_tokens
-    return {"perplexity": math.exp(val_loss), "val_loss": val_loss, "val_tokens": total_tokens}
+    return {"perplexity": perplexity_from_loss(val_loss), "val_loss": val_loss, "val_tokens": total_tokens}
+
+
+def perplexity_from_loss(loss: float) -> float:
+    """exp(loss), inf where that overflows a float (a diverged model) and nan for a nan loss, so that a
+    perplexity gate fails on it instead of the evaluation crashing in ``math.exp``."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
+
+
 def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
     """Validated ``{prompt, chosen, rejected}`` records (``data.preference``'s checks: chosen == rejected and
     malformed messages are errors naming the file and record); extra keys are dropped."""
@@ -59,18 +62,27 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int,
             width = max(len(ids) for ids, _ in batch)
             # Right padding: padded positions come after every real token, so a causal model never sees them.
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            target_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
             for r, (ids, n_prompt) in enumerate(batch):
                 input_ids[r, :len(ids)] = torch.tensor(ids)
-                target_mask[r, n_prompt:len(ids)] = True
-            input_ids = input_ids.to(device)
-            logits = model(input_ids=input_ids).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-            out.append((logp.double() * target_mask[:, 1:].to(device)).sum(-1).cpu())
+                labels[r, n_prompt:len(ids)] = input_ids[r, n_prompt:len(ids)]
+            out.append(_summed_logps(model, input_ids.to(device), labels.to(device)).cpu())
     finally:
         model.train(was_training)
     both = torch.cat(out)
     return both[0::2], both[1::2]
+
+
+def _summed_logps(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row sum (float64) of the next-token log-probs of the non-ignored ``labels``: the backbone's hidden states
+    go through the head in fp32 vocabulary tiles (``lm_head_loss``), never as ``[rows, tokens, vocab]`` logits,
+    with the model's muP++ logits multiplier applied as in its own forward. A wrapped model (DeepSpeed engine, DDP)
+    is read through its ``module``."""
+    core = getattr(model, "module", model)
+    hidden = core.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
+    logps, _ = shifted_token_logprobs(hidden, core.get_output_embeddings().weight, labels,
+                                      core.config.logits_multiplier)
+    return logps.double().sum(-1)
 
 
 def preference_metrics(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

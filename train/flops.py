@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sambay_model.configuration_phi4flash import resolve_diff_attn
+
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
 PEAK_BF16_FLOPS = (
     ("H200", 989e12),
@@ -34,7 +36,7 @@ PEAK_BF16_FLOPS = (
 
 
 def layer_roles(n_layers: int, backbone: str = "sambay", use_gmu: bool = True) -> list[str]:
-    """Mixer type of each layer: ``mamba``, ``swa``, ``full``, ``cross`` or ``gmu`` (spec section 1)."""
+    """Mixer type of each layer: ``mamba``, ``swa``, ``full``, ``cross`` or ``gmu`` (docs/architecture.md §1)."""
     if backbone == "transformer":
         return ["full"] * n_layers
     if backbone != "sambay":
@@ -100,7 +102,7 @@ def flops_per_token(cfg, seq_len: int, vocab_size: int | None = None) -> FlopsBr
     window = cfg.sliding_window
     if isinstance(window, (list, tuple)):  # HF-style per-layer list: the SWA layers' value
         window = next((w for w in window if w), None)
-    vd = 2 * hd if getattr(cfg, "use_diff_attn", True) else hd
+    vd = 2 * hd if resolve_diff_attn(getattr(cfg, "use_diff_attn", None), getattr(cfg, "backbone", "sambay")) else hd
     core_per_key = 2 * n_heads * hd + 2 * n_heads * vd
 
     roles = layer_roles(cfg.num_hidden_layers, getattr(cfg, "backbone", "sambay"), getattr(cfg, "use_gmu", True))

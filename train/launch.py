@@ -19,6 +19,7 @@ def run_specs(cfg, make_specs) -> int:
     import torch.distributed as dist
 
     from train.distributed import init_distributed
+    from train.run_lock import RunDirLockedError
     from train.trainer import NonFiniteLossError, StopReason, dry_run_summary, train
 
     if cfg.trainer.dry_run:
@@ -40,6 +41,9 @@ def run_specs(cfg, make_specs) -> int:
     except NonFiniteLossError as e:
         print(f"[train] rank {dist_info.rank}: {e}", file=sys.stderr, flush=True)
         return NonFiniteLossError.exit_code
+    except RunDirLockedError as e:
+        print(f"[train] rank {dist_info.rank}: {e}", file=sys.stderr, flush=True)
+        return RunDirLockedError.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

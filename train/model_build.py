@@ -24,7 +24,8 @@ def resolve_vocab_size(cfg: ModelConfig, tokenizer_vocab: int | None) -> int:
 
 
 def mup_multipliers(cfg: ModelConfig, mup) -> dict[str, float]:
-    """Model-side muP++ multipliers (spec 8.3): residual 1/sqrt(2L), logits d0/L, attention sqrt(hd0)/hd."""
+    """Model-side muP++ multipliers (docs/architecture.md §14): residual 1/sqrt(2L), logits d0/L, attention
+    sqrt(hd0)/hd."""
     depth = cfg.num_hidden_layers
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     return {"residual_multiplier": 1.0 / math.sqrt(2 * depth),

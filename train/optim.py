@@ -2,9 +2,9 @@
 
 Weight decay applies to hidden matrices only. No decay on "vector-like" parameters: norms, biases, the
 (tied) embedding / LM head, the SSM ``A_log`` and ``D``, the dt bias, differential-attention lambda vectors
-and the depthwise conv1d. The Phi-4-mini-flash pretraining used one group with decay on everything (spec
-8.2); excluding these from decay is the muP++ rule and the common practice, and ``A_log``/``D`` decaying
-towards 0 would change the SSM's time constants.
+and the depthwise conv1d. The Phi-4-mini-flash pretraining used one group with decay on everything
+(docs/architecture.md §15.1); excluding these from decay is the muP++ rule and the common practice, and
+``A_log``/``D`` decaying towards 0 would change the SSM's time constants.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def mup_hidden_lr_multiplier(model_cfg: ModelConfig, cfg: OptimConfig) -> float:
 
 
 def mup_global_lr(model_cfg: ModelConfig, cfg: OptimConfig, global_batch_tokens: int) -> float:
-    """muP++ global LR: eta0 * sqrt(B / B0) * sqrt(d0 / L) (spec 8.3)."""
+    """muP++ global LR: eta0 * sqrt(B / B0) * sqrt(d0 / L) (docs/architecture.md §14)."""
     lr = cfg.lr * math.sqrt(cfg.mup.base_depth / model_cfg.num_hidden_layers)
     if cfg.mup.scale_lr_with_batch:
         lr *= math.sqrt(global_batch_tokens / cfg.mup.base_batch_tokens)
@@ -69,30 +69,54 @@ def group_summary(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
-class SkippableAdamW(torch.optim.AdamW):
-    """AdamW whose next ``step`` can be cancelled (the trainer skips a step whose loss is not finite).
+class _SkippableStep:
+    """Mixin: ``step`` does nothing while ``skip`` is set (the trainer skips a step whose loss is not finite).
 
-    DeepSpeed calls the client optimizer's ``step`` from its own (under ZeRO on the fp32 partitions) and zeroes
-    the gradients afterwards, so returning early leaves parameters and moments untouched.
+    DeepSpeed calls the client optimizer's ``step`` from its own and zeroes the gradients afterwards, so
+    returning early leaves parameters and moments untouched. The flag is not cleared by ``step``: ZeRO calls
+    ``step`` once per parameter group (or sub-group) within one engine step, so the trainer sets ``skip``
+    before every optimizer step and it covers all of them.
     """
 
-    skip_next: bool = False
+    skip: bool = False
 
     @torch.no_grad()
     def step(self, closure=None):
-        if self.skip_next:
-            self.skip_next = False
+        if self.skip:
             return None
         return super().step(closure)
 
 
-def build_optimizer(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig,
-                    global_batch_tokens: int) -> SkippableAdamW:
-    """A client torch AdamW (DeepSpeed wraps it; no fused_adam / cpu_adam JIT build)."""
+class SkippableAdamW(_SkippableStep, torch.optim.AdamW):
+    """torch AdamW with a skippable step (ZeRO 0-3 without optimizer offload)."""
+
+
+def _skippable_cpu_adam(groups: list[dict], betas: tuple[float, float], eps: float) -> torch.optim.Optimizer:
+    """DeepSpeedCPUAdam (AdamW mode) with a skippable step, for ZeRO-Offload.
+
+    DeepSpeed refuses any other client optimizer with offload; a DeepSpeedCPUAdam instance is accepted and
+    keeps our parameter groups, per-group LRs and scheduler. Imported here because constructing it JIT-builds
+    the cpu_adam op (cached in TORCH_EXTENSIONS_DIR), which runs without offload never need.
+    """
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    cls = type("SkippableCPUAdam", (_SkippableStep, DeepSpeedCPUAdam), {})
+    return cls(groups, betas=betas, eps=eps, adamw_mode=True)
+
+
+def build_optimizer(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig, global_batch_tokens: int,
+                    offload: bool = False) -> torch.optim.Optimizer:
+    """A client optimizer for DeepSpeed: torch AdamW, or DeepSpeedCPUAdam when the optimizer is offloaded.
+
+    torch AdamW needs no JIT op build (fused_adam); ``offload`` is ``deepspeed.offload_optimizer``.
+    """
     if len(cfg.betas) != 2:
         raise ValueError(f"optim.betas={list(cfg.betas)}: expected two values")
     groups = param_groups(model, model_cfg, cfg, global_batch_tokens)
-    return SkippableAdamW(groups, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
+    betas = (cfg.betas[0], cfg.betas[1])
+    if offload:
+        return _skippable_cpu_adam(groups, betas, cfg.eps)
+    return SkippableAdamW(groups, betas=betas, eps=cfg.eps)
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ Recipes live in ``recipes/pretrain/`` (schema :class:`train.config.PretrainConfi
 command resumes from the run directory's latest checkpoint; a finished run (``DONE``) is left alone.
 
 Exit codes: 0 = finished, or stopped by SIGTERM/SIGUSR1 after saving a checkpoint (no ``DONE`` then: relaunch
-to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 1 = any other error.
+to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 4 = another live run holds
+run.dir (see train/run_lock.py); 1 = any other error.
 """
 from __future__ import annotations
 

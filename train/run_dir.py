@@ -1,7 +1,8 @@
 """The run directory: one per run, named (not timestamped), shared by all ranks; only rank 0 writes here.
 
 Layout: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``, ``data_manifest.json``, ``wandb/``,
-``export/`` and ``DONE`` (written last: the run is complete).
+``export/``, ``run.lock`` (held by the live run, see :mod:`train.run_lock`) and ``DONE`` (written last: the
+run is complete).
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class RunDir:
     @property
     def done(self) -> Path:
         return self.root / "DONE"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "run.lock"
 
     @property
     def wandb_id(self) -> Path:

@@ -71,6 +71,7 @@ def stage_data(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path) -> DataCon
 def check_stage_data(stage: SFTStageConfig, data: DataConfig, init_dir: Path, vocab_size: int | None,
                      required: bool) -> list[dict]:
     """Every source is an SFT shard set made with the init export's tokenizer (fingerprint) and vocabulary."""
+    from data.sft import check_overlong
     from data.shards import IncompatibleShardsError, check_compatible
 
     out = []
@@ -88,6 +89,7 @@ def check_stage_data(stage: SFTStageConfig, data: DataConfig, init_dir: Path, vo
             raise SFTDataError(f"{where} does not match the init checkpoint {init_dir}: {e}") from None
         if manifest["kind"] != "sft":
             raise SFTDataError(f"{where}: shard set kind is {manifest['kind']!r}; SFT needs kind 'sft' (loss masks)")
+        check_overlong(path, "train", stage.seq_len, stage.overlong, where)
         out.append({"path": str(path), "weight": src.weight, "manifest": manifest})
     return out
 
@@ -163,7 +165,7 @@ def _cap_epochs(data: DataConfig, manifests: list[dict], epochs: float, cap: int
         return cap, 0.0
     loader = PackedLoader([(m["path"], m["weight"]) for m in manifests], split="train", seq_len=data.seq_len,
                           global_batch_rows=max(1, data.global_batch_tokens // data.seq_len), split_documents=False)
-    steps = max(1, math.ceil(epochs * loader.tokens_per_epoch / data.global_batch_tokens))
+    steps = max(1, math.ceil(epochs * loader.padded_tokens_per_epoch / data.global_batch_tokens))
     return min(steps, cap), 0.0
 
 

@@ -18,11 +18,9 @@ normally (process exit code 0, no ``DONE``: relaunching resumes); a non-finite l
 """
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +30,16 @@ import torch
 
 from train import checkpoint
 from train.config import DataConfig, DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig, WandbConfig
-from train.distributed import DistInfo, all_reduce_sum, barrier, deepspeed_json, resolve_precision
+from train.eval_perplexity import perplexity_from_loss
+from train.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, barrier, bf16_comm_modules,
+                               deepspeed_json, resolve_precision)
 from train.flops import device_peak_flops, flops_per_token, mfu
 from train.metrics import MetricsLogger, truncate_after
 from train.optim import build_optimizer, group_summary, mup_reinit_hidden
 from train.run_dir import RunDir
+from train.run_lock import hold_run_dir
 from train.schedule import build_scheduler
+from train.stop_signal import StopSignal
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,44 +111,18 @@ class TrainSpec:
     data_manifests: list[dict] = field(default_factory=list)
 
 
-class _SignalFlag:
-    """Records SIGTERM / SIGUSR1 so the loop can stop at a step boundary (all ranks agree via all-reduce)."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 def target_count(labels: torch.Tensor) -> torch.Tensor:
     """Positions that are predicted: labels are shifted inside the model, so column 0 is never a target."""
     return (labels[:, 1:] != -100).sum()
 
 
-def total_steps(spec: TrainSpec, tokens_per_epoch: int) -> int:
+def total_steps(spec: TrainSpec, padded_tokens_per_epoch: int) -> int:
+    """``max_steps``, or ``epochs`` passes in batch tokens: padding counts, since a step's rows include it."""
     if spec.max_steps > 0:
         return spec.max_steps
     if spec.epochs > 0:
-        return max(1, math.ceil(spec.epochs * tokens_per_epoch / spec.data.global_batch_tokens))
+        return max(1, math.ceil(spec.epochs * padded_tokens_per_epoch / spec.data.global_batch_tokens))
     raise ValueError(f"{spec.run_name}: set trainer.max_steps > 0 or a number of epochs")
-
-
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _grad_norm_stage0(model: torch.nn.Module) -> float:
@@ -183,14 +159,22 @@ def dry_run_summary(spec: TrainSpec, world_size: int) -> dict[str, Any]:
 
 
 def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
-    """Train (or resume) ``spec`` to completion or until a stop signal; collective over all ranks."""
-    import deepspeed
+    """Train (or resume) ``spec`` to completion or until a stop signal; collective over all ranks.
 
+    Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory.
+    """
     rd = RunDir(spec.run_dir)
     if rd.is_done():
         if dist_info.is_main:
             print(f"[train] {rd.root} is complete (DONE exists); nothing to do", flush=True)
         return StopReason.already_done
+    with hold_run_dir(rd.lock, dist_info):
+        return _train_holding(spec, dist_info, rd)
+
+
+def _train_holding(spec: TrainSpec, dist_info: DistInfo, rd: RunDir) -> StopReason:
+    """:func:`train` once this job holds the run directory."""
+    import deepspeed
 
     geometry = BatchGeometry(spec.data.seq_len, spec.data.global_batch_tokens, spec.data.micro_batch_rows,
                              dist_info.world_size)
@@ -201,7 +185,7 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
         torch.use_deterministic_algorithms(True)
 
     loader = _loader(spec, geometry, "train", dist_info)
-    steps = total_steps(spec, loader.tokens_per_epoch)
+    steps = total_steps(spec, loader.padded_tokens_per_epoch)
 
     model = spec.build_model(dist_info.device)
     if spec.optim.mup.enabled and spec.optim.mup.reinit_hidden_uniform and not spec.model_cfg.init_from:
@@ -211,10 +195,14 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
     fl = flops_per_token(model.config, geometry.seq_len)
     peak = device_peak_flops(dist_info.device, cfg.peak_flops_per_device)
 
-    optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens)
+    optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens,
+                                offload=spec.deepspeed.offload_optimizer)
     scheduler = build_scheduler(optimizer, spec.optim.schedule, steps)
+    # bf16 runs as DeepSpeed's torch_autocast inside engine(...): no autocast of our own (distributed.py).
     ds_cfg = deepspeed_json(spec.deepspeed, micro_batch_rows=geometry.micro_batch_rows,
-                            grad_accum=geometry.grad_accum, world_size=dist_info.world_size)
+                            grad_accum=geometry.grad_accum, world_size=dist_info.world_size, compute_dtype=dtype,
+                            bf16_modules=bf16_comm_modules(model))
+    ds_cfg = checkpoint.with_resume_config(ds_cfg, rd.checkpoints, dist_info.world_size)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
 
     if dist_info.is_main:
@@ -261,7 +249,7 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
     reason = StopReason.finished
     window_tokens, window_start = 0, time.perf_counter()
     try:
-        with _SignalFlag() as sig:
+        with StopSignal() as sig:
             while step < steps:
                 engine.train()
                 batch = loader.next_batch()
@@ -273,7 +261,7 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
                 rows = geometry.micro_batch_rows
                 for i in range(geometry.grad_accum):
                     micro = {k: v[i * rows:(i + 1) * rows].to(dist_info.device) for k, v in batch.items()}
-                    with _autocast(dist_info.device, dtype):
+                    with autocast_weight_cache(zero_stage != 3):
                         out = engine(input_ids=micro["input_ids"], labels=micro["labels"], doc_ids=micro["doc_ids"],
                                      num_items_in_batch=n_targets, use_cache=False)
                     loss_sum += out.loss.detach().double()
@@ -292,9 +280,10 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
                         f"to skip such steps instead")
                 log_now = (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == steps
                 grad_norm = _grad_norm_stage0(engine.module) if (log_now and zero_stage == 0 and not nonfinite) else None
-                optimizer.skip_next = nonfinite
+                optimizer.skip = nonfinite  # ZeRO steps every parameter group separately: all must skip
                 lr = optimizer.param_groups[-1]["lr"]  # the no_decay group: the global LR without muP++ multipliers
                 engine.step()
+                optimizer.skip = False
                 step += 1
                 step_tokens = geometry.global_batch_tokens
                 tokens += step_tokens
@@ -317,6 +306,7 @@ def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
                     logger.log({"step": step, "tokens": tokens, **evaluate(engine, spec, geometry, dist_info, dtype)})
                     window_start = time.perf_counter()
                 if stop:
+                    checkpoint.emulated_slow_save()  # a test hook; no-op unless its variable is set
                     save(step)
                     reason = StopReason.preempted
                     if dist_info.is_main:
@@ -361,7 +351,7 @@ def evaluate(engine, spec: TrainSpec, geometry: BatchGeometry, dist_info: DistIn
         batch = loader.next_batch()
         for i in range(0, batch["input_ids"].shape[0], rows):
             micro = {k: v[i:i + rows].to(dist_info.device) for k, v in batch.items()}
-            with _autocast(dist_info.device, dtype):
+            with autocast_weight_cache(spec.deepspeed.zero_stage != 3):
                 out = engine(input_ids=micro["input_ids"], labels=micro["labels"], doc_ids=micro["doc_ids"],
                              num_items_in_batch=torch.ones((), device=dist_info.device), use_cache=False)
             total[0] += out.loss.double()
@@ -369,4 +359,4 @@ def evaluate(engine, spec: TrainSpec, geometry: BatchGeometry, dist_info: DistIn
     all_reduce_sum(total)
     engine.train()
     val_loss = (total[0] / total[1]).item()
-    return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
+    return {"val_loss": val_loss, "val_ppl": perplexity_from_loss(val_loss)}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from scripts import pipeline
 from scripts.pipeline_config import PipelineConfig, StageConfig

@@ -2,7 +2,9 @@
 
 1. A 2-rank CPU pretraining job submitted through the template completes (DONE, export).
 2. A job signalled mid-run with USR1 (as Slurm does before the time limit) checkpoints, is requeued under the
-   same job id, and resumes from its checkpoint to the end.
+   same job id, and resumes from its checkpoint to the end. Its pre-emption save is made slower than torchrun's
+   default 30 s shutdown timeout (a test hook sleeps first, emulating a multi-GB ZeRO save): it still completes,
+   because the template gives torchrun the signal lead as its shutdown timeout.
 
 Installs Slurm from the Debian packages when it is missing (needs root); the daemons are stopped by PID.
 """
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from train.checkpoint import SLOW_SAVE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "artifacts" / "data" / "demo"
@@ -67,14 +71,24 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def submit(env, state: Path, name: str, run_dir: Path, max_steps: int, save_every: int) -> tuple[str, Path]:
+SLOW_SAVE_S = 40  # > torchrun's default 30 s shutdown timeout
+
+
+def node_cpus(env) -> int:
+    """The local node's CPUs as Slurm sees them; the template's default --cpus-per-task is more than this."""
+    return int(sh("sinfo", "-h", "-N", "-o", "%c", env=env).split()[0])
+
+
+def submit(env, state: Path, name: str, run_dir: Path, max_steps: int, save_every: int,
+           extra_env: str = "") -> tuple[str, Path]:
     args = state / f"{name}.args"
     args.write_text("\n".join(["train.pretrain", "--config-name=demo", f"run.dir={run_dir}", f"run.name={name}",
                                f"trainer.max_steps={max_steps}", f"trainer.save_every={save_every}", *SMALL]) + "\n")
     log = state / f"{name}.out"
     job = sh("sbatch", "--parsable", f"--output={log}", f"--job-name={name}",
+             f"--cpus-per-task={node_cpus(env)}",
              f"--export=ALL,NPROC_PER_NODE=2,SAMBAY_VENV={Path(sys.executable).parents[1]},"
-             f"RDZV_PORT={random.randrange(30000, 40000)},WANDB_MODE=disabled",
+             f"RDZV_PORT={random.randrange(30000, 40000)},WANDB_MODE=disabled{extra_env}",
              "slurm/stage.sbatch", str(args), env=env).strip().split(";")[0]
     return job, log
 
@@ -94,13 +108,15 @@ def test_two_rank_pretraining_job_completes(cluster, tmp_path):
     assert job_field(env, job, "ExitCode") == "0:0"
     assert (run_dir / "DONE").exists() and (run_dir / "export" / "config.json").exists()
     assert "2 node(s)" not in text and "1 node(s) x 2" in text
+    assert f"{node_cpus(env)} CPUs per task" in text
 
 
 def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     env, state = cluster
     run_dir = tmp_path / "run"
     max_steps = 12
-    job, log = submit(env, state, "slurm_requeue", run_dir, max_steps=max_steps, save_every=3)
+    job, log = submit(env, state, "slurm_requeue", run_dir, max_steps=max_steps, save_every=3,
+                      extra_env=f",{SLOW_SAVE_ENV}={SLOW_SAVE_S}")
     # Signal once the run is underway (its first periodic checkpoint exists), as Slurm would before the limit.
     wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 600, "the first checkpoint", interval=1)
     assert not (run_dir / "DONE").exists(), "the run finished before it could be signalled; raise max_steps"
@@ -114,6 +130,8 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     text = log.read_text()
     assert final == "COMPLETED", text[-6000:]
     assert "got USR1" in text and "requeueing" in text
+    assert f"{SLOW_SAVE_ENV}={SLOW_SAVE_S}: emulating a slow save" in text
+    assert f"{node_cpus(env)} CPUs per task, save grace 270 s" in text
     stopped = re.search(r"\[train\] stop signal: saved step (\d+)", text)
     assert stopped, text[-6000:]
     resumed = re.search(r"\[train\] resumed \S+ at step (\d+)", text)
@@ -129,7 +147,8 @@ def test_submit_chains_one_job_per_stage_then_the_report(cluster, tmp_path):
     env, state = cluster
     env = {**env, "WANDB_MODE": "disabled", "SAMBAY_VENV": str(Path(sys.executable).parents[1])}
     run_dir = tmp_path / "pipe"
-    out = sh("bash", "slurm/submit.sh", "--", "--config-name=smoke", f"run_dir={run_dir}", "nproc_per_node=2",
+    out = sh("bash", "slurm/submit.sh", f"--cpus-per-task={node_cpus(env)}", "--",
+             "--config-name=smoke", f"run_dir={run_dir}", "nproc_per_node=2",
              "only=[pretrain,eval_pretrain]", env=env, timeout=300)
     jobs = dict(re.findall(r"submitted (\S+) as job (\d+)", out))
     assert list(jobs) == ["pretrain", "eval_pretrain"], out

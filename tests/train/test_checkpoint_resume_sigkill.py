@@ -16,6 +16,7 @@ from train import checkpoint
 from train.metrics import resolve_wandb_mode, truncate_after
 from train.config import WandbConfig
 from train.run_dir import RunDir
+from tests.train.test_trainer_runs import make_data
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=8",
@@ -23,19 +24,6 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_
         "data.seq_len=32", "trainer.progress_bar=false", "trainer.eval_every=0", "data.global_batch_tokens=128",
         "data.micro_batch_rows=1", "trainer.max_steps=6", "trainer.save_every=2", "trainer.log_every=1",
         "trainer.export=false", "deepspeed.zero_stage=1"]
-
-
-def make_data(root: Path) -> Path:
-    from data.shards import ShardSetWriter, tokenizer_info
-    from data.tokenizer import train_bpe_tokenizer
-
-    train_bpe_tokenizer([f"resume corpus line {i} {i * 3}" for i in range(100)], 300, root / "tokenizer")
-    info = tokenizer_info(root / "tokenizer")
-    rng = np.random.default_rng(1)
-    with ShardSetWriter(root / "pretrain", "pretrain", info, ["random"]) as w:
-        for _ in range(120):
-            w.add("train", rng.integers(1, info["vocab_size"], size=int(rng.integers(10, 80))))
-    return root / "pretrain"
 
 
 def command(run_dir, shard_dir):

@@ -2,12 +2,13 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from train.config import PretrainConfig, SFTConfig, register_configs
-from train.distributed import DistInfo, deepspeed_json, resolve_precision
+from train.distributed import deepspeed_json, resolve_precision
 from train.config import DeepSpeedConfig
 from train.trainer import BatchGeometry
 
@@ -76,20 +77,21 @@ def test_batch_geometry_validation():
 
 
 def test_deepspeed_json():
-    ds = deepspeed_json(DeepSpeedConfig(zero_stage=2, grad_clip=0.5), micro_batch_rows=2, grad_accum=4, world_size=2)
+    ds = deepspeed_json(DeepSpeedConfig(zero_stage=2, grad_clip=0.5), micro_batch_rows=2, grad_accum=4, world_size=2,
+                        compute_dtype=torch.float32)
     assert ds["train_batch_size"] == 16 and ds["gradient_accumulation_steps"] == 4
     assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_clipping"] == 0.5
     assert "bf16" not in ds and "optimizer" not in ds  # autocast + client optimizer: no DS JIT op builds
     off = deepspeed_json(DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_param=True),
-                         micro_batch_rows=1, grad_accum=1, world_size=1)
+                         micro_batch_rows=1, grad_accum=1, world_size=1, compute_dtype=torch.bfloat16)
+    assert off["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # computation dtype: test_precision_bf16
     assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
     with pytest.raises(ValueError, match="zero_stage"):
-        deepspeed_json(DeepSpeedConfig(zero_stage=4), micro_batch_rows=1, grad_accum=1, world_size=1)
+        deepspeed_json(DeepSpeedConfig(zero_stage=4), micro_batch_rows=1, grad_accum=1, world_size=1,
+                       compute_dtype=torch.float32)
     with pytest.raises(ValueError, match="offload_param"):
         deepspeed_json(DeepSpeedConfig(zero_stage=2, offload_param=True), micro_batch_rows=1, grad_accum=1,
-                       world_size=1)
-    import torch
-
+                       world_size=1, compute_dtype=torch.float32)
     assert resolve_precision(DeepSpeedConfig(), torch.device("cpu")) == torch.float32
     assert resolve_precision(DeepSpeedConfig(precision="bf16"), torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16"):

@@ -189,3 +189,87 @@ def test_torchrun_two_ranks_zero2(tiny, tmp_path):
     assert [r["step"] for r in records] == [1, 2]
     assert records[0]["epoch"] == pytest.approx(0.5)  # 2 ranks x 2 pairs of 8 per step
     assert json.loads(proc.stdout.strip().splitlines()[-1])["heldout_pairs"] == 4
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_drops_newer_partial_ones(tmp_path, capsys):
+    from train.hf_resume import COMPLETE, MarkCompleteCheckpoints, resume_checkpoint, step_of
+
+    ck = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        (ck / f"checkpoint-{step}").mkdir(parents=True)
+        (ck / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    state = type("State", (), {"global_step": 4})()
+    MarkCompleteCheckpoints(ck, is_main=True).on_save(None, state, None)
+    (ck / "checkpoint-2" / COMPLETE).write_text("2\n")
+    # checkpoint-6: a save killed half-way (no marker); highest N, so get_last_checkpoint would pick it.
+    got = resume_checkpoint(ck, is_main=True)
+    assert got == ck / "checkpoint-4" and step_of(got) == 4
+    assert not (ck / "checkpoint-6").exists()
+    assert "checkpoint-6 has no COMPLETE marker" in capsys.readouterr().err
+    (ck / "checkpoint-4" / COMPLETE).unlink()
+    assert resume_checkpoint(ck, is_main=True) == ck / "checkpoint-2"
+    assert resume_checkpoint(tmp_path / "none", is_main=True) is None
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            kids = [int(c) for c in task.read_text().split()]
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one(tiny, tmp_path):
+    """SIGTERM to both ranks (as Slurm's `scancel --signal=TERM` does) mid-run: they save one checkpoint at the
+    same step and exit 0 without DONE; a later partial checkpoint (a save killed half-way) is skipped with a
+    warning and the relaunch finishes the run."""
+    import os
+    import signal
+    import time
+
+    from train.hf_resume import COMPLETE, checkpoints_by_step
+
+    data, export = tiny
+    run_dir = tmp_path / "run"
+    max_steps = 8
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.dpo",
+           f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
+           f"trainer.max_steps={max_steps}", "trainer.save_every=0", "trainer.log_every=1",
+           "trainer.progress_bar=false", "dpo.train_limit=8", "dpo.heldout_limit=4", "dpo.per_device_batch_size=1",
+           "dpo.max_length=512", "wandb.mode=disabled"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 400
+        while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+        ranks = _descendants(proc.pid)
+        assert len(ranks) >= 2
+        for pid in ranks:
+            os.kill(pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "[dpo] stop signal: saved checkpoint-" in out
+    assert not (run_dir / "DONE").exists()
+    saved = checkpoints_by_step(run_dir / "checkpoints")
+    assert len(saved) == 1 and (saved[0][1] / COMPLETE).is_file() and saved[0][0] < max_steps
+    stopped_at, complete = saved[0]
+    # A save killed half-way at a later step: a directory without the marker and with a truncated weight file.
+    partial = run_dir / "checkpoints" / f"checkpoint-{stopped_at + 1}"
+    shutil.copytree(complete, partial)
+    (partial / COMPLETE).unlink()
+    (partial / "model.safetensors").write_bytes(b"\0" * 16)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"checkpoint-{stopped_at + 1} has no COMPLETE marker" in proc.stderr
+    assert (run_dir / "DONE").exists()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, max_steps + 1))

@@ -154,6 +154,48 @@ def test_perplexity_matches_model_loss(tiny):
     assert got["perplexity"] == pytest.approx(float(torch.tensor(ref).double().exp()), rel=1e-5)
 
 
+def test_perplexity_of_a_diverged_model_is_inf_and_fails_its_gate(tiny):
+    import math
+
+    from train.eval_perplexity import PerplexityConfig, evaluate_perplexity, perplexity_from_loss
+    from train.evaluate import load_model
+    from train.gates import GateFailed, check_gate
+
+    data, export = tiny
+    model, _ = load_model(export)
+    model.config.logits_multiplier = 1e6  # logits in the millions: a token loss far beyond exp's float range
+    got = evaluate_perplexity(model, str(data / "pretrain"), PerplexityConfig(seq_len=64, batch_rows=2, max_batches=1))
+    assert got["val_loss"] > 1000 and got["perplexity"] == math.inf
+    with pytest.raises(GateFailed, match="perplexity = inf > max"):
+        check_gate("sft", got, {"metric": "perplexity", "max": 1000.0})
+    assert math.isnan(perplexity_from_loss(float("nan"))) and perplexity_from_loss(2.0) == pytest.approx(math.exp(2))
+
+
+@pytest.mark.parametrize("logits_multiplier", [1.0, 2.5])
+def test_preference_logps_equal_full_logits_scoring(tiny, logits_multiplier):
+    from data.tokenizer import load_tokenizer
+    from train.eval_preference import completion_logps, encode_pair_side, load_preference_pairs
+    from train.evaluate import load_model
+
+    data, export = tiny
+    model, _ = load_model(export)
+    model.config.logits_multiplier = logits_multiplier
+    tok = load_tokenizer(export)
+    pairs = load_preference_pairs(data / "preference" / "heldout.jsonl", limit=3)
+    chosen, rejected = completion_logps(model, tok, pairs, max_length=96, batch_size=4)
+    expected = []
+    with torch.no_grad():
+        for p in pairs:
+            for side in ("chosen", "rejected"):
+                ids, n_prompt = encode_pair_side(tok, p["prompt"], p[side], 96)
+                logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
+                logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+                expected.append(logp[n_prompt - 1:].sum())
+    expected = torch.stack(expected)
+    torch.testing.assert_close(chosen, expected[0::2], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(rejected, expected[1::2], rtol=1e-5, atol=1e-3)
+
+
 def test_retrieval_example_fits_length(tiny):
     import random
 

@@ -1,4 +1,4 @@
-"""The muP++ recipe option sets the model-side multipliers of spec 8.3 on the model config."""
+"""The muP++ recipe option sets the model-side multipliers of docs/architecture.md §14 on the model config."""
 import math
 
 from train.config import ModelConfig, MupConfig

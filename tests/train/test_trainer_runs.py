@@ -189,3 +189,25 @@ def test_nonfinite_loss_stops_or_skips(shards, tmp_path):
     rows = metrics(rd2)
     assert rows[0]["skipped"] is False and all(r["skipped"] for r in rows[1:])
     assert (rd2 / "DONE").exists()
+
+
+def test_epochs_count_the_packed_rows_the_loader_consumes(shards):
+    """``epochs: 1.0`` with whole-document packing (SFT) is one full pass: padding is part of every row, so
+    steps come from padded row tokens (non-padding tokens / batch tokens would stop at ~3/4 of a pass)."""
+    from types import SimpleNamespace
+
+    from data.loader import PackedLoader
+    from train.trainer import total_steps
+
+    seq_len, rows = 96, 2
+    loader = PackedLoader([(shards, 1.0)], split="train", seq_len=seq_len, global_batch_rows=rows,
+                          split_documents=False)
+    spec = SimpleNamespace(run_name="t", max_steps=0, epochs=1.0,
+                           data=SimpleNamespace(global_batch_tokens=seq_len * rows))
+    steps = total_steps(spec, loader.padded_tokens_per_epoch)
+    assert loader.padded_tokens_per_epoch > 1.1 * loader.tokens_per_epoch  # padding is a real share here
+    for _ in range(steps - 1):
+        loader.next_batch()
+    assert loader.source_epochs == [0]  # one step short of the pass
+    loader.next_batch()
+    assert loader.source_epochs == [1] and loader.epoch == pytest.approx(1.0, abs=rows * seq_len / loader.tokens_per_epoch)
