@@ -103,7 +103,8 @@ def main() -> None:
     engine_model = build_fresh(config, "cpu", seed=0)
     engine, _, _, _ = deepspeed.initialize(
         model=engine_model, optimizer=build_optimizer(engine_model, mc, optim, tokens_per_step),
-        config=deepspeed_json(DeepSpeedConfig(), micro_batch_rows=args.rows, grad_accum=1, world_size=1))
+        config=deepspeed_json(DeepSpeedConfig(), micro_batch_rows=args.rows, grad_accum=1, world_size=1,
+                              compute_dtype=torch.float32))
     batch = {k: v for k, v in loader.next_batch().items()}
     t_engine, t_bare = [], []
     for _ in range(args.steps // 2 + 1):
