@@ -18,15 +18,25 @@ import torch.nn.functional as F
 
 from .linear_scan import linear_scan_outer
 
-# Upper bound on elements of one [T, B, Dblock, N] work tensor: channels are processed in blocks so that the
-# official width (d_inner = 5120) at long T does not need several GiB per tensor.
+# Upper bound on elements of one [Tchunk, B, Dblock, N] work tensor, so that the official width (d_inner = 5120) at
+# long T does not need several GiB per tensor. The bound is met by cutting time into chunks (carrying the state
+# across them) before cutting channels: every channel block runs one Python step per token, so blocking channels
+# alone made the step count grow with T * (T * D / bound), i.e. quadratically in T.
 _MAX_BLOCK_ELEMENTS = 1 << 24
+# Shortest time chunk before channels are blocked too: long enough that the per-chunk overhead is amortised,
+# short enough that the saved chunk-start states ([T / chunk, B, D, N]) stay a small fraction of the inputs.
+_MIN_TIME_CHUNK = 256
 
 
-def _channel_blocks(T: int, Bsz: int, Dch: int, N: int) -> list[tuple[int, int]]:
-    per_channel = max(1, T * Bsz * N)
-    step = max(1, min(Dch, _MAX_BLOCK_ELEMENTS // per_channel))
-    return [(d0, min(Dch, d0 + step)) for d0 in range(0, Dch, step)]
+def _blocks(T: int, Bsz: int, Dch: int, N: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(channel blocks, time chunks) whose [Tchunk, B, Dblock, N] work tensors hold at most ``_MAX_BLOCK_ELEMENTS``
+    (or one time step of one channel, if even that is larger)."""
+    per_step = max(1, Bsz * Dch * N)
+    t_len = min(T, max(_MIN_TIME_CHUNK, _MAX_BLOCK_ELEMENTS // per_step))
+    d_len = max(1, min(Dch, _MAX_BLOCK_ELEMENTS // max(1, t_len * Bsz * N)))
+    channels = [(d0, min(Dch, d0 + d_len)) for d0 in range(0, Dch, d_len)]
+    times = [(t0, min(T, t0 + t_len)) for t0 in range(0, T, max(1, t_len))]
+    return channels, times
 
 
 def _decays(delta_t: torch.Tensor, A: torch.Tensor, keep_t: torch.Tensor | None) -> torch.Tensor:
@@ -45,64 +55,82 @@ def _states(u, dl, A, B_t, keep_t, h0, chunks):
     return H, e
 
 
+def _part(x: torch.Tensor | None, t0: int, t1: int) -> torch.Tensor | None:
+    return None if x is None else x[t0:t1]
+
+
 class _SelectiveScan(torch.autograd.Function):
     """Core scan on fp32 time-major inputs: u_t, delta_t [T, B, D]; A [D, N]; B_t, C_t [T, B, N]; h0 [B, D, N].
 
-    Returns y_t [T, B, D] (without the D * u skip) and the last state [B, D, N].
+    Returns y_t [T, B, D] (without the D * u skip) and the last state [B, D, N]. Work is done per (channel block,
+    time chunk); the state entering each time chunk is saved (``starts`` [chunks, B, D, N]) so that backward can
+    recompute one chunk at a time, walking time in reverse with the adjoint state carried across chunks.
     """
 
     @staticmethod
     def forward(ctx, u_t, delta_t, A, B_t, C_t, keep_t, h0, chunks):
         T, Bsz, Dch = u_t.shape
         N = A.shape[1]
+        channels, times = _blocks(T, Bsz, Dch, N)
         y = torch.empty(T, Bsz, Dch, dtype=u_t.dtype, device=u_t.device)
+        starts = torch.empty(len(times), Bsz, Dch, N, dtype=u_t.dtype, device=u_t.device)
         last = torch.empty(Bsz, Dch, N, dtype=u_t.dtype, device=u_t.device)
-        for d0, d1 in _channel_blocks(T, Bsz, Dch, N):
-            H, _ = _states(u_t[:, :, d0:d1], delta_t[:, :, d0:d1], A[d0:d1], B_t, keep_t, h0[:, d0:d1], chunks)
-            # y_t = H_t @ C_t as a batched mat-vec over (t, b).
-            y[:, :, d0:d1] = torch.matmul(H, C_t.unsqueeze(-1)).squeeze(-1)
-            last[:, d0:d1] = H[-1]
-        ctx.save_for_backward(u_t, delta_t, A, B_t, C_t, keep_t, h0)
+        for d0, d1 in channels:
+            h = h0[:, d0:d1]
+            for i, (t0, t1) in enumerate(times):
+                starts[i, :, d0:d1] = h
+                H, _ = _states(u_t[t0:t1, :, d0:d1], delta_t[t0:t1, :, d0:d1], A[d0:d1], B_t[t0:t1],
+                               _part(keep_t, t0, t1), h, chunks)
+                # y_t = H_t @ C_t as a batched mat-vec over (t, b).
+                y[t0:t1, :, d0:d1] = torch.matmul(H, C_t[t0:t1].unsqueeze(-1)).squeeze(-1)
+                h = H[-1].clone()  # a copy, so the chunk's H is freed
+            last[:, d0:d1] = h
+        ctx.save_for_backward(u_t, delta_t, A, B_t, C_t, keep_t, starts)
         ctx.chunks = chunks
         return y, last
 
     @staticmethod
     def backward(ctx, g_y, g_last):
-        u_t, delta_t, A, B_t, C_t, keep_t, h0 = ctx.saved_tensors
-        chunks = ctx.chunks
+        u_t, delta_t, A, B_t, C_t, keep_t, starts = ctx.saved_tensors
         g_y = g_y.contiguous()  # arrives as a permuted view; strided batches make matmul copy per (t, b)
         T, Bsz, Dch = u_t.shape
-        N = A.shape[1]
-        g_u = torch.empty_like(u_t)
-        g_delta = torch.empty_like(delta_t)
-        g_A = torch.empty_like(A)
-        g_B = torch.zeros_like(B_t)
-        g_C = torch.zeros_like(C_t)
-        g_h0 = torch.empty_like(h0)
-        for d0, d1 in _channel_blocks(T, Bsz, Dch, N):
-            u, dl, Ab, h0b = u_t[:, :, d0:d1], delta_t[:, :, d0:d1], A[d0:d1], h0[:, d0:d1]
-            H, e = _states(u, dl, Ab, B_t, keep_t, h0b, chunks)
-            gy = g_y[:, :, d0:d1]
-            # Adjoint state G_t = dL/dh_t = C_t gy_t + e_{t+1} G_{t+1}, seeded by the last state's gradient.
-            G = torch.empty_like(H)
-            torch.addcmul(g_last[:, d0:d1], gy[-1].unsqueeze(-1), C_t[-1].unsqueeze(1), out=G[-1])
-            if T > 1:
-                linear_scan_outer(e[1:], gy[:-1], C_t[:-1], G[-1], chunks, reverse=True, out=G[:-1])
-            g_h0[:, d0:d1] = G[0] * e[0]
-            GB = torch.matmul(G, B_t.unsqueeze(-1)).squeeze(-1)  # sum_n G B: [T, B, Dblk]
-            du = dl * u
-            g_B += torch.matmul(du.unsqueeze(-2), G).squeeze(-2)
-            g_C += torch.matmul(gy.unsqueeze(-2), H).squeeze(-2)
-            # Decay gradient, in place over G: dL/da_t = G_t e_t h_{t-1} with e_t = exp(a_t), a_t = delta_t A.
-            g_a = G.mul_(e)
-            del e
-            g_a[1:] *= H[:-1]
-            g_a[0] *= h0b
-            del H
-            g_delta[:, :, d0:d1] = (g_a * Ab).sum(-1) + GB * u
-            g_u[:, :, d0:d1] = GB * dl
-            g_A[d0:d1] = (g_a * dl.unsqueeze(-1)).sum((0, 1))
-        return g_u, g_delta, g_A, g_B, g_C, None, g_h0, None
+        channels, times = _blocks(T, Bsz, Dch, A.shape[1])
+        grads = {"u": torch.empty_like(u_t), "delta": torch.empty_like(delta_t), "A": torch.zeros_like(A),
+                 "B": torch.zeros_like(B_t), "C": torch.zeros_like(C_t), "h0": torch.empty_like(starts[0])}
+        for d0, d1 in channels:
+            carry = g_last[:, d0:d1]  # dL/dh at the end of the chunk, from everything after it
+            for i in range(len(times) - 1, -1, -1):
+                carry = _chunk_backward(ctx.chunks, grads, times[i], (d0, d1), carry, u_t, delta_t, A, B_t, C_t,
+                                        keep_t, starts[i, :, d0:d1], g_y)
+            grads["h0"][:, d0:d1] = carry
+        return grads["u"], grads["delta"], grads["A"], grads["B"], grads["C"], None, grads["h0"], None
+
+
+def _chunk_backward(chunks, grads, time_span, channel_span, carry, u_t, delta_t, A, B_t, C_t, keep_t, h_start, g_y):
+    """Backward of one (time chunk, channel block): accumulates into ``grads`` and returns dL/d(state before it)."""
+    (t0, t1), (d0, d1) = time_span, channel_span
+    u, dl, Ab = u_t[t0:t1, :, d0:d1], delta_t[t0:t1, :, d0:d1], A[d0:d1]
+    Bc, Cc, gy = B_t[t0:t1], C_t[t0:t1], g_y[t0:t1, :, d0:d1]
+    H, e = _states(u, dl, Ab, Bc, _part(keep_t, t0, t1), h_start, chunks)
+    # Adjoint state G_t = dL/dh_t = C_t gy_t + e_{t+1} G_{t+1}, seeded at the chunk end by what comes after it.
+    G = torch.empty_like(H)
+    torch.addcmul(carry, gy[-1].unsqueeze(-1), Cc[-1].unsqueeze(1), out=G[-1])
+    if t1 - t0 > 1:
+        linear_scan_outer(e[1:], gy[:-1], Cc[:-1], G[-1], chunks, reverse=True, out=G[:-1])
+    before = G[0] * e[0]
+    GB = torch.matmul(G, Bc.unsqueeze(-1)).squeeze(-1)  # sum_n G B: [T, B, Dblk]
+    grads["B"][t0:t1] += torch.matmul((dl * u).unsqueeze(-2), G).squeeze(-2)
+    grads["C"][t0:t1] += torch.matmul(gy.unsqueeze(-2), H).squeeze(-2)
+    # Decay gradient, in place over G: dL/da_t = G_t e_t h_{t-1} with e_t = exp(a_t), a_t = delta_t A.
+    g_a = G.mul_(e)
+    del e
+    g_a[1:] *= H[:-1]
+    g_a[0] *= h_start
+    del H
+    grads["delta"][t0:t1, :, d0:d1] = (g_a * Ab).sum(-1) + GB * u
+    grads["u"][t0:t1, :, d0:d1] = GB * dl
+    grads["A"][d0:d1] += (g_a * dl.unsqueeze(-1)).sum((0, 1))
+    return before
 
 
 def check_scan_shapes(u, delta, A, B, C, D, resets, initial_state) -> None:

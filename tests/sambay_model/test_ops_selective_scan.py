@@ -112,19 +112,44 @@ def test_gradients_match_reference():
         assert rel_err(a, b) < 2e-5, name
 
 
-def test_gradients_with_only_y_used_and_multiple_channel_blocks(monkeypatch):
-    inputs, resets, _ = make_inputs(2, 9, 4, 30, seed=8, resets_p=0.1)
+@pytest.mark.parametrize("max_elements, min_time, n_channel_blocks, n_time_chunks", [
+    pytest.param(2 * 30 * 2 * 4, 30, 5, 1, id="channel_blocks"),  # 2 channels a block, the last one short
+    pytest.param(7 * 2 * 9 * 4, 1, 1, 5, id="time_chunks"),  # 7 tokens a chunk, the last one short (30 = 4 * 7 + 2)
+    pytest.param(4 * 2 * 3 * 4, 4, 3, 8, id="both"),
+])
+def test_blocked_scan_gradients_equal_the_reference(monkeypatch, max_elements, min_time, n_channel_blocks,
+                                                    n_time_chunks):
+    """Cutting channels and time into blocks (the state and its adjoint carried across time chunks) changes no
+    output and no gradient, with an initial state, the last state and resets (one right at a chunk start)."""
+    inputs, resets, h0 = make_inputs(2, 9, 4, 30, seed=8, resets_p=0.1, initial=True)
+    resets[0, 7] = True
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    y_ref = selective_scan_ref(**leaves, resets=resets)
-    grads_ref = torch.autograd.grad(y_ref.sum(), list(leaves.values()))
-    # Force blocks of 2 channels (5 blocks, the last one short).
-    monkeypatch.setattr(scan_impl, "_MAX_BLOCK_ELEMENTS", 2 * 30 * 2 * 4)
-    assert len(scan_impl._channel_blocks(30, 2, 9, 4)) == 5
-    y = selective_scan(**leaves, resets=resets, backend="torch")
-    grads = torch.autograd.grad(y.sum(), list(leaves.values()))
-    assert rel_err(y, y_ref) < 1e-5
-    for name, a, b in zip(leaves, grads, grads_ref):
+    h0 = h0.clone().requires_grad_()
+    params = list(leaves.values()) + [h0]
+    y_ref, last_ref = selective_scan_ref(**leaves, resets=resets, initial_state=h0, return_last_state=True)
+    g = torch.Generator().manual_seed(2)
+    gy, gl = torch.randn(y_ref.shape, generator=g), torch.randn(last_ref.shape, generator=g)
+    grads_ref = torch.autograd.grad((y_ref * gy.double()).sum() + (last_ref * gl.double()).sum(), params)
+    monkeypatch.setattr(scan_impl, "_MAX_BLOCK_ELEMENTS", max_elements)
+    monkeypatch.setattr(scan_impl, "_MIN_TIME_CHUNK", min_time)
+    channels, times = scan_impl._blocks(30, 2, 9, 4)
+    assert (len(channels), len(times)) == (n_channel_blocks, n_time_chunks)
+    y, last = selective_scan(**leaves, resets=resets, initial_state=h0, return_last_state=True, backend="torch")
+    grads = torch.autograd.grad((y * gy).sum() + (last * gl).sum(), params)
+    assert rel_err(y, y_ref) < 1e-5 and rel_err(last, last_ref) < 1e-5
+    for name, a, b in zip(list(leaves) + ["initial_state"], grads, grads_ref):
         assert rel_err(a, b) < 2e-5, name
+
+
+def test_long_scans_run_one_python_step_per_token_whatever_the_length():
+    """The work-tensor bound is met by time chunks first: the number of channel blocks does not grow with T, so
+    a long prefill costs linearly more Python steps (it grew quadratically when only channels were blocked)."""
+    for T in (1024, 16384, 131072):
+        channels, times = scan_impl._blocks(T, 1, 512, 16)
+        assert len(channels) == 1
+        assert sum(t1 - t0 for t0, t1 in times) == T
+    wide, _ = scan_impl._blocks(32768, 8, 5120, 16)  # the official width: blocked channels, bounded work tensors
+    assert len(wide) == len(scan_impl._blocks(1 << 20, 8, 5120, 16)[0])
 
 
 def test_strong_decay_is_stable():
