@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import torch
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from train.distributed import (DistInfo, autocast_weight_cache, bf16_comm_modules, deepspeed_json, init_distributed,
                                prepare_deepspeed_env, resolve_precision, select_device)
 from train.dpo_config import DPORunConfig, register_dpo_config
+from train.run_lock import RunDirLockedError, hold_run_dir
 
 ON_POLICY_POLL_S = 5.0  # how often a rank that finished its share of on-policy sampling looks for the others'
 
@@ -203,19 +205,11 @@ def _write_export(trainer, init_from: Path, out_dir: Path, zero_stage: int, rank
 
 
 def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
-    """Train, score held-out pairs, export; returns the held-out metrics on rank 0 (None when already done)."""
-    from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    """Train, score held-out pairs, export; returns the held-out metrics on rank 0 (None when already done).
 
-    from data.atomic import atomic_write_text
-    from data.tokenizer import load_tokenizer
-    from sambay_model.lm_head_loss import fp32_trl_head
-    from train.eval_io import write_json
-    from train.eval_preference import completion_logps, load_preference_pairs, preference_metrics
+    Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory."""
+    from train.eval_preference import load_preference_pairs
     from train.eval_tokenizer_check import check_same_tokenizer
-    from train.metrics import MetricsLogger, truncate_after
-    from train.model_build import load_export
-    from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
     from train.run_dir import RunDir
 
     rd = RunDir(Path(cfg.run.dir))
@@ -234,6 +228,34 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     offline = [] if cfg.dpo.on_policy.enabled and cfg.dpo.on_policy.mix == "replace" else load_preference_pairs(
         cfg.dpo.train_file or data_dir / "preference" / "train.jsonl", limit=cfg.dpo.train_limit or None)
     dist_info = setup_distributed(cfg)  # before any collective and before the model moves to its device
+    with hold_run_dir(rd.lock, dist_info):  # one writer per run directory, as in pretraining (train.run_lock)
+        return _run_holding(cfg, config_yaml, rd, dist_info, _Inputs(init_from, data_dir, heldout, offline))
+
+
+class _Inputs(NamedTuple):
+    """What :func:`run` validated before touching the run directory."""
+
+    init_from: Path
+    data_dir: Path
+    heldout: list[dict]
+    offline: list[dict]
+
+
+def _run_holding(cfg: DPORunConfig, config_yaml: str, rd, dist_info, inputs: _Inputs) -> dict | None:
+    """:func:`run` once this job holds the run directory."""
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from data.atomic import atomic_write_text
+    from data.tokenizer import load_tokenizer
+    from sambay_model.lm_head_loss import fp32_trl_head
+    from train.eval_io import write_json
+    from train.eval_preference import completion_logps, preference_metrics
+    from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
+    from train.metrics import MetricsLogger, truncate_after
+    from train.model_build import load_export
+
+    init_from, data_dir, heldout, offline = inputs
     rank, world_size = dist_info.rank, dist_info.world_size
     if rank == 0:
         rd.create()
@@ -336,7 +358,11 @@ register_dpo_config()
 @hydra.main(version_base=None, config_path="../recipes/dpo", config_name="demo")
 def main(dcfg: DictConfig) -> None:
     cfg: DPORunConfig = OmegaConf.to_object(dcfg)  # also runs the dataclasses' validation
-    metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))
+    try:
+        metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))
+    except RunDirLockedError as e:  # the same exit status as pretraining's (train.launch)
+        print(f"[dpo] {e}", file=sys.stderr, flush=True)
+        sys.exit(RunDirLockedError.exit_code)
     if metrics is not None:
         print(json.dumps(metrics, sort_keys=True), flush=True)
 

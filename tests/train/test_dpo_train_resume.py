@@ -1,5 +1,6 @@
 """train.dpo on a tiny SambaY export: bad input, a short run with held-out metrics, resume from a checkpoint."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,16 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
     assert (run_dir / "DONE").exists()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, max_steps + 1))
+
+
+def test_a_run_directory_held_by_a_live_run_is_refused_and_left_alone(tiny, tmp_path):
+    """DPO takes the same one-writer lock as pretraining: a second launch into a held directory names the holder
+    and changes nothing there (here the holder is this test process, standing in for a live DPO run)."""
+    from train.run_lock import RunDirLockedError, RunLock
+
+    data, export = tiny
+    run_dir = tmp_path / "run"
+    with RunLock(run_dir / "run.lock"):
+        with pytest.raises(RunDirLockedError, match=rf"in use by another run: pid {os.getpid()} on host"):
+            _run(_cfg(data, export, run_dir))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
