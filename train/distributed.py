@@ -200,6 +200,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True when ``flag`` is set on at least one rank (every rank gets the same answer)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag  # nothing to agree with: no tensor, no device touched
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     return bool(all_reduce_sum(t).item() > 0)
 
