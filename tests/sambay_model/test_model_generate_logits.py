@@ -12,6 +12,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
+from tests.sambay_model.test_model_decode import _left_pad
 
 VOCAB = 128
 PAD = 2
@@ -39,13 +40,7 @@ class RecordScores(LogitsProcessor):
 
 
 def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
+    return _left_pad(seqs, pad_id=PAD)
 
 
 def prompts(*lengths: int) -> list[list[int]]:
