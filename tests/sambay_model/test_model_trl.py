@@ -49,17 +49,22 @@ def test_dpo_trains_from_a_saved_model(tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_trl_fused_head_scores_a_mup_model_like_the_model_itself():
-    # DPOTrainer (trl 1.16) scores completions through add_fused_lm_head, which reads the logits multiplier from
-    # the config as `lm_head_multiplier` (or logit_scale / logits_scaling); ours is `logits_multiplier`.
-    from trl.trainer.utils import add_fused_lm_head
-
+def _tiny_mup_model_and_ids():
+    """A small muP model (logits multiplier 3.5) and two 14-token rows."""
     cfg = Phi4FlashConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
                           num_attention_heads=4, num_key_value_heads=2, sliding_window=8, bos_token_id=0,
                           eos_token_id=1, compute_backend="torch", logits_multiplier=3.5)
     torch.manual_seed(0)
     model = Phi4FlashForCausalLM(cfg).eval()
-    ids = torch.randint(3, 300, (2, 14), generator=torch.Generator().manual_seed(2))
+    return model, torch.randint(3, 300, (2, 14), generator=torch.Generator().manual_seed(2))
+
+
+def test_trl_fused_head_scores_a_mup_model_like_the_model_itself():
+    # DPOTrainer (trl 1.16) scores completions through add_fused_lm_head, which reads the logits multiplier from
+    # the config as `lm_head_multiplier` (or logit_scale / logits_scaling); ours is `logits_multiplier`.
+    from trl.trainer.utils import add_fused_lm_head
+
+    model, ids = _tiny_mup_model_and_ids()
     labels = ids.clone()
     labels[:, :6] = -100  # the prompt; the completion is the rest
     with torch.no_grad():
@@ -81,12 +86,7 @@ def test_fp32_trl_head_keeps_dpo_log_probs_fp32_under_autocast():
 
     from sambay_model.lm_head_loss import fp32_trl_head, shifted_token_logprobs
 
-    cfg = Phi4FlashConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, sliding_window=8, bos_token_id=0,
-                          eos_token_id=1, compute_backend="torch", logits_multiplier=3.5)
-    torch.manual_seed(0)
-    model = Phi4FlashForCausalLM(cfg).eval()
-    ids = torch.randint(3, 300, (2, 14), generator=torch.Generator().manual_seed(2))
+    model, ids = _tiny_mup_model_and_ids()
     labels = ids.masked_fill(torch.arange(14) < 6, -100)
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))  # as DPOTrainer does
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels, fused_lm_head=True)
@@ -95,7 +95,7 @@ def test_fp32_trl_head_keeps_dpo_log_probs_fp32_under_autocast():
         hidden = model.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).last_hidden_state
         before = model(**kwargs).log_probs
     # The reference: the same (autocast) backbone output through an fp32 head.
-    exact, _ = shifted_token_logprobs(hidden, model.lm_head.weight.detach(), labels, cfg.logits_multiplier)
+    exact, _ = shifted_token_logprobs(hidden, model.lm_head.weight.detach(), labels, model.config.logits_multiplier)
     assert (before - exact).abs().max() > 1e-3  # TRL's head as DPOTrainer adds it runs in bf16 under autocast
     fp32_trl_head(model)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
