@@ -2,7 +2,7 @@
 
     python bench/bench_data.py [--data artifacts/data/demo] [--chars 3000000] [--out bench/results/data_cpu.txt]
 
-1. Tokenization: the shard writer (``data.pretrain.write_pretrain_shards``: streaming chunks + EOS + split +
+1. Tokenization: the shard writer (``data.pretrain_shards.write_pretrain_shards``: streaming chunks + EOS + split +
    shard files, in-process, one thread) vs calling the tokenizer library directly on the same texts (one
    thread); tokens/s per core. Multi-core scaling and memory at scale: ``bench/bench_prepare.py``.
 2. Loading: ``PackedLoader`` tokens/s (pretraining packing and SFT packing) vs what training consumes, for an
@@ -46,7 +46,7 @@ def _time(fn, min_s: float = 1.0):
 
 def bench_tokenization(data: Path, chars: int) -> list[str]:
     from data.corpus import collect_corpus
-    from data.pretrain import write_pretrain_shards
+    from data.pretrain_shards import write_pretrain_shards
     from data.tokenizer import load_tokenizer
 
     tok_dir = data / "tokenizer"

@@ -36,7 +36,7 @@ SHARD_TOKENS = 1 << 24  # 32 MiB uint16 shards: several per corpus even at 100 M
 _PIPELINE = """
 import json, sys, time
 from data.documents import input_fingerprint, iter_documents
-from data.pretrain import write_pretrain_shards
+from data.pretrain_shards import write_pretrain_shards
 from data.shards import read_manifest, tokenizer_info
 corpus, tok, out, workers, shard_tokens = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 tokenizer_info(tok)  # imports transformers once, outside the timed region (the baseline loads its tokenizer untimed too)
@@ -55,7 +55,7 @@ from data.documents import iter_documents
 from data.tokenize_pool import backend_json, make_tokenizer
 corpus, tok = sys.argv[1], sys.argv[2]
 tk = make_tokenizer(backend_json(tok))
-from data.pretrain import chunk_texts
+from data.pretrain_shards import chunk_texts
 texts = list(iter_documents([corpus]))
 t0 = time.perf_counter()
 n = sum(len(e) for e in tk.encode_batch_fast(texts, add_special_tokens=False))
@@ -181,7 +181,7 @@ def ratio_block(corpus: Path, tok: Path, workers: int, work: Path, repeats: int 
 def report(rows, alone, piped, threads, workers, small_mb) -> str:
     tps = lambda r: r["tokens"] / r["seconds"]  # noqa: E731
     lines = [f"# bench_prepare on {platform.machine()} / {os.cpu_count()} CPU cores, python {platform.python_version()}",
-             "", f"`data.pretrain.write_pretrain_shards`, num_proc={workers} worker processes, shard_tokens={SHARD_TOKENS}, "
+             "", f"`data.pretrain_shards.write_pretrain_shards`, num_proc={workers} worker processes, shard_tokens={SHARD_TOKENS}, "
              "synthetic JSONL corpora (see bench/bench_prepare.py). Peak RSS = whole process tree (parent + workers).", "",
              "| corpus | tokens | seconds | M tokens/s | peak RSS (MiB) | shards | shard size min / max (MiB) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]

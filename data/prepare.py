@@ -134,8 +134,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     """Build all outputs of ``cfg`` (see module docstring); returns ``out_dir``."""
     from data.jsonl import write_jsonl
     from data.preference import pairs_from_corruptions
-    from data.pretrain import write_pretrain_shards
-    from data.sft import read_chat_jsonl, reasoning_to_chat, write_sft_shards
+    from data.pretrain_shards import write_pretrain_shards
+    from data.sft_shards import read_chat_jsonl, reasoning_to_chat, write_sft_shards
     from data.shards import check_compatible
 
     out = Path(cfg.out_dir)

@@ -33,7 +33,7 @@ class CorpusConfig:
     files: local inputs, streamed (any size): ``.jsonl``/``.json`` (JSON Lines, also ``.gz``/``.zst``
         compressed), ``.parquet``, directories written by ``datasets``' ``save_to_disk`` (one document per
         row), ``.txt``/``.md``/``.rst`` (one document per file, also compressed); when non-empty they replace
-        the Debian/stdlib corpus, and an interrupted preparation resumes (see ``data.pretrain``) (default empty).
+        the Debian/stdlib corpus, and an interrupted preparation resumes (see ``data.pretrain_shards``) (default empty).
     text_field: JSONL/Parquet/datasets field holding the text (default ``text``).
     debian_packages: Debian documentation packages fetched with ``apt-get download`` (default
         ``[python3.11-doc]``; see ``data.corpus.DEBIAN_TEXT_GLOBS`` for the known ones).

@@ -81,7 +81,7 @@ def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_di
     """Tokenize conversations with the chat template and write a ``kind: sft`` shard set (splits train[/val])."""
     from tqdm.auto import tqdm
 
-    from data.pretrain import document_split
+    from data.pretrain_shards import document_split
     from data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)

@@ -286,7 +286,7 @@ class SFTStageConfig:
     micro_batch_rows: default ``None`` = ``data.micro_batch_rows``.
     overlong: conversations longer than ``seq_len``: ``truncate`` (default: train on the first ``seq_len`` tokens
         and warn with the count, the assistant tokens cut and how many keep no answer) or ``error`` (refuse to
-        start, naming the source); see ``data.sft.check_overlong``.
+        start, naming the source); see ``data.sft_shards.check_overlong``.
     """
 
     name: str = MISSING

@@ -71,7 +71,7 @@ def stage_data(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path) -> DataCon
 def check_stage_data(stage: SFTStageConfig, data: DataConfig, init_dir: Path, vocab_size: int | None,
                      required: bool) -> list[dict]:
     """Every source is an SFT shard set made with the init export's tokenizer (fingerprint) and vocabulary."""
-    from data.sft import check_overlong
+    from data.sft_shards import check_overlong
     from data.shards import IncompatibleShardsError, check_compatible
 
     out = []

@@ -9,7 +9,7 @@ import pytest
 from data.atomic import OutputExistsError, atomic_write_text
 from data.jsonl import DataFormatError, read_jsonl, write_jsonl
 from data.documents import iter_documents
-from data.pretrain import write_pretrain_shards
+from data.pretrain_shards import write_pretrain_shards
 
 
 def test_malformed_jsonl_line(tmp_path):

@@ -204,7 +204,7 @@ def test_killed_prepare_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir, m
         prepare(cfg)
     assert not (tmp_path / "out" / "pretrain").exists() and (tmp_path / "out" / "pretrain.partial").is_dir()
     monkeypatch.setattr(ShardSetWriter, "checkpoint", original)
-    with caplog.at_level(logging.INFO, logger="data.pretrain"):
+    with caplog.at_level(logging.INFO, logger="data.pretrain_shards"):
         out = prepare(cfg)
     assert "resuming after" in caplog.text
     resumed = {p.name: p.read_bytes() for p in (out / "pretrain").iterdir()}

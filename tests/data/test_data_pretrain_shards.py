@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data.documents import input_fingerprint, iter_documents
-from data.pretrain import streaming_split, write_pretrain_shards
+from data.pretrain_shards import streaming_split, write_pretrain_shards
 from data.shards import PARTIAL_SUFFIX, PROGRESS, open_split, read_manifest
 from data.tokenize_pool import backend_json, tokenize_chunks
 
@@ -141,7 +141,7 @@ def test_changed_input_starts_afresh(tmp_path, bpe_dir):
 _KILLED_RUN = """
 import sys
 from data.documents import input_fingerprint, iter_documents
-from data.pretrain import write_pretrain_shards
+from data.pretrain_shards import write_pretrain_shards
 files, tok, out = [sys.argv[1]], sys.argv[2], sys.argv[3]
 write_pretrain_shards(lambda s: iter_documents(files, "text", s), tok, out, files, val_fraction=0.1, seed=3,
                       shard_tokens=3000, num_proc=int(sys.argv[4]), input_id=input_fingerprint(files, "text"),

@@ -11,7 +11,7 @@ import pytest
 from data.jsonl import DataFormatError
 from data.loader import IGNORE_INDEX, PackedLoader
 from data.reasoning import generate_problems
-from data.sft import read_chat_jsonl, reasoning_to_chat, tokenize_chat, write_sft_shards
+from data.sft_shards import read_chat_jsonl, reasoning_to_chat, tokenize_chat, write_sft_shards
 from data.shards import read_manifest
 from data.tokenizer import load_tokenizer
 
@@ -99,7 +99,7 @@ def test_sft_val_split_and_mask_shape(bpe_dir, tmp_path):
 def test_conversations_from_a_datasets_dataset():
     import datasets
 
-    from data.sft import conversations_from_records
+    from data.sft_shards import conversations_from_records
 
     ds = datasets.Dataset.from_list([{"messages": c} for c in CHATS])
     assert conversations_from_records(ds, "ds") == CHATS
@@ -121,7 +121,7 @@ def _sft_set(out, bpe_dir, docs):
 
 
 def test_overlong_conversations_are_counted_with_their_cut_answers(bpe_dir, tmp_path):
-    from data.sft import overlong_report
+    from data.sft_shards import overlong_report
 
     # Fits; too long with part of its answer kept; too long with its whole answer cut (answer-less).
     out = _sft_set(tmp_path / "sft", bpe_dir, [(10, 4), (30, 12), (25, 22), (16, 10)])
@@ -131,17 +131,17 @@ def test_overlong_conversations_are_counted_with_their_cut_answers(bpe_dir, tmp_
 
 
 def test_overlong_policy_errors_or_warns_never_silently(bpe_dir, tmp_path, caplog):
-    from data.sft import check_overlong
+    from data.sft_shards import check_overlong
 
     out = _sft_set(tmp_path / "sft", bpe_dir, [(10, 4), (30, 12), (25, 22)])
     with pytest.raises(DataFormatError, match=r"sources\[0\]: 2 of 3 conversations are longer than seq_len=16.*"
                                                r"1 with no assistant token at all.*overlong=truncate"):
         check_overlong(out, "train", 16, "error", "sources[0]")
-    with caplog.at_level("WARNING", logger="data.sft"):
+    with caplog.at_level("WARNING", logger="data.sft_shards"):
         check_overlong(out, "train", 16, "truncate", "sources[0]")
     assert "2 of 3 conversations are longer than seq_len=16" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="data.sft"):
+    with caplog.at_level("WARNING", logger="data.sft_shards"):
         assert check_overlong(out, "train", 30, "error", "sources[0]").overlong == 0  # all fit: nothing said
     assert caplog.text == ""
     with pytest.raises(ValueError, match="overlong='drop'"):

@@ -9,7 +9,7 @@ import pytest
 
 from data.atomic import OutputExistsError
 from data.jsonl import DataFormatError
-from data.pretrain import document_split
+from data.pretrain_shards import document_split
 from data.shards import IncompatibleShardsError, ShardSetWriter, check_compatible, open_split, read_manifest, tokenizer_info
 
 
