@@ -30,19 +30,6 @@ def validate_pair(rec: dict, where: str) -> dict:
     return rec
 
 
-def validate_pairs(records, where: str) -> list[dict]:
-    """Validated DPO records from any iterable of dicts (a list, a ``datasets.Dataset``)."""
-    out = []
-    for i, rec in enumerate(records):
-        missing = [k for k in FIELDS if k not in rec]
-        if missing:
-            raise DataFormatError(f"{where}: row {i}: record lacks required field(s) {missing}")
-        out.append(validate_pair(dict(rec), f"{where}: row {i}"))
-    if not out:
-        raise DataFormatError(f"{where}: no preference records")
-    return out
-
-
 def read_preference_jsonl(path: str | os.PathLike) -> list[dict]:
     """Validated DPO records from JSONL; errors name ``path`` and the record number."""
     return [validate_pair(r, f"{path}: record {i + 1}") for i, r in enumerate(read_jsonl(path, required=FIELDS))]

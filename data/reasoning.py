@@ -320,12 +320,6 @@ def normalize_answer(ans: str) -> str:
     return str(int(x)) if x == int(x) else repr(x)
 
 
-def is_correct(completion: str, answer: str) -> bool:
-    """True when the completion's last ``\\boxed{}`` equals ``answer`` after normalisation."""
-    got = extract_boxed(completion)
-    return got is not None and normalize_answer(got) == normalize_answer(str(answer))
-
-
 # ---- GSM-Symbolic (reasoning_gym) ------------------------------------------------------------------------------
 def generate_gsm_symbolic(n: int, split: str, seed: int = 0, heldout_fraction: float = 0.2) -> list[dict]:
     """``n`` GSM-Symbolic problems from reasoning_gym whose template ids fall in ``split``.

@@ -45,18 +45,6 @@ def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
     return out
 
 
-def conversations_from_records(records, where: str) -> list[list[dict[str, str]]]:
-    """Validated conversations from any iterable of ``{"messages": [...]}`` rows (a list, a ``datasets.Dataset``)."""
-    out = []
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or "messages" not in rec:
-            raise DataFormatError(f"{where}: row {i}: record lacks required field 'messages'")
-        out.append(validate_messages(rec["messages"], f"{where}: row {i}"))
-    if not out:
-        raise DataFormatError(f"{where}: no conversations")
-    return out
-
-
 def reasoning_to_chat(record: dict) -> dict:
     """A reasoning problem as an SFT conversation (user: format_prompt(question), assistant: solution)."""
     return {"messages": [{"role": "user", "content": format_prompt(record["question"])},

@@ -167,28 +167,6 @@ def test_bad_arguments(pretrain_dir):
         PackedLoader([(pretrain_dir, 1.0)], split="nope")
 
 
-def test_parse_sources_from_recipe_form(tmp_path, make_shards, pretrain_dir):
-    from omegaconf import OmegaConf
-
-    from data.mixture import mixture_fractions, parse_sources
-
-    other = make_shards(tmp_path / "o", [[MARK, 5, 6]] * 50, vocab_size=60_000)
-    cfg = OmegaConf.create({"sources": [{"path": str(pretrain_dir), "weight": 3}, {"path": str(other)}]})
-    parsed = parse_sources(cfg.sources, kind="pretrain")
-    assert parsed == [(str(pretrain_dir), 3.0), (str(other), 1.0)]
-    assert mixture_fractions(parsed) == {str(pretrain_dir): 0.75, str(other): 0.25}
-    assert PackedLoader(parsed, seq_len=16, global_batch_rows=4).next_batch()["input_ids"].shape == (4, 16)
-    with pytest.raises(ValueError, match=r"sources\[1\].*kind is 'pretrain', expected 'sft'"):
-        parse_sources([make_shards(tmp_path / "sft", [[MARK, 5]], kind="sft", masks=[[0, 1]], vocab_size=60_000),
-                       (str(other), 1.0)], kind="sft")
-    with pytest.raises(ValueError, match=r"sources\[0\]: missing 'path'"):
-        parse_sources([{"weight": 1.0}])
-    with pytest.raises(ValueError, match="weight must be finite"):
-        parse_sources([{"path": str(other), "weight": -2}])
-    with pytest.raises(ValueError, match="empty"):
-        parse_sources([])
-
-
 def test_sources_with_different_tokenizers_are_refused(tmp_path, make_shards, pretrain_dir):
     import json
 
@@ -198,10 +176,6 @@ def test_sources_with_different_tokenizers_are_refused(tmp_path, make_shards, pr
     (other / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match="different tokenizers"):
         PackedLoader([(pretrain_dir, 1.0), (other, 1.0)], seq_len=16, global_batch_rows=4)
-    from data.mixture import parse_sources
-
-    with pytest.raises(ValueError, match="different tokenizers"):
-        parse_sources([(pretrain_dir, 1.0), (other, 1.0)])
 
 
 def test_document_index_stays_memory_mapped(tmp_path, make_shards):

@@ -7,7 +7,8 @@ import pytest
 
 from data.jsonl import DataFormatError
 from data.preference import pairs_from_corruptions, pairs_from_samples, read_preference_jsonl, validate_pair
-from data.reasoning import format_prompt, generate_problems, generate_problems_with_values, is_correct
+from data.reasoning import format_prompt, generate_problems, generate_problems_with_values
+from tests.data.test_data_reasoning import is_correct
 
 
 def test_corruption_pairs_are_valid_dpo_records(tmp_path):
@@ -65,16 +66,3 @@ def test_identical_chosen_rejected_and_bad_records_are_rejected(tmp_path):
     bad_role = dict(same, rejected=[{"role": "user", "content": "b"}])
     with pytest.raises(DataFormatError, match="role 'assistant'"):
         validate_pair(bad_role, "here")
-
-
-def test_pairs_from_a_datasets_dataset():
-    import datasets
-
-    from data.preference import validate_pairs
-
-    pairs = pairs_from_corruptions(generate_problems_with_values(5, "train", seed=0), seed=0)
-    ds = datasets.Dataset.from_list(pairs)
-    assert [p["chosen"] for p in validate_pairs(ds, "ds")] == [p["chosen"] for p in pairs]
-    same = dict(pairs[0], rejected=pairs[0]["chosen"])
-    with pytest.raises(DataFormatError, match="ds: row 1: chosen and rejected are identical"):
-        validate_pairs([pairs[1], same], "ds")

@@ -88,7 +88,6 @@ def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
 
 
 def test_extra_pretrain_set_for_a_mixture(tmp_path, sample_texts):
-    from data.mixture import parse_sources
     from data.prepare import prepare
 
     prose, code = tmp_path / "prose.txt", tmp_path / "code.jsonl"
@@ -97,9 +96,8 @@ def test_extra_pretrain_set_for_a_mixture(tmp_path, sample_texts):
     extra = ["extra_pretrain=[{name: code, corpus: {files: [%s], debian_packages: []}, val_fraction: 0.3}]" % code]
     out = prepare(_cfg(_small(tmp_path, [prose], extra)))
     assert read_manifest(out / "code")["sources"] == [str(code)]
-    mix = parse_sources([{"path": str(out / "pretrain"), "weight": 0.8}, {"path": str(out / "code"), "weight": 0.2}],
-                        kind="pretrain")
-    assert PackedLoader(mix, seq_len=32, global_batch_rows=4).next_batch()["input_ids"].shape == (4, 32)
+    assert read_manifest(out / "code")["kind"] == "pretrain"
+    assert PackedLoader([(out / "pretrain", 0.8), (out / "code", 0.2)], seq_len=32, global_batch_rows=4).next_batch()["input_ids"].shape == (4, 32)
     with pytest.raises(ValueError, match="extra_pretrain names"):
         prepare(_cfg(_small(tmp_path, [prose], ["extra_pretrain=[{name: sft}]", "overwrite=true"])))
 

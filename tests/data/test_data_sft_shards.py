@@ -96,18 +96,6 @@ def test_sft_val_split_and_mask_shape(bpe_dir, tmp_path):
     assert ids.shape == mask.shape and mask.dtype == np.uint8 and 0 < mask.sum() < len(mask)
 
 
-def test_conversations_from_a_datasets_dataset():
-    import datasets
-
-    from data.sft_shards import conversations_from_records
-
-    ds = datasets.Dataset.from_list([{"messages": c} for c in CHATS])
-    assert conversations_from_records(ds, "ds") == CHATS
-    bad = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": "only a question"}]}])
-    with pytest.raises(DataFormatError, match="ds: row 0: conversation has no assistant message"):
-        conversations_from_records(bad, "ds")
-
-
 def _sft_set(out, bpe_dir, docs):
     """An SFT shard set from (length, first assistant position) pairs; the assistant part runs to the end."""
     from data.shards import ShardSetWriter, tokenizer_info
