@@ -1,11 +1,12 @@
 """Final-answer extraction and math equivalence for reasoning evaluation.
 
-A completion's final answer is the content of its last ``\\boxed{...}`` (nested braces allowed; ``\\fbox``
-too), else the text after its last ``#### `` marker (GSM8K style). Equivalence is decided in two steps:
-a fast path (normalised string equality, then exact rational comparison of plain numbers such as
-``1,234``, ``24.0``, ``$5``, ``3/4``, ``-0.5``), and only when neither side is a plain number, math-verify's
-symbolic checker (LaTeX fractions, radicals, expressions, sets). The fast path decides most GSM-style
-answers without sympy, which keeps scoring thousands of samples cheap.
+A completion's final answer is the content of its last ``\\boxed{...}`` (``data.reasoning.extract_boxed``:
+nested braces allowed, ``\\fbox`` too), else the text after its last ``#### `` marker (GSM8K style). The
+evaluation, DPO's sampled pairs and the lm-eval harness task all extract answers with :func:`extract_answer`.
+Equivalence is decided in two steps: a fast path (normalised string equality, then exact rational comparison
+of plain numbers such as ``1,234``, ``24.0``, ``$5``, ``3/4``, ``-0.5``), and only when neither side is a plain
+number, math-verify's symbolic checker (LaTeX fractions, radicals, expressions, sets). The fast path decides
+most GSM-style answers without sympy, which keeps scoring thousands of samples cheap.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 
-from data.reasoning import extract_boxed as last_boxed
+from data.reasoning import extract_boxed
 
 _HASH_RE = re.compile(r"####\s*([^\n]*)")
 # Wrappers and decorations that never change the value of a GSM-style answer.
@@ -35,7 +36,7 @@ class Grade:
 
 def extract_answer(text: str) -> str | None:
     """Final answer of a completion: last boxed expression, else the text after the last ``####``."""
-    boxed = last_boxed(text)
+    boxed = extract_boxed(text)
     if boxed is not None:
         return boxed or None
     hashes = _HASH_RE.findall(text)

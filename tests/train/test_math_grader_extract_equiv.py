@@ -2,7 +2,8 @@ import threading
 
 import pytest
 
-from train.math_grader import answers_equal, extract_answer, grade, last_boxed, parse_number
+from data.reasoning import extract_boxed
+from train.math_grader import answers_equal, extract_answer, grade, parse_number
 
 
 @pytest.mark.parametrize(
@@ -23,8 +24,8 @@ def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
 
-def test_last_boxed_nested_braces():
-    assert last_boxed(r"x \boxed{{a}{b{c}}} y") == "{a}{b{c}}"
+def test_extract_boxed_nested_braces():
+    assert extract_boxed(r"x \boxed{{a}{b{c}}} y") == "{a}{b{c}}"
 
 
 @pytest.mark.parametrize(
