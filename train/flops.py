@@ -20,12 +20,11 @@ token, forward:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from sambay_model.configuration_phi4flash import resolve_diff_attn
+from sambay_model.configuration_phi4flash import Phi4FlashConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
 PEAK_BF16_FLOPS = (
@@ -33,28 +32,6 @@ PEAK_BF16_FLOPS = (
     ("H100", 989e12),
     ("A100", 312e12),
 )
-
-
-def layer_roles(n_layers: int, backbone: str = "sambay", use_gmu: bool = True) -> list[str]:
-    """Mixer type of each layer: ``mamba``, ``swa``, ``full``, ``cross`` or ``gmu`` (docs/architecture.md §1)."""
-    if backbone == "transformer":
-        return ["full"] * n_layers
-    if backbone != "sambay":
-        raise ValueError(f"model.backbone={backbone!r}: expected sambay or transformer")
-    if n_layers % 4:
-        raise ValueError(f"model.num_hidden_layers={n_layers}: SambaY needs a multiple of 4")
-    half = n_layers // 2
-    roles = []
-    for i in range(n_layers):
-        if i < half:
-            roles.append("mamba" if i % 2 == 0 else "swa")
-        elif i == half:
-            roles.append("mamba")
-        elif i == half + 1:
-            roles.append("full")
-        else:
-            roles.append(("gmu" if use_gmu else "cross") if i % 2 == 0 else "cross")
-    return roles
 
 
 def mean_keys(seq_len: int, window: int | None) -> float:
@@ -85,40 +62,28 @@ class FlopsBreakdown:
         return 3.0 * self.forward
 
 
-def flops_per_token(cfg, seq_len: int, vocab_size: int | None = None) -> FlopsBreakdown:
-    """Count for a config with the ``Phi4FlashConfig`` / ``ModelConfig`` attribute names."""
-    d = cfg.hidden_size
-    inter = cfg.intermediate_size
-    n_heads = cfg.num_attention_heads
-    kv = cfg.num_key_value_heads
-    hd = d // n_heads
-    di = cfg.mamba_expand * d
-    n_state = cfg.mamba_d_state
-    k = cfg.mamba_d_conv
-    r = math.ceil(d / 16) if str(cfg.mamba_dt_rank) == "auto" else int(cfg.mamba_dt_rank)
+def flops_per_token(cfg: Phi4FlashConfig, seq_len: int, vocab_size: int | None = None) -> FlopsBreakdown:
+    """Count for a model config, layer by layer after its roles (``Phi4FlashConfig.layer_role``)."""
+    d, inter, n_heads, kv, hd = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads,
+                                 cfg.num_key_value_heads, cfg.head_dim)
+    di, n_state, k, r = cfg.mamba_d_inner, cfg.mamba_d_state, cfg.mamba_d_conv, cfg.mamba_dt_rank
     vocab = vocab_size if vocab_size is not None else cfg.vocab_size
-    if vocab is None:
-        raise ValueError("vocab_size is unknown: set model.vocab_size or pass vocab_size")
-    window = cfg.sliding_window
-    if isinstance(window, (list, tuple)):  # HF-style per-layer list: the SWA layers' value
-        window = next((w for w in window if w), None)
-    vd = 2 * hd if resolve_diff_attn(getattr(cfg, "use_diff_attn", None), getattr(cfg, "backbone", "sambay")) else hd
+    vd = 2 * hd if cfg.use_diff_attn else hd
     core_per_key = 2 * n_heads * hd + 2 * n_heads * vd
-
-    roles = layer_roles(cfg.num_hidden_layers, getattr(cfg, "backbone", "sambay"), getattr(cfg, "use_gmu", True))
     mlp = mamba = proj = core = gmu = 0.0
-    for role in roles:
+    for i in range(cfg.num_hidden_layers):
+        role = cfg.layer_role(i)
         mlp += 2 * d * 2 * inter + 2 * inter * d
-        if role == "mamba":
+        if role in ("mamba", "memory_mamba"):
             mamba += (2 * d * 2 * di + 2 * di * k + 2 * di * (r + 2 * n_state) + 2 * r * di + 2 * di * d
                       + 9 * di * n_state)
-        elif role in ("swa", "full"):
+        elif role in ("swa", "full_attn"):
             proj += 2 * d * (d + 2 * kv * hd) + 2 * d * d
-            core += mean_keys(seq_len, window if role == "swa" else None) * core_per_key
-        elif role == "cross":
+            core += mean_keys(seq_len, cfg.sliding_window[i] if role == "swa" else None) * core_per_key
+        elif role == "cross_attn":
             proj += 2 * d * d + 2 * d * d
             core += mean_keys(seq_len, None) * core_per_key
-        elif role == "gmu":
+        else:  # gmu
             gmu += 2 * d * di + 2 * di * d
     return FlopsBreakdown(mlp=mlp, mamba=mamba, attention_proj=proj, attention_core=core, gmu=gmu,
                           lm_head=2 * d * vocab)

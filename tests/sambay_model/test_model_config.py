@@ -9,18 +9,23 @@ import sambay_model  # noqa: F401
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 
 
-def test_class_defaults_are_the_official_ones():
+def test_class_defaults_are_the_released_architecture():
+    """The class defaults are the one place the official architecture is written (the released config.json)."""
     c = Phi4FlashConfig()
-    expected = dict(vocab_size=51200, hidden_size=2560, intermediate_size=9216, num_hidden_layers=32,
-                    num_attention_heads=40, num_key_value_heads=4, resid_pdrop=0.0, embd_pdrop=0.0,
-                    attention_dropout=0.0, hidden_act="silu", max_position_embeddings=4096, initializer_range=0.02,
+    expected = dict(vocab_size=200064, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
+                    num_attention_heads=40, num_key_value_heads=20, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attention_dropout=0.0, hidden_act="silu", max_position_embeddings=262144, initializer_range=0.02,
                     layer_norm_eps=1e-5, use_cache=True, tie_word_embeddings=True, rope_theta=10000.0,
-                    bos_token_id=1, eos_token_id=2, mb_per_layer=2, mamba_d_state=16, mamba_d_conv=4,
-                    mamba_expand=2, mamba_dt_rank=160, mamba_conv_bias=True, mamba_proj_bias=False,
-                    use_diff_attn=True, use_gmu=True, backbone="sambay", compute_backend="auto")
+                    bos_token_id=None, eos_token_id=None, pad_token_id=None, mb_per_layer=2, mamba_d_state=16,
+                    mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=160, mamba_conv_bias=True, mamba_proj_bias=False,
+                    use_diff_attn=True, use_gmu=True, backbone="sambay", compute_backend="auto",
+                    residual_multiplier=1.0, logits_multiplier=1.0, attention_multiplier=None)
     for key, value in expected.items():
         assert getattr(c, key) == value, key
-    assert c.sliding_window == [2047 if i < 16 and i % 2 else None for i in range(32)]
+    assert c.sliding_window == [512 if i < 16 and i % 2 else None for i in range(32)]
+    released = Phi4FlashConfig.phi4_mini_flash_reasoning()
+    assert {k: getattr(released, k) for k in expected if not k.endswith("token_id")} == \
+        {k: getattr(c, k) for k in expected if not k.endswith("token_id")}
 
 
 def test_released_phi4_mini_flash_config():
@@ -51,6 +56,7 @@ def test_variant_roles():
     c = Phi4FlashConfig(num_hidden_layers=8, use_gmu=False)
     assert [c.layer_role(i) for i in range(8)] == ["mamba", "swa", "mamba", "swa", "memory_mamba", "full_attn",
                                                   "cross_attn", "cross_attn"]
+    assert c.layers_block_type == ["mamba", "attention"] * 3 + ["shared_attention"] * 2
     t = Phi4FlashConfig(num_hidden_layers=8, backbone="transformer")
     assert {t.layer_role(i) for i in range(8)} == {"full_attn"}
 

@@ -1,24 +1,13 @@
 """FLOPs/token of the official Phi-4-mini-flash config against a count written out by hand from
 docs/architecture.md §1-§7."""
-from types import SimpleNamespace
-
 import pytest
 
-from train.flops import flops_per_token, layer_roles, mean_keys, mfu
-from train.config import ModelConfig
+from sambay_model import Phi4FlashConfig
+from train.flops import flops_per_token, mean_keys, mfu
 
 
-def official():
-    return ModelConfig(vocab_size=200064)  # ModelConfig defaults are the official architecture
-
-
-def test_layer_roles_match_spec_layout():
-    roles = layer_roles(32)
-    assert roles[:16] == ["mamba", "swa"] * 8
-    assert roles[16:18] == ["mamba", "full"]
-    assert roles[18:] == ["gmu", "cross"] * 7
-    assert layer_roles(32, use_gmu=False)[18:] == ["cross"] * 14
-    assert layer_roles(8, backbone="transformer") == ["full"] * 8
+def official(**overrides):
+    return Phi4FlashConfig(**overrides)  # the class defaults are the official architecture
 
 
 def test_official_config_hand_count_at_8k():
@@ -49,6 +38,15 @@ def test_official_config_hand_count_at_8k():
     assert 2.4e10 < got.train < 2.6e10
     assert got.lm_head == 2 * 2560 * 200064
     assert got.mamba == 9 * mamba
+    assert flops_per_token(official(), T, vocab_size=1000).lm_head == 2 * 2560 * 1000
+
+
+def test_samba_yoco_counts_cross_attention_instead_of_gmu():
+    sambay, yoco = flops_per_token(official(), 4096), flops_per_token(official(use_gmu=False), 4096)
+    assert yoco.gmu == 0 and sambay.gmu > 0
+    assert yoco.attention_proj - sambay.attention_proj == pytest.approx(7 * 4 * 2560 * 2560)
+    transformer = flops_per_token(official(backbone="transformer"), 4096)
+    assert transformer.mamba == 0 and transformer.gmu == 0
 
 
 def test_window_bounds_swa_cost():
@@ -61,14 +59,10 @@ def test_window_bounds_swa_cost():
 
 
 def test_standard_attention_value_width():
-    cfg = official()
-    cfg.use_diff_attn = False
-    got = flops_per_token(cfg, seq_len=1).attention_core
+    got = flops_per_token(official(use_diff_attn=False), seq_len=1).attention_core
     assert got == pytest.approx(16 * 1 * (2 * 40 * 64 + 2 * 40 * 64))
 
 
-def test_hf_style_config_and_mfu():
-    cfg = SimpleNamespace(**{**official().__dict__, "sliding_window": [None, 512] * 16, "mamba_dt_rank": 160})
-    assert flops_per_token(cfg, 8192).forward == pytest.approx(flops_per_token(official(), 8192).forward)
+def test_mfu():
     assert mfu(1000.0, 3e9, 0.0, 1) == 0.0
     assert mfu(1000.0, 3e9, 1e13, 2) == pytest.approx(1000.0 * 3e9 / 2e13)
