@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterator
 
+import deepspeed
 import torch
 import torch.distributed as dist
 
@@ -72,8 +73,6 @@ def prepare_deepspeed_env(cfg: DeepSpeedConfig, device: torch.device) -> None:
 
 def init_distributed(cfg: DeepSpeedConfig) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPU, gloo on CPU), also for world size 1."""
-    import deepspeed
-
     exit_with_launcher()  # a rank whose torchrun agent died must not train on (see train/launcher_death.py)
     _env_from_slurm()
     if "RANK" not in os.environ:  # plain `python -m train.X`: a one-process group
@@ -93,10 +92,9 @@ def _skip_cpu_shm_build() -> None:
     cold start; without it DeepSpeed falls back to plain gloo collectives, which is what tests and the CPU
     demo need. This replaces a private function (DeepSpeed 0.19), so it is guarded: if the module layout
     changes we leave DeepSpeed alone (the op is then built once and cached in TORCH_EXTENSIONS_DIR).
-    ``sys.modules`` is used because ``deepspeed.comm.torch`` as an attribute is the torch package.
+    ``sys.modules`` is used because ``deepspeed.comm.torch`` as an attribute is the torch package (importing
+    ``deepspeed`` has loaded the module).
     """
-    import deepspeed.comm.torch  # noqa: F401  (registers the module in sys.modules)
-
     module = sys.modules.get("deepspeed.comm.torch")
     if module is not None and callable(getattr(module, "build_shm_op", None)):
         module.build_shm_op = lambda: None
@@ -209,3 +207,44 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def init_distributed_if_needed(cfg: DeepSpeedConfig) -> DistInfo:
+    """:func:`init_distributed` for several processes or for DeepSpeed (ZeRO >= 1 needs a process group even for
+    one process); a single process without DeepSpeed gets only its device (:func:`select_device`) and no group.
+
+    For runs driven by the HF / TRL Trainer (DPO): accelerate reuses a group started here and, like it, leaves a
+    single plain process without one, so an in-process caller (the tests) keeps no global process-group state.
+    """
+    if launch_world_size() > 1 or cfg.zero_stage > 0:
+        return init_distributed(cfg)
+    exit_with_launcher()  # as in init_distributed: a one-rank torchrun job must not outlive its agent either
+    local_rank, device = select_device()
+    return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device)
+
+
+def hf_trainer_deepspeed_json(cfg: DeepSpeedConfig, *, micro_batch_rows: int, grad_accum: int, world_size: int,
+                              compute_dtype: torch.dtype, bf16_modules: list[str] | None = None) -> dict | None:
+    """:func:`deepspeed_json` for ``TrainingArguments(deepspeed=...)`` (the HF / TRL Trainer); None at ZeRO stage 0
+    (plain DDP: nothing to shard).
+
+    The same precision and ZeRO settings as the DeepSpeed trainer, plus what the HF Trainer needs: with optimizer
+    offload an ``optimizer`` section (DeepSpeed then builds DeepSpeedCPUAdam; it refuses the Trainer's torch
+    AdamW with offload) whose ``auto`` values the Trainer fills in; under ZeRO-3 the gathered weights in each
+    ``checkpoint-N`` (without the flag the Trainer writes an empty state dict there and warns at every save).
+    """
+    if cfg.zero_stage == 0:
+        return None
+    ds = deepspeed_json(cfg, micro_batch_rows=micro_batch_rows, grad_accum=grad_accum, world_size=world_size,
+                        compute_dtype=compute_dtype, bf16_modules=bf16_modules)
+    if cfg.offload_optimizer:
+        ds["optimizer"] = {"type": "AdamW", "params": {k: "auto" for k in ("lr", "betas", "eps", "weight_decay")}}
+    if cfg.zero_stage == 3:
+        ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+    return ds
+
+
+def launch_world_size() -> int:
+    """The number of processes this job was launched with (torchrun's ``WORLD_SIZE``, else Slurm's tasks), read
+    from the environment without starting anything."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))

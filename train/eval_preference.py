@@ -11,6 +11,12 @@ For a pair (x, y_w, y_l) the DPO implicit reward of completion y is ``beta * (lo
 
 Prompts and completions are tokenised like TRL does for conversational data: the chat template of the prompt
 with the assistant header, then the rest of the rendered conversation as the completion.
+
+Precision and memory: the reference (the init model, before training) and the trained policy are scored under the
+same rule as the training forward, ``torch.autocast(compute_dtype)`` over fp32 weights (see
+``train.distributed.deepspeed_json``), and the head projects the hidden states in fp32 vocabulary tiles
+(``sambay_model.lm_head_loss``), so no ``[rows, tokens, vocab]`` logits exist and the margin compares two
+log-probs computed alike.
 """
 from __future__ import annotations
 
@@ -19,14 +25,13 @@ from pathlib import Path
 
 import torch
 
+from data.preference import FIELDS, read_preference_jsonl
 from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
 
 
 def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
     """Validated ``{prompt, chosen, rejected}`` records (``data.preference``'s checks: chosen == rejected and
     malformed messages are errors naming the file and record); extra keys are dropped."""
-    from data.preference import FIELDS, read_preference_jsonl
-
     pairs = [{k: rec[k] for k in FIELDS} for rec in read_preference_jsonl(path)]
     return pairs[:limit] if limit else pairs
 
@@ -44,9 +49,12 @@ def encode_pair_side(tokenizer, prompt: list[dict], completion: list[dict], max_
 
 
 @torch.no_grad()
-def completion_logps(model, tokenizer, pairs: list[dict], max_length: int,
-                     batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N]."""
+def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch_size: int,
+                     compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N].
+
+    ``compute_dtype`` (``train.distributed.resolve_precision``): bf16 runs the backbone under bf16 autocast as
+    training does; fp32 (the default) runs without autocast. The head is fp32 either way."""
     rows = []
     for p in pairs:
         rows.append(encode_pair_side(tokenizer, p["prompt"], p["chosen"], max_length))
@@ -66,7 +74,8 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int,
             for r, (ids, n_prompt) in enumerate(batch):
                 input_ids[r, :len(ids)] = torch.tensor(ids)
                 labels[r, n_prompt:len(ids)] = input_ids[r, n_prompt:len(ids)]
-            out.append(_summed_logps(model, input_ids.to(device), labels.to(device)).cpu())
+            with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+                out.append(_summed_logps(model, input_ids.to(device), labels.to(device)).cpu())
     finally:
         model.train(was_training)
     both = torch.cat(out)

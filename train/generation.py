@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from data.tokenizer import stop_token_ids as data_stop_token_ids
 
@@ -78,8 +79,6 @@ def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress
     torch.manual_seed(cfg.seed)
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     if progress:
-        from tqdm import tqdm
-
         batches = tqdm(batches, desc="generate", unit="batch")
     try:
         for batch in batches:

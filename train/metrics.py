@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from data.atomic import atomic_write_text
 from train.config import WandbConfig
 
@@ -71,7 +73,7 @@ class MetricsLogger:
             return
         mode = resolve_wandb_mode(wandb_cfg)
         if mode != "disabled":
-            import wandb
+            import wandb  # heavy (~1 s): only when W&B logging is on
 
             if self.wandb_id is None:
                 self.wandb_id = uuid.uuid4().hex[:8]  # os.urandom: leaves the seeded RNGs alone
@@ -81,8 +83,6 @@ class MetricsLogger:
                 dir=str(run_dir), config=config,
             )
         if progress_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc=run_name, unit="step", dynamic_ncols=True)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -110,3 +110,18 @@ class MetricsLogger:
             self.bar.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def resumable_logger(rd, *, enabled: bool, wandb_cfg: WandbConfig, run_name: str, config: dict, total_steps: int,
+                     start_step: int, progress_bar: bool, wandb_id: str | None = None) -> MetricsLogger:
+    """The :class:`MetricsLogger` of run directory ``rd`` (a :class:`train.run_dir.RunDir`) that continues the W&B
+    run of an earlier launch into it: ``wandb_id`` (e.g. from a checkpoint), else the id kept in ``rd.wandb_id``;
+    the id in use is written back there (rank 0) for the next launch."""
+    if enabled and wandb_id is None and rd.wandb_id.exists():
+        wandb_id = rd.wandb_id.read_text().strip()
+    logger = MetricsLogger(enabled=enabled, path=rd.metrics, wandb_cfg=wandb_cfg, run_name=run_name,
+                           run_dir=rd.root, config=config, wandb_id=wandb_id, total_steps=total_steps,
+                           start_step=start_step, progress_bar=progress_bar)
+    if enabled and logger.wandb_id:
+        atomic_write_text(rd.wandb_id, logger.wandb_id, overwrite=True)
+    return logger

@@ -26,7 +26,7 @@ def test_cuda_device_is_set_from_local_rank_before_any_collective(data, tmp_path
     import torch.distributed as dist
     from omegaconf import OmegaConf
 
-    import train.model_build
+    import train.dpo
     from train.dpo import run
 
     calls = []
@@ -47,7 +47,7 @@ def test_cuda_device_is_set_from_local_rank_before_any_collective(data, tmp_path
         calls.append(("load_model", str(path)))
         raise _StopHere
 
-    monkeypatch.setattr(train.model_build, "load_export", load_export)
+    monkeypatch.setattr(train.dpo, "load_export", load_export)
     export = tmp_path / "export"
     export.mkdir()
     (export / "config.json").write_text("{}")
@@ -69,10 +69,9 @@ def _fake_generate(by_question):
 
 
 def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp_path, monkeypatch):
-    import train.eval_math  # noqa: F401  (bind its real `generate` before the patch below)
-    import train.generation
+    import train.on_policy
     from data.jsonl import read_jsonl
-    from train.dpo import gather_on_policy_pairs
+    from train.on_policy import gather_on_policy_pairs
 
     problems = read_jsonl(data / "reasoning" / "train.jsonl")[:5]
     sampled = []  # (thread, question): which rank sampled which problem
@@ -82,8 +81,8 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp
         sampled.extend((threading.current_thread().name, p) for p in prompts)
         return fake(model, tokenizer, prompts, sampling, progress)
 
-    monkeypatch.setattr(train.generation, "generate", recording_generate)
-    monkeypatch.setattr(train.generation, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(train.on_policy, "generate", recording_generate)
+    monkeypatch.setattr(train.on_policy, "chat_prompt", lambda tok, text: text)
     cfg = _cfg(data, "unused", "unused")
     cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 5, 2
     run_dir = tmp_path / "run"
@@ -92,7 +91,7 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp
 
     def rank(r):
         try:
-            gather_on_policy_pairs(cfg, None, None, run_dir, data, rank=r, world_size=2, poll_s=0.02)
+            gather_on_policy_pairs(cfg, None, None, run_dir, rank=r, world_size=2, poll_s=0.02)
         except Exception as e:  # surfaced below
             errors.append(e)
 
@@ -109,7 +108,7 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp
     assert [m["chosen"][0]["content"] for m in merged] == [p["solution"] for p in problems]
     # A relaunch reuses the merged pairs and samples nothing.
     sampled.clear()
-    assert gather_on_policy_pairs(cfg, None, None, run_dir, data, rank=0, world_size=2) == run_dir / "on_policy_pairs.jsonl"
+    assert gather_on_policy_pairs(cfg, None, None, run_dir, rank=0, world_size=2) == run_dir / "on_policy_pairs.jsonl"
     assert sampled == []
 
 

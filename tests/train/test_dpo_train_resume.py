@@ -147,10 +147,9 @@ def test_dpo_run_learns_exports_and_resumes(tiny, tmp_path, reference):
 
 
 def test_on_policy_pairs_pair_graded_right_with_wrong(tiny, monkeypatch):
-    import train.eval_math  # noqa: F401  (bind its real `generate` before the patch below)
-    import train.generation
+    import train.on_policy
     from data.jsonl import read_jsonl
-    from train.dpo import build_on_policy_pairs
+    from train.on_policy import build_on_policy_pairs
 
     data, _ = tiny
     problems = read_jsonl(data / "reasoning" / "train.jsonl")[:3]
@@ -163,11 +162,11 @@ def test_on_policy_pairs_pair_graded_right_with_wrong(tiny, monkeypatch):
             out.append([f"wrong. \\boxed{{{int(p['answer']) + 1}}}", p["solution"]][: sampling.num_samples])
         return out
 
-    monkeypatch.setattr(train.generation, "generate", fake_generate)
-    monkeypatch.setattr(train.generation, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(train.on_policy, "generate", fake_generate)
+    monkeypatch.setattr(train.on_policy, "chat_prompt", lambda tok, text: text)
     cfg = _cfg(data, "unused", "unused")
     cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 3, 2
-    pairs = build_on_policy_pairs(None, None, cfg, data)
+    pairs = build_on_policy_pairs(None, None, cfg)
     assert len(pairs) == 3
     for pair, p in zip(pairs, problems):
         assert pair["chosen"][0]["content"] == p["solution"]
