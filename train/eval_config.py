@@ -6,9 +6,13 @@ from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 
+from data.layout import DEFAULT_DATA_DIR
 from train.eval_perplexity import PerplexityConfig
 from train.eval_retrieval import RetrievalConfig
 from train.generation import SamplingConfig
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
@@ -16,7 +20,8 @@ class MathEvalConfig:
     """Math reasoning accuracy on held-out problem templates.
 
     enabled: run it (default True).
-    problems: reasoning JSONL (default ``None`` = ``<data_dir>/reasoning/heldout.jsonl``).
+    problems: reasoning JSONL (default ``None`` = the held-out split of ``data_dir``,
+        ``data.layout.PreparedData(data_dir).reasoning("heldout")``).
     limit: first N problems; 0 = all (default 100).
     sampling: k, temperature, top-p, token budget, batch size (default: greedy, k=1, 96 new tokens, batch 32).
     """
@@ -33,7 +38,7 @@ class EvalConfig:
 
     model_path: HF export directory to evaluate (default ``None``; required unless ``score_file`` is set).
     score_file: JSONL of ``{completion, answer}`` to score without a model (default ``None``).
-    data_dir: output of ``data.prepare`` (default ``artifacts/data/demo``).
+    data_dir: output of ``data.prepare`` (default ``data.layout.DEFAULT_DATA_DIR``, ``artifacts/data/demo``).
     output_dir: where ``eval.json`` / ``samples.jsonl`` go (default ``None`` = ``<model_path>/../eval``; in
         score-file mode nothing is written unless set).
     overwrite: replace an existing ``eval.json`` (default False: an existing one is an error).
@@ -42,11 +47,13 @@ class EvalConfig:
     check_tokenizer: require the export's tokenizer fingerprint to equal ``<data_dir>/tokenizer``'s
         (default True).
     math, perplexity, retrieval: the three evaluations (all enabled by default).
+    dry_run: build and check everything (config, the model on the meta device, tokenizer, the data the enabled
+        evaluations read, the output path), print ``{"dry_run": {...}}`` and write nothing (default False).
     """
 
     model_path: Optional[str] = None
     score_file: Optional[str] = None
-    data_dir: str = "artifacts/data/demo"
+    data_dir: str = DEFAULT_DATA_DIR
     output_dir: Optional[str] = None
     overwrite: bool = False
     device: str = "auto"
@@ -55,6 +62,13 @@ class EvalConfig:
     math: MathEvalConfig = field(default_factory=MathEvalConfig)
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
 def register_eval_config() -> None:

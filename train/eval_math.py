@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from data.jsonl import read_jsonl
+from data.reasoning import format_prompt
 from train.generation import SamplingConfig, chat_prompt, generate
 from train.math_grader import grade
 
@@ -65,8 +66,9 @@ def blind_baseline_accuracy(problems: list[dict]) -> float | None:
     return sum(max(c.values()) for c in by_family.values()) / len(problems)
 
 
-def score_file(path: str | Path) -> dict:
-    """Score a JSONL of ``{completion, answer}`` records (``completions: [..]`` also accepted); no model."""
+def load_samples(path: str | Path) -> list[dict]:
+    """``{id, completion, answer}`` samples of a JSONL of ``{completion, answer}`` records (``completions: [..]``
+    also accepted, one sample each); errors name the file and the record."""
     samples = []
     for lineno, rec in enumerate(read_jsonl(path, required=("answer",)), start=1):
         if "completion" not in rec and "completions" not in rec:
@@ -77,15 +79,15 @@ def score_file(path: str | Path) -> dict:
             raise ValueError(f"{path}: record {lineno}: 'completions' must be a non-empty list")
         pid = rec.get("id", f"record{lineno}")
         samples += [{"id": pid, "completion": c, "answer": rec["answer"]} for c in completions]
-    metrics, _ = score_samples(samples)
-    return metrics
+    return samples
 
 
 def evaluate_math(model, tokenizer, problems: list[dict], sampling: SamplingConfig,
                   progress: bool = False) -> tuple[dict, list[dict]]:
-    """Generate ``sampling.num_samples`` completions per problem and grade them: (metrics, graded samples)."""
-    from data.reasoning import format_prompt  # the same user prompt SFT trained on
+    """Generate ``sampling.num_samples`` completions per problem and grade them: (metrics, graded samples).
 
+    Prompts are ``data.reasoning.format_prompt`` of the question: the same user prompt SFT trained on.
+    """
     prompts = [chat_prompt(tokenizer, format_prompt(p["question"])) for p in problems]
     completions = generate(model, tokenizer, prompts, sampling, progress=progress)
     samples = [

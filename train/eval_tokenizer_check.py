@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from data.tokenizer import fingerprint
+
 
 class TokenizerMismatchError(ValueError):
     """A model export's tokenizer differs from the tokenizer the data was built with."""
@@ -11,8 +13,6 @@ class TokenizerMismatchError(ValueError):
 
 def check_same_tokenizer(model_dir: str | os.PathLike, data_tokenizer_dir: str | os.PathLike) -> str:
     """Compare ``data.tokenizer.fingerprint`` of the export and the data's tokenizer; return the fingerprint."""
-    from data.tokenizer import fingerprint
-
     model_dir, data_tokenizer_dir = Path(model_dir), Path(data_tokenizer_dir)
     model_fp = fingerprint(model_dir)
     data_fp = fingerprint(data_tokenizer_dir)

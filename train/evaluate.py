@@ -2,99 +2,177 @@
 
     python -m train.evaluate [--config-name demo] model_path=runs/sft/math/export [overrides]
     python -m train.evaluate score_file=completions.jsonl     # score {completion, answer} JSONL, no model
+    python -m train.evaluate model_path=... dry_run=true      # check everything, write nothing
 
 Writes ``eval.json`` (and ``samples.jsonl`` with every graded completion) to ``output_dir`` and prints the
-metrics as one JSON object on the last line of stdout.
+metrics as one JSON object on the last line of stdout. A dry run checks what the run would read and write
+(the export's config, built on the meta device; the tokenizer; the data of every enabled evaluation; that
+``eval.json`` may be written) and prints ``{"dry_run": {...}}`` instead.
 """
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+import sambay_model  # noqa: F401  (registers Phi4Flash with the Auto classes)
+from data.atomic import check_writable
+from data.jsonl import write_jsonl
+from data.layout import PreparedData
+from data.shards import check_compatible
+from data.tokenizer import load_tokenizer
 from train.eval_config import EvalConfig, register_eval_config
+from train.eval_io import write_json
+from train.eval_math import evaluate_math, load_problems, load_samples, score_samples
+from train.eval_perplexity import evaluate_perplexity
+from train.eval_retrieval import evaluate_retrieval
+from train.eval_tokenizer_check import check_same_tokenizer
 
 
 def resolve_device(device: str) -> str:
-    import torch
-
+    """``auto``: cuda when available, else cpu; ``cpu`` and ``cuda`` as given (``EvalConfig`` checks the name)."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     return device
+
+
+def _export_dir(model_path: str | Path) -> Path:
+    model_path = Path(model_path)
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"model_path {model_path}: no config.json (expected a Hugging Face export dir)")
+    return model_path
 
 
 def load_model(model_path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """(model, tokenizer) from a local HF export directory; never a hub id."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import sambay_model  # noqa: F401  (registers Phi4Flash with the Auto classes)
-    from data.tokenizer import load_tokenizer
-
-    model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"model_path {model_path}: no config.json (expected a Hugging Face export dir)")
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    model_path = _export_dir(model_path)
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype), local_files_only=True)
     return model.to(resolve_device(device)).eval(), load_tokenizer(model_path)
 
 
-def run_evaluation(cfg: EvalConfig) -> dict:
-    """Run the enabled evaluations of ``cfg``; write eval.json (+ samples.jsonl); return the metrics."""
-    from data.atomic import check_writable
-    from data.jsonl import write_jsonl
-    from train.eval_io import write_json
+def _require(path: str | Path, key: str) -> Path:
+    """``path`` if it exists, else an error naming the setting it came from and the missing path."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: {path} does not exist; run `python -m data.prepare` for data_dir, "
+                                f"point {key} at existing data, or disable that evaluation")
+    return path
 
-    if cfg.score_file:
-        from train.eval_math import score_file
 
-        metrics = {"score_file": str(cfg.score_file), **score_file(cfg.score_file)}
-        if cfg.output_dir:
-            write_json(Path(cfg.output_dir) / "eval.json", metrics, overwrite=cfg.overwrite)
-        return metrics
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation of a model reads and writes, checked before anything runs.
+
+    out_dir: where ``eval.json`` / ``samples.jsonl`` go.
+    model_config: the export's Hugging Face config.
+    problems_path, problems: the math problems (None when math is off).
+    shard_dir: the perplexity shard set (None when perplexity is off).
+    """
+
+    out_dir: Path
+    model_config: PretrainedConfig
+    problems_path: Path | None = None
+    problems: list[dict] | None = None
+    shard_dir: str | None = None
+
+
+def _check_shards(cfg: EvalConfig, data: PreparedData, model_config: PretrainedConfig) -> str:
+    """The perplexity shard set, checked against the model's tokenizer and vocabulary and for its split."""
+    shard_dir = str(_require(cfg.perplexity.shard_dir or data.pretrain, "perplexity.shard_dir"))
+    manifest = check_compatible(shard_dir, cfg.model_path if cfg.check_tokenizer else None, model_config.vocab_size)
+    if cfg.perplexity.split not in manifest["splits"]:
+        raise ValueError(f"perplexity.split: {shard_dir} has no split {cfg.perplexity.split!r} "
+                         f"(it has {sorted(manifest['splits'])})")
+    return shard_dir
+
+
+def check_inputs(cfg: EvalConfig) -> EvalInputs:
+    """Check everything an evaluation of ``cfg.model_path`` needs, before minutes of evaluation; write nothing."""
     if not cfg.model_path:
         raise ValueError("set model_path=<export dir> (or score_file=<jsonl> to score completions without a model)")
-    data_dir = Path(cfg.data_dir)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.model_path).resolve().parent / "eval"
-    check_writable(out_dir / "eval.json", cfg.overwrite)  # fail before minutes of evaluation, not after
+    model_path = _export_dir(cfg.model_path)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else model_path.resolve().parent / "eval"
+    check_writable(out_dir / "eval.json", cfg.overwrite)
+    data = PreparedData(cfg.data_dir)
     if cfg.check_tokenizer:
-        from train.eval_tokenizer_check import check_same_tokenizer
+        check_same_tokenizer(model_path, data.tokenizer)
+    model_config = AutoConfig.from_pretrained(str(model_path), local_files_only=True)
+    problems_path = problems = shard_dir = None
+    if cfg.math.enabled:
+        problems_path = _require(cfg.math.problems or data.reasoning("heldout"), "math.problems")
+        problems = load_problems(problems_path, limit=cfg.math.limit or None)
+    if cfg.perplexity.enabled:
+        shard_dir = _check_shards(cfg, data, model_config)
+    return EvalInputs(out_dir, model_config, problems_path, problems, shard_dir)
 
-        check_same_tokenizer(cfg.model_path, data_dir / "tokenizer")
+
+def _score_file_inputs(cfg: EvalConfig) -> tuple[list[dict], Path | None]:
+    """Score-file mode: (samples, eval.json path or None), checked before grading."""
+    samples = load_samples(_require(cfg.score_file, "score_file"))
+    out = Path(cfg.output_dir) / "eval.json" if cfg.output_dir else None
+    if out is not None:
+        check_writable(out, cfg.overwrite)
+    return samples, out
+
+
+def run_evaluation(cfg: EvalConfig) -> dict:
+    """Run the enabled evaluations of ``cfg``; write eval.json (+ samples.jsonl); return the metrics."""
+    if cfg.score_file:
+        samples, out = _score_file_inputs(cfg)
+        metrics = {"score_file": str(cfg.score_file), **score_samples(samples)[0]}
+        if out is not None:
+            write_json(out, metrics, overwrite=cfg.overwrite)
+        return metrics
+    inputs = check_inputs(cfg)
     model, tokenizer = load_model(cfg.model_path, cfg.device, cfg.dtype)
     metrics: dict = {"model_path": str(cfg.model_path)}
     samples = None
-    if cfg.math.enabled:
-        from train.eval_math import evaluate_math, load_problems
-
-        problems_path = cfg.math.problems or data_dir / "reasoning" / "heldout.jsonl"
-        problems = load_problems(problems_path, limit=cfg.math.limit or None)
-        math_metrics, samples = evaluate_math(model, tokenizer, problems, cfg.math.sampling, progress=True)
+    if inputs.problems is not None:
+        math_metrics, samples = evaluate_math(model, tokenizer, inputs.problems, cfg.math.sampling, progress=True)
         metrics.update(math_metrics)
         metrics["sampling"] = {"k": cfg.math.sampling.num_samples, "temperature": cfg.math.sampling.temperature,
                                "top_p": cfg.math.sampling.top_p, "max_new_tokens": cfg.math.sampling.max_new_tokens}
-    if cfg.perplexity.enabled:
-        from data.shards import check_compatible
-        from train.eval_perplexity import evaluate_perplexity
-
-        shard_dir = cfg.perplexity.shard_dir or str(data_dir / "pretrain")
-        check_compatible(shard_dir, cfg.model_path if cfg.check_tokenizer else None, model.config.vocab_size)
-        metrics.update(evaluate_perplexity(model, shard_dir, cfg.perplexity))
+    if inputs.shard_dir is not None:
+        metrics.update(evaluate_perplexity(model, inputs.shard_dir, cfg.perplexity))
     if cfg.retrieval.enabled:
-        from train.eval_retrieval import evaluate_retrieval
-
         metrics.update(evaluate_retrieval(model, tokenizer, cfg.retrieval))
     if samples is not None:
         # eval.json guards the output dir (checked above); a samples.jsonl without it is a crashed run's leftover.
-        write_jsonl(out_dir / "samples.jsonl", samples, overwrite=True)
-    write_json(out_dir / "eval.json", metrics, overwrite=cfg.overwrite)
+        write_jsonl(inputs.out_dir / "samples.jsonl", samples, overwrite=True)
+    write_json(inputs.out_dir / "eval.json", metrics, overwrite=cfg.overwrite)
     return metrics
+
+
+def dry_run(cfg: EvalConfig) -> dict:
+    """What :func:`run_evaluation` would read and write, after checking all of it; writes nothing.
+
+    The model is built from its config on the meta device (shapes only, no weights read).
+    """
+    if cfg.score_file:
+        samples, out = _score_file_inputs(cfg)
+        return {"mode": "score_file", "score_file": str(cfg.score_file), "num_samples": len(samples),
+                "output": None if out is None else str(out)}
+    inputs = check_inputs(cfg)
+    load_tokenizer(cfg.model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(inputs.model_config)
+    evaluations = {}
+    if inputs.problems is not None:
+        evaluations["math"] = {"problems": str(inputs.problems_path), "num_problems": len(inputs.problems),
+                               "k": cfg.math.sampling.num_samples}
+    if inputs.shard_dir is not None:
+        evaluations["perplexity"] = {"shard_dir": inputs.shard_dir, "split": cfg.perplexity.split}
+    if cfg.retrieval.enabled:
+        evaluations["retrieval"] = {"context_lengths": list(cfg.retrieval.context_lengths)}
+    return {"mode": "model", "model_path": str(cfg.model_path), "model_type": inputs.model_config.model_type,
+            "num_parameters": sum(p.numel() for p in model.parameters()), "device": resolve_device(cfg.device),
+            "dtype": cfg.dtype, "output": str(inputs.out_dir / "eval.json"), "evaluations": evaluations}
 
 
 register_eval_config()
@@ -103,9 +181,9 @@ register_eval_config()
 @hydra.main(version_base=None, config_path="../recipes/evaluate", config_name="demo")
 def main(dcfg: DictConfig) -> None:
     cfg: EvalConfig = OmegaConf.to_object(dcfg)  # runs the dataclasses' own validation
-    metrics = run_evaluation(cfg)
+    result = {"dry_run": dry_run(cfg)} if cfg.dry_run else run_evaluation(cfg)
     sys.stdout.flush()
-    print(json.dumps(metrics, sort_keys=True), flush=True)  # contract: the metrics are the LAST stdout line
+    print(json.dumps(result, sort_keys=True), flush=True)  # contract: the metrics are the LAST stdout line
 
 
 if __name__ == "__main__":

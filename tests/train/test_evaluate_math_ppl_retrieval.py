@@ -85,12 +85,12 @@ def test_score_file_cli_contract(tmp_path):
 
 
 def test_score_file_bad_record_names_file(tmp_path):
-    from train.eval_math import score_file
+    from train.eval_math import load_samples
 
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"completion": "1", "answer": "1"}) + "\n" + json.dumps({"text": "x", "answer": "1"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl: record 2 .*needs 'completion'"):
-        score_file(path)
+        load_samples(path)
 
 
 def test_pass_at_1_averages_over_k_samples():
@@ -238,3 +238,69 @@ def test_tokenizer_mismatch_is_refused_before_writing(tiny, tmp_path):
     with pytest.raises(TokenizerMismatchError, match="tokenizer mismatch"):
         run_evaluation(_cfg(other, export, out))
     assert not out.exists()
+
+
+def _tree(*roots: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for r in roots for p in sorted(r.rglob("*"))}
+
+
+def test_dry_run_cli_checks_everything_and_writes_nothing(tiny, tmp_path):
+    import os
+
+    data, export = tiny
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = _tree(data, export)
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", "--config-name=demo", "dry_run=true",
+                           f"model_path={export}", f"data_dir={data}", f"output_dir={out}"],
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])["dry_run"]
+    assert report["model_type"] == "phi4flash" and report["num_parameters"] > 0
+    assert report["output"] == str(out / "eval.json")
+    assert report["evaluations"]["math"]["problems"] == str(data / "reasoning" / "heldout.jsonl")
+    assert report["evaluations"]["perplexity"]["shard_dir"] == str(data / "pretrain")
+    assert not out.exists() and not any(cwd.iterdir()) and _tree(data, export) == before
+
+
+def test_dry_run_missing_heldout_fails_naming_it(tiny, tmp_path):
+    import shutil
+
+    from train.evaluate import dry_run, run_evaluation
+
+    data, export = tiny
+    partial = tmp_path / "data"
+    shutil.copytree(data, partial)
+    (partial / "reasoning" / "heldout.jsonl").unlink()
+    out = tmp_path / "eval"
+    for fn in (dry_run, run_evaluation):  # the real run fails the same way, before loading the model
+        with pytest.raises(FileNotFoundError, match=r"math\.problems: .*reasoning/heldout\.jsonl does not exist"):
+            fn(_cfg(partial, export, out))
+    shutil.rmtree(partial / "pretrain")
+    cfg = _cfg(partial, export, out)
+    cfg.math.enabled = False
+    with pytest.raises(FileNotFoundError, match=r"perplexity\.shard_dir: .*pretrain does not exist"):
+        dry_run(cfg)
+    cfg.perplexity.enabled = False
+    assert set(dry_run(cfg)["evaluations"]) == {"retrieval"}
+    assert not out.exists()
+
+
+def test_dry_run_refuses_an_existing_output_like_a_run(tiny, tmp_path):
+    from data.atomic import OutputExistsError
+    from train.evaluate import dry_run
+
+    data, export = tiny
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "eval.json").write_text("{}")
+    with pytest.raises(OutputExistsError, match="eval.json already exists"):
+        dry_run(_cfg(data, export, out))
+    assert dry_run(_cfg(data, export, out, overwrite=True))["output"] == str(out / "eval.json")
+    assert (out / "eval.json").read_text() == "{}"
+    cfg = _cfg(data, export, out, overwrite=True)
+    cfg.perplexity.split = "test"
+    with pytest.raises(ValueError, match=r"perplexity\.split: .* no split 'test'"):
+        dry_run(cfg)
