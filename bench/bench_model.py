@@ -8,7 +8,7 @@ that read the shared K,V from the baseline's L), heads and MLP width; they diffe
 - Decode: for each context, every model's cache holds ``context`` tokens, then single-token steps of the three models
   are interleaved (so load on a shared machine hits all of them alike) and each model's median step time is taken.
   The cache is filled by a real 64-token prefill (Mamba states, K,V) and then random K,V appended through
-  ``SambaYCache.update_kv`` up to the context: a decode step's cost does not depend on the cached values, and this
+  ``Phi4FlashCache.update_kv`` up to the context: a decode step's cost does not depend on the cached values, and this
   keeps the baseline's O(T^2) prefill at 32K out of the run time.
   The SambaY variants also step a cache of the smallest context in the same rounds (the 16K / 1K flatness ratio).
 - Prefill: real ``generate``-style prefills (cache on, logits of the last position only, so SambaY's cross-decoder
@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache  # noqa: E402
+from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM  # noqa: E402
 
 MODELS = {  # name -> config overrides
     "sambay_da": dict(backbone="sambay", use_diff_attn=True),
@@ -77,11 +77,11 @@ def bytes_read_per_step(cfg: Phi4FlashConfig, params: int, tokens: int, elem: in
 
 
 @torch.no_grad()
-def filled_cache(model: Phi4FlashForCausalLM, context: int, prompt: int = 64) -> tuple[SambaYCache, torch.Tensor]:
+def filled_cache(model: Phi4FlashForCausalLM, context: int, prompt: int = 64) -> tuple[Phi4FlashCache, torch.Tensor]:
     """A cache holding ``context`` tokens: a real prefill of ``prompt`` tokens, then random K,V appended in chunks."""
     cfg = model.config
     weight = model.lm_head.weight
-    cache = SambaYCache(cfg)
+    cache = Phi4FlashCache(cfg)
     logits = model(torch.randint(0, cfg.vocab_size, (1, prompt), device=weight.device), past_key_values=cache,
                    use_cache=True, logits_to_keep=1).logits
     layers = [layer.attn for layer in model.model.layers if layer.role in ("swa", "full_attn")]
@@ -127,7 +127,7 @@ def decode_side_by_side(models: dict, context: int, steps: int, reference: int) 
 def prefill_seconds(model: Phi4FlashForCausalLM, context: int) -> float:
     ids = torch.randint(0, model.config.vocab_size, (1, context))
     start = time.perf_counter()
-    model(ids, past_key_values=SambaYCache(model.config), use_cache=True, logits_to_keep=1)
+    model(ids, past_key_values=Phi4FlashCache(model.config), use_cache=True, logits_to_keep=1)
     return time.perf_counter() - start
 
 

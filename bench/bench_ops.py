@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sambay_model.ops import attention  # noqa: E402
 from sambay_model.ops.attention import build_mask  # noqa: E402
-from sambay_model.ops.reference import selective_scan_ref  # noqa: E402
 from sambay_model.ops.selective_scan import selective_scan_torch  # noqa: E402
+from tests.sambay_model.reference_ops import selective_scan_ref  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

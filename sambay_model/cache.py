@@ -1,4 +1,4 @@
-"""SambaYCache: the decode state SambaY needs, and nothing more (docs/architecture.md §9.1).
+"""Phi4FlashCache: the decode state SambaY needs, and nothing more (docs/architecture.md §9.1).
 
 - Mamba layers: conv state (the last ``d_conv - 1`` raw pre-conv inputs: all a width-``d_conv`` causal conv needs
   for the next token) and SSM state ``[B, d_inner, d_state]``.
@@ -76,7 +76,7 @@ def _full_capacity(tokens: int) -> int:
     return KV_ALIGN * math.ceil(KV_GROWTH * tokens / KV_ALIGN)
 
 
-class SambaYCache(Cache):
+class Phi4FlashCache(Cache):
     """Per-layer decode state keyed by layer index; tensors are allocated by the first forward that uses them."""
 
     def __init__(self, config: Phi4FlashConfig):
@@ -210,7 +210,7 @@ class SambaYCache(Cache):
 
     def crop(self, max_length: int) -> None:
         raise NotImplementedError(
-            "SambaYCache cannot be cropped: Mamba states cannot be rewound (assisted decoding is unsupported)"
+            "Phi4FlashCache cannot be cropped: Mamba states cannot be rewound (assisted decoding is unsupported)"
         )
 
     def reset(self) -> None:
@@ -220,4 +220,4 @@ class SambaYCache(Cache):
         self._seen_tokens = 0
 
     def __repr__(self) -> str:
-        return f"SambaYCache(seen_tokens={self._seen_tokens}, nbytes={self.nbytes()})"
+        return f"Phi4FlashCache(seen_tokens={self._seen_tokens}, nbytes={self.nbytes()})"

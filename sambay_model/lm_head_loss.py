@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the Hugging Face label of a position without a target
 # Vocabulary columns per tile: a [4096, 8192] fp32 tile is 128 MB, a few of which live at once; large enough that
 # the tile GEMMs run at full speed on a GPU.
 VOCAB_TILE = 8192
@@ -47,7 +47,7 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 def shifted_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                            logits_multiplier: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs [B, T-1] with 0 where ignored, mask [B, T-1]) of each next-token label ``labels[:, 1:]`` given
-    ``hidden`` [B, T, H]; only positions with a label other than -100 are projected through the head."""
+    ``hidden`` [B, T, H]; only positions with a label other than ``IGNORE_INDEX`` are projected through the head."""
     targets = labels[:, 1:].to(hidden.device)
     mask = targets != IGNORE_INDEX
     logps = token_logprobs(hidden[:, :-1][mask], weight, targets[mask], logits_multiplier)

@@ -20,18 +20,16 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from . import ops
-from .cache import SambaYCache
+from .cache import Phi4FlashCache
 from .cache_names import CACHE_FIELD, cache_in, check_left_padded, pick_cache
 from .configuration_phi4flash import Phi4FlashConfig
 from .decode_attention import last_query_attention, last_query_probs
-from .lm_head_loss import chunked_causal_lm_loss
-
-# Parameters that stay fp32 whatever the model dtype (docs/architecture.md §12): the SSM decay/skip and the DA lambdas.
-FP32_PARAM_NAMES = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+from .lm_head_loss import IGNORE_INDEX, chunked_causal_lm_loss
 
 
 def _keep_fp32_params(module: nn.Module, names: tuple[str, ...]) -> None:
-    """Undo a cast to half precision for ``names`` (a cast to float64 is kept: tests run the model in float64)."""
+    """Undo a cast to half precision for ``names`` (a cast to float64 is kept: tests run the model in float64): the SSM
+    decay/skip and the DA lambdas stay fp32 whatever the model dtype (docs/architecture.md §12)."""
     for name in names:
         p = getattr(module, name, None)
         if p is not None and p.dtype in (torch.float16, torch.bfloat16):
@@ -114,7 +112,7 @@ class Phi4FlashMamba(nn.Module):
         return self
 
     def forward(
-        self, x: torch.Tensor, ctx: ForwardContext, cache: SambaYCache | None
+        self, x: torch.Tensor, ctx: ForwardContext, cache: Phi4FlashCache | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # [B, d_inner, T] each
         if ctx.real is not None:
@@ -149,10 +147,10 @@ class Phi4FlashMamba(nn.Module):
                 delta_softplus=True, resets=ctx.resets, initial_state=ssm_state, return_last_state=True,
                 backend=ctx.backend)
         if cache is not None:
-            history = xs if conv_state is None else torch.cat([conv_state.to(xs.dtype), xs], dim=2)
-            history = F.pad(history, (max(0, self.d_conv - 1 - history.shape[2]), 0))
-            cache.set_mamba_state(self.layer_idx, history[:, :, history.shape[2] - (self.d_conv - 1):].contiguous(),
-                                  last_state.to(x.dtype))
+            # The decode kernels' state is the last d_conv inputs of the last document; the next token needs the
+            # d_conv - 1 newest of them.
+            history = ops.conv_state_after(xs, self.d_conv, ctx.resets, conv_state)
+            cache.set_mamba_state(self.layer_idx, history[:, :, 1:].contiguous(), last_state.to(x.dtype))
         y = y.to(x.dtype)
         out = self.out_proj((y * F.silu(z)).transpose(1, 2))
         return out, (y.transpose(1, 2) if self.exports_memory else None)
@@ -274,7 +272,7 @@ class Phi4FlashAttention(nn.Module):
         self,
         x: torch.Tensor,
         ctx: ForwardContext,
-        cache: SambaYCache | None,
+        cache: Phi4FlashCache | None,
         shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         keep_last: int = 0,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
@@ -365,7 +363,7 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
         shared_v: torch.Tensor | None,
         *,
         ctx: ForwardContext,
-        past_key_values: SambaYCache | None = None,
+        past_key_values: Phi4FlashCache | None = None,
     ):
         """hidden: residual stream (fp32 or wider). Returns (hidden, memory, shared_k, shared_v)."""
         dtype = self.input_layernorm.weight.dtype
@@ -455,7 +453,7 @@ def _boundaries(seg: torch.Tensor) -> torch.Tensor:
     return resets
 
 
-def _chunk_segments(doc, real, batch: int, length: int, device, past: int, cache: SambaYCache | None):
+def _chunk_segments(doc, real, batch: int, length: int, device, past: int, cache: Phi4FlashCache | None):
     """(resets ``[B, T]``, segment ids ``[B, T]``) of a chunk: a segment starts wherever the document or the
     real/padding state changes, also against the last cached token (whose segment and state the cache keeps)."""
     doc = torch.zeros(batch, length, dtype=torch.long, device=device) if doc is None else doc.long()
@@ -493,7 +491,7 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
 
     def _context(
         self, batch: int, length: int, past: int, device: torch.device, attention_mask, position_ids, doc_ids,
-        keep_last: int, cache: SambaYCache | None,
+        keep_last: int, cache: Phi4FlashCache | None,
     ) -> ForwardContext:
         """The chunk's segment plan: documents (``doc_ids`` / restarting ``position_ids``) and padding
         (``attention_mask``) become segment ids. With a cache the plan of the cached tokens is the cache's (built
@@ -537,12 +535,12 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: SambaYCache | None = None,
+        past_key_values: Phi4FlashCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         doc_ids: torch.LongTensor | None = None,
         keep_last_positions: int = 0,
-        cache: SambaYCache | None = None,
+        cache: Phi4FlashCache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``keep_last_positions`` > 0: return hidden states for the last that many positions only; SambaY then runs
@@ -561,11 +559,11 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if use_cache and past_key_values is None:
-            past_key_values = SambaYCache(self.config)
+            past_key_values = Phi4FlashCache(self.config)
         if not use_cache:
             past_key_values = None
-        if past_key_values is not None and not isinstance(past_key_values, SambaYCache):
-            raise TypeError(f"past_key_values must be a SambaYCache, got {type(past_key_values).__name__}")
+        if past_key_values is not None and not isinstance(past_key_values, Phi4FlashCache):
+            raise TypeError(f"past_key_values must be a Phi4FlashCache, got {type(past_key_values).__name__}")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         keep_last = keep_last_positions if 0 < keep_last_positions < length else 0
         # The Transformer++ baseline needs every position in every layer (each layer's K,V depend on them).
@@ -616,15 +614,15 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
-        """generate() builds a SambaYCache (a DynamicCache cannot hold Mamba states), under the installed
+        """generate() builds a Phi4FlashCache (a DynamicCache cannot hold Mamba states), under the installed
         transformers' cache name."""
         if cache_in(model_kwargs) is not None or generation_config.use_cache is False:
             return
         if generation_config.cache_implementation is not None:
             raise ValueError(
                 f"cache_implementation={generation_config.cache_implementation!r} is unsupported: "
-                "Phi4Flash always uses SambaYCache")
-        model_kwargs[CACHE_FIELD] = SambaYCache(self.config)
+                "Phi4Flash always uses Phi4FlashCache")
+        model_kwargs[CACHE_FIELD] = Phi4FlashCache(self.config)
 
     def prepare_inputs_for_generation(self, *args, **kwargs) -> dict:
         """The stock preparation, plus a check on the prompt's padding before the first forward of a generation
@@ -640,25 +638,25 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: SambaYCache | None = None,
+        past_key_values: Phi4FlashCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         doc_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         num_items_in_batch: int | torch.Tensor | None = None,
-        cache: SambaYCache | None = None,
+        cache: Phi4FlashCache | None = None,
         return_logits: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Hugging Face causal-LM forward. ``labels`` are shifted inside (-100 ignored); the loss is the fp32 token
-        cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets, computed
-        in fp32 vocabulary tiles from the hidden states (``lm_head_loss``) so no ``[B, T, vocab]`` tensor exists.
-        With ``labels`` the output has logits only where asked: ``logits_to_keep`` positions (int > 0: the last that
-        many; a tensor: those indices) or all of them with ``return_logits=True``; otherwise ``logits`` is None.
-        Without ``labels`` logits come as usual (all positions, or ``logits_to_keep``). The cache
-        may come as ``cache`` (what generate() passes from transformers 5.24 on), ``past_key_values`` or
-        ``cache_params``; the output carries it under the installed transformers' field name."""
+        """Hugging Face causal-LM forward. ``labels`` are shifted inside (``IGNORE_INDEX`` ignored); the loss is the
+        fp32 token cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets,
+        computed in fp32 vocabulary tiles from the hidden states (``lm_head_loss``) so no ``[B, T, vocab]`` tensor
+        exists. With ``labels`` the output has logits only where asked: ``logits_to_keep`` positions (int > 0: the
+        last that many; a tensor: those indices) or all of them with ``return_logits=True``; otherwise ``logits`` is
+        None. Without ``labels`` logits come as usual (all positions, or ``logits_to_keep``). The cache may come as
+        ``cache`` (what generate() passes from transformers 5.24 on), ``past_key_values`` or ``cache_params``; the
+        output carries it under the installed transformers' field name."""
         past_key_values = pick_cache(cache=cache, past_key_values=past_key_values,
                                      cache_params=kwargs.pop("cache_params", None))
         # The backbone may drop positions (linear prefill) only when no loss needs them.
@@ -692,9 +690,9 @@ def causal_lm_loss(
     targets = labels[:, 1:].to(logits.device)
     flat = logits[:, :-1].reshape(-1, logits.shape[-1])
     flat = flat.to(residual_dtype(flat.dtype))
-    total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=-100, reduction="sum")
+    total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
     if num_items_in_batch is None:
-        denom = (targets != -100).sum().clamp(min=1)
+        denom = (targets != IGNORE_INDEX).sum().clamp(min=1)
     else:
         denom = torch.as_tensor(num_items_in_batch, device=total.device)
     return total / denom.to(total.dtype)

@@ -8,7 +8,7 @@ Triton ships with every CUDA build of PyTorch; on CPU its kernels run only under
 (``TRITON_INTERPRET=1`` set before Python imports triton), which is how the tests run them.
 
 Layering of ``sambay_model.ops`` (imports go one way, top to bottom):
-``reference`` (naive ground truth, tests only) | ``linear_scan`` <- ``selective_scan`` / ``conv`` / ``attention``
+``linear_scan`` <- ``selective_scan`` / ``conv`` / ``attention``
 (pure PyTorch) <- kernel adapters ``cuda_kernels`` / ``triton_scan`` / ``triton_conv`` / ``triton_attention``
 <- ``dispatch`` (the public ops; picks an adapter through this module). No module imports ``dispatch``
 except the package ``__init__``.

@@ -1,5 +1,6 @@
-"""Naive, obviously-correct implementations (per-token loops, explicit softmax) used as the ground truth by
-tests and as the baseline by bench/bench_ops.py. Slow on purpose; never used by the model."""
+"""Naive, obviously-correct implementations of the ``sambay_model.ops`` contracts (per-token loops, explicit
+softmax): the ground truth of the op tests and the baseline of bench/bench_ops.py. Slow on purpose; test code,
+not shipped in the package."""
 from __future__ import annotations
 
 import math

@@ -5,7 +5,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sambay_model  # noqa: F401  (registers the Auto classes)
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
+from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM
 
 VOCAB = 128
 
@@ -37,7 +37,7 @@ def test_stepwise_decode_matches_full_forward_past_the_window(overrides):
     ids = torch.randint(3, VOCAB, (2, 40))
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
-        cache = SambaYCache(model.config)
+        cache = Phi4FlashCache(model.config)
         prompt = 5
         steps = [model(ids[:, :prompt], past_key_values=cache, use_cache=True).logits]
         for t in range(prompt, ids.shape[1]):
@@ -48,12 +48,30 @@ def test_stepwise_decode_matches_full_forward_past_the_window(overrides):
     torch.testing.assert_close(stepped, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("last_doc", [1, 2, 5])
+def test_decode_after_a_packed_prefill_stays_in_the_last_document(last_doc):
+    """The conv state a packed prefill leaves holds nothing of earlier documents, even when the last document is
+    shorter than the conv (d_conv - 1 = 3 cached inputs): decoding continues the last document alone."""
+    model = build()
+    ids = torch.randint(3, VOCAB, (2, 20))
+    docs = torch.zeros(2, 20, dtype=torch.long)
+    docs[:, 6:] = 1
+    docs[:, 20 - last_doc:] = 2
+    nxt = torch.randint(3, VOCAB, (2, 1))
+    with torch.no_grad():
+        full = model(torch.cat([ids, nxt], 1), doc_ids=torch.cat([docs, docs[:, -1:]], 1), use_cache=False).logits
+        cache = Phi4FlashCache(model.config)
+        model(ids, doc_ids=docs, past_key_values=cache, use_cache=True)
+        step = model(nxt, past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_chunked_prefill_matches_full_forward():
     model = build()
     ids = torch.randint(3, VOCAB, (2, 30))
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
-        cache = SambaYCache(model.config)
+        cache = Phi4FlashCache(model.config)
         a = model(ids[:, :11], past_key_values=cache, use_cache=True).logits
         b = model(ids[:, 11:], past_key_values=cache, use_cache=True).logits
     torch.testing.assert_close(torch.cat([a, b], dim=1), full, rtol=1e-5, atol=1e-5)
@@ -70,7 +88,7 @@ def test_linear_prefill_runs_cross_decoder_on_last_position_only():
     hooks = [layer.register_forward_hook(record, with_kwargs=True) for layer in model.model.layers]
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
-        cache = SambaYCache(model.config)
+        cache = Phi4FlashCache(model.config)
         last = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         for h in hooks:
             h.remove()
@@ -119,7 +137,7 @@ def test_left_padded_logits_equal_unpadded_and_pads_do_not_leak():
         for pad_token in (2, 77):  # the pad content must not matter
             ids = torch.cat([torch.full((1, 5), pad_token), seq], 1)
             mask = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], 1)
-            cache = SambaYCache(model.config)
+            cache = Phi4FlashCache(model.config)
             out = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True).logits[:, 5:]
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
             nxt = torch.tensor([[9]])
@@ -158,7 +176,7 @@ def theoretical_cache_bytes(cfg: Phi4FlashConfig, batch: int, tokens: int, elem:
 @pytest.mark.parametrize("tokens", [3, 8, 29])
 def test_cache_bytes_match_theory(tokens):
     model = build()
-    cache = SambaYCache(model.config)
+    cache = Phi4FlashCache(model.config)
     with torch.no_grad():
         model(torch.randint(3, VOCAB, (2, tokens - 1)), past_key_values=cache, use_cache=True)
         model(torch.randint(3, VOCAB, (2, 1)), past_key_values=cache, use_cache=True)
@@ -170,7 +188,7 @@ def test_cache_bytes_match_theory(tokens):
 
 def test_transformer_baseline_cache_grows_in_every_layer():
     model = build(backbone="transformer")
-    cache = SambaYCache(model.config)
+    cache = Phi4FlashCache(model.config)
     with torch.no_grad():
         model(torch.randint(3, VOCAB, (1, 10)), past_key_values=cache, use_cache=True)
     cfg = model.config
@@ -198,7 +216,7 @@ def test_cuda_backend_without_kernels_is_a_clear_error():
 
 def test_cache_allocation_covers_used_state_and_decode_writes_in_place():
     model = build()
-    cache = SambaYCache(model.config)
+    cache = Phi4FlashCache(model.config)
     with torch.no_grad():
         model(torch.randint(3, VOCAB, (2, 29)), past_key_values=cache, use_cache=True)
         full_buffer = cache._keys[5].data
@@ -238,7 +256,7 @@ def test_decode_step_copies_no_kv_sized_tensor(overrides):
     model = build(**overrides)
     cfg = model.config
     past = 300
-    cache = SambaYCache(cfg)
+    cache = Phi4FlashCache(cfg)
     with torch.no_grad():
         model(torch.randint(3, VOCAB, (1, past)), past_key_values=cache, use_cache=True, logits_to_keep=1)
         model(torch.randint(3, VOCAB, (1, 1)), past_key_values=cache, use_cache=True)  # capacity already there
@@ -257,7 +275,7 @@ def test_decode_reads_the_padding_plan_of_cached_tokens_from_the_cache():
     outs = []
     with torch.no_grad():
         for step_mask_past in (mask, torch.ones_like(mask)):
-            cache = SambaYCache(model.config)
+            cache = Phi4FlashCache(model.config)
             model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
             assert cache.segments().shape == (2, 6)
             step_mask = torch.cat([step_mask_past, torch.ones(2, 1, dtype=torch.long)], 1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, SambaYCache
+from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM
 from tests.sambay_model.test_model_decode import _left_pad
 
 VOCAB = 128
@@ -139,13 +139,13 @@ def test_forward_takes_the_cache_under_every_name_and_refuses_two():
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         for name in ("cache", "past_key_values", "cache_params"):
-            cache = SambaYCache(model.config)
+            cache = Phi4FlashCache(model.config)
             model(ids[:, :5], use_cache=True, **{name: cache})
             assert cache.get_seq_length() == 5, name
             step = model(ids[:, 5:], use_cache=True, **{name: cache}).logits
             torch.testing.assert_close(step, full[:, 5:], **TOL)
         with pytest.raises(ValueError, match="different caches"):
-            model(ids, cache=SambaYCache(model.config), past_key_values=SambaYCache(model.config))
+            model(ids, cache=Phi4FlashCache(model.config), past_key_values=Phi4FlashCache(model.config))
 
 
 class _Collect(logging.Handler):

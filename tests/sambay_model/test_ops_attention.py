@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sambay_model.ops import attention
-from sambay_model.ops.reference import attention_ref
+from tests.sambay_model.reference_ops import attention_ref
 
 attn_impl = importlib.import_module("sambay_model.ops.attention")
 

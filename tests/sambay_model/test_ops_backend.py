@@ -14,7 +14,7 @@ import torch
 from sambay_model.ops import attention, resolve_backend
 from sambay_model.ops.backend import KernelProbe
 from sambay_model.ops.conv import causal_conv1d_torch
-from sambay_model.ops.reference import attention_ref, causal_conv1d_ref, selective_scan_ref
+from tests.sambay_model.reference_ops import attention_ref, causal_conv1d_ref, selective_scan_ref
 
 selective_state_update_torch = importlib.import_module("sambay_model.ops.selective_scan").selective_state_update_torch
 

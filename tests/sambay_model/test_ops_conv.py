@@ -4,7 +4,7 @@ import torch
 
 from sambay_model.ops import causal_conv1d, causal_conv1d_update, conv_state_after
 from sambay_model.ops.conv import positions_in_document
-from sambay_model.ops.reference import causal_conv1d_ref
+from tests.sambay_model.reference_ops import causal_conv1d_ref
 
 
 def make(Bsz=3, Dch=5, T=23, K=4, seed=0, resets_p=0.2):

@@ -6,7 +6,7 @@ import torch
 
 from sambay_model.ops import selective_scan, selective_state_update
 from sambay_model.ops.linear_scan import _recurrence, linear_scan, num_chunks
-from sambay_model.ops.reference import selective_scan_ref
+from tests.sambay_model.reference_ops import selective_scan_ref
 
 scan_impl = importlib.import_module("sambay_model.ops.selective_scan")
 
