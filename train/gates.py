@@ -9,12 +9,13 @@ names the stage, the metric, its value and the bound; the CLI turns that into ex
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from train.eval_io import read_metrics
 
 
 class GateFailed(RuntimeError):
@@ -58,18 +59,23 @@ def check_gate(stage_name: str, metrics: Mapping, gate: Gate | Mapping | None) -
         return
     if not isinstance(gate, Gate):
         gate = Gate.from_mapping(gate, where=f"stage {stage_name!r} gate")
+    problem = _gate_problem(gate, metrics)
+    if problem is not None:
+        raise GateFailed(f"gate failed for stage {stage_name!r}: {problem}")
+
+
+def _gate_problem(gate: Gate, metrics: Mapping) -> str | None:
+    """Why ``metrics`` miss ``gate``, or None when they satisfy it."""
     if gate.metric not in metrics:
-        raise GateFailed(
-            f"gate failed for stage {stage_name!r}: metric {gate.metric!r} was not reported "
-            f"(available: {sorted(metrics)})"
-        )
+        return f"metric {gate.metric!r} was not reported (available: {sorted(metrics)})"
     value = metrics[gate.metric]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise GateFailed(f"gate failed for stage {stage_name!r}: metric {gate.metric!r} is {value!r}, not a number")
+        return f"metric {gate.metric!r} is {value!r}, not a number"
     if gate.min is not None and value < gate.min:
-        raise GateFailed(f"gate failed for stage {stage_name!r}: {gate.metric} = {value:.4g} < min {gate.min:.4g}")
+        return f"{gate.metric} = {value:.4g} < min {gate.min:.4g}"
     if gate.max is not None and value > gate.max:
-        raise GateFailed(f"gate failed for stage {stage_name!r}: {gate.metric} = {value:.4g} > max {gate.max:.4g}")
+        return f"{gate.metric} = {value:.4g} > max {gate.max:.4g}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stage = args.stage or args.metrics.parent.name
     try:
-        metrics = json.loads(args.metrics.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        print(f"gate check for stage {stage!r}: cannot read metrics file {args.metrics}: {err}", file=sys.stderr)
+        metrics = read_metrics(args.metrics)
+    except ValueError as err:
+        print(f"gate check for stage {stage!r}: {err}", file=sys.stderr)
         return 2
     try:
         check_gate(stage, metrics, {"metric": args.metric, "min": args.min, "max": args.max})

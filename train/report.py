@@ -26,12 +26,12 @@ import io
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data.atomic import atomic_write_bytes, atomic_write_text
 from data.jsonl import read_jsonl
-from train.eval_io import write_json
+from train.eval_io import read_json, read_metrics, write_json
 from train.gates import Gate, GateFailed, check_gate
 
 EVAL_FILES = ("eval.json", "eval/eval.json", "dpo_heldout.json")
@@ -70,15 +70,8 @@ def load_stage(run_dir: str | Path, name: str | None = None, gate=None) -> Stage
     run_dir = Path(run_dir)
     metrics: dict = {}
     for rel in reversed(EVAL_FILES):  # later (eval.json) entries override earlier ones
-        path = run_dir / rel
-        if path.is_file():
-            try:
-                loaded = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: invalid JSON ({err.msg})") from None
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{path}: expected a JSON object of metrics")
-            metrics.update(loaded)
+        if (run_dir / rel).is_file():
+            metrics.update(read_metrics(run_dir / rel))
     return StageResult(name=name or run_dir.name, run_dir=run_dir, metrics=metrics, gate=gate)
 
 
@@ -156,10 +149,11 @@ def _metric_series(stages: list[StageResult], key: str) -> tuple[list[str], list
 
 
 def render_plot(stages: list[StageResult]) -> bytes:
-    import matplotlib
+    import matplotlib  # local: a ~0.5 s import that only the report figure needs
+
 
     matplotlib.use("Agg")  # headless: clusters and CI have no display
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend on import
 
     fig, (ax_loss, ax_acc, ax_pref) = plt.subplots(1, 3, figsize=(16, 4.5))
     # Stages run one after another: draw each curve after the previous one so the x axis reads as pipeline time.
@@ -203,7 +197,7 @@ def write_report(pipeline_dir: str | Path, stages: list[StageResult]) -> Path:
 
 def _gate_dict(gate: Gate | dict | None) -> dict | None:
     if isinstance(gate, Gate):
-        return {"metric": gate.metric, "min": gate.min, "max": gate.max}
+        return asdict(gate)
     return None if gate is None else dict(gate)
 
 
@@ -212,28 +206,32 @@ def discover_stages(pipeline_dir: str | Path) -> list[StageResult]:
     pipeline_dir = Path(pipeline_dir)
     if not pipeline_dir.is_dir():
         raise FileNotFoundError(f"pipeline dir {pipeline_dir} does not exist")
-    order_file = pipeline_dir / "stages.json"
-    if order_file.is_file():
-        entries = json.loads(order_file.read_text())
-        if not isinstance(entries, list):
-            raise ValueError(f"{order_file}: expected a JSON list of stages")
-        specs = []
-        for i, entry in enumerate(entries):
-            entry = {"name": entry} if isinstance(entry, str) else entry
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                raise ValueError(f"{order_file}: entry {i} must be a stage name or {{name, gate}}, got {entry!r}")
-            specs.append((entry["name"], entry.get("gate")))
+    if (pipeline_dir / "stages.json").is_file():
+        specs = _stage_specs(pipeline_dir / "stages.json")
         missing = [n for n, _ in specs if not (pipeline_dir / n).is_dir()]
         if missing:
-            raise FileNotFoundError(f"{order_file} lists stages with no directory: {missing}")
+            raise FileNotFoundError(f"{pipeline_dir / 'stages.json'} lists stages with no directory: {missing}")
         return [load_stage(pipeline_dir / n, name=n, gate=g) for n, g in specs]
-    else:
-        dirs = sorted(
-            (d for d in pipeline_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
-             and (any(d.rglob("metrics.jsonl")) or any((d / f).is_file() for f in EVAL_FILES))),
-            key=lambda d: (d.stat().st_ctime, d.name),
-        )
+    dirs = sorted(
+        (d for d in pipeline_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+         and (any(d.rglob("metrics.jsonl")) or any((d / f).is_file() for f in EVAL_FILES))),
+        key=lambda d: (d.stat().st_ctime, d.name),
+    )
     return [load_stage(d) for d in dirs]
+
+
+def _stage_specs(order_file: Path) -> list[tuple[str, dict | None]]:
+    """(name, gate) of each entry of a stages.json (entries are names or ``{name, gate}`` objects)."""
+    entries = read_json(order_file)
+    if not isinstance(entries, list):
+        raise ValueError(f"{order_file}: expected a JSON list of stages")
+    specs = []
+    for i, entry in enumerate(entries):
+        entry = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f"{order_file}: entry {i} must be a stage name or {{name, gate}}, got {entry!r}")
+        specs.append((entry["name"], entry.get("gate")))
+    return specs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,11 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["--metrics", str(path), "--metric", "accuracy", "--min", "0.1"]) == 1
     assert "gate failed for stage 'sft'" in capsys.readouterr().err
     assert main(["--metrics", str(path), "--metric", "accuracy", "--min", "0.01"]) == 0
+    path.write_text("[0.5]")
+    assert main(["--metrics", str(path), "--metric", "accuracy", "--min", "0.01"]) == 2
+    assert f"{path}: expected a JSON object" in capsys.readouterr().err
+    assert main(["--metrics", str(tmp_path / "missing.json"), "--metric", "accuracy", "--min", "0.01"]) == 2
+    assert "missing.json: cannot read" in capsys.readouterr().err
 
 
 def test_cli_module_nonzero_exit(tmp_path):
