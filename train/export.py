@@ -8,18 +8,17 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import deepspeed
 import torch
+from transformers import GenerationConfig
 
 from data.atomic import atomic_dir
+from data.tokenizer import load_tokenizer, stop_token_ids
 from train.distributed import DistInfo, barrier
 
 
 def generation_config_for(model_config, tokenizer):
     """Stop at ``<|end|>`` or ``<|endoftext|>`` (design.md); pad with the tokenizer's pad (else EOS) id."""
-    from transformers import GenerationConfig
-
-    from data.tokenizer import stop_token_ids
-
     stops = stop_token_ids(tokenizer) or [model_config.eos_token_id]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return GenerationConfig(bos_token_id=model_config.bos_token_id, eos_token_id=stops, pad_token_id=pad)
@@ -27,8 +26,6 @@ def generation_config_for(model_config, tokenizer):
 
 def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path) -> None:
     """Write ``out_dir`` atomically from a model whose parameters are all materialised (rank 0 only)."""
-    from data.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(tokenizer_dir)
     if out_dir.exists():
         print(f"[export] replacing {out_dir} left by an interrupted run (no DONE)", flush=True)
@@ -40,8 +37,6 @@ def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path) -> N
 
 def export_model(engine, tokenizer_dir: Path, out_dir: Path, dist_info: DistInfo, zero_stage: int) -> None:
     """Collective: gather ZeRO-3 shards if needed; rank 0 writes the export."""
-    import deepspeed
-
     model = engine.module
     gather = (deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
               if zero_stage == 3 else contextlib.nullcontext())

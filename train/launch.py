@@ -1,49 +1,61 @@
-"""Run one or more TrainSpecs from an entry point: a dry run, or the process group plus the training loop.
-
-Shared by ``train.pretrain`` (one spec) and ``train.sft`` (one spec per stage, built lazily).
+"""The process around the trainer: a dry run, or the process group plus :class:`train.trainer.Trainer` for each
+spec, mapped to the entry points' exit codes. Used by ``train.pretrain`` (one spec) and ``train.sft`` (one spec
+per stage, built as the previous stage finishes).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import Callable, Iterable
+
+import torch.distributed as dist
+
+from train.config import DeepSpeedConfig, register_configs
+from train.distributed import init_distributed
+from train.run_lock import RunDirLockedError
+from train.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
+
+# Hydra creates its run directory (``hydra.run.dir``, ``${run.dir}`` in the recipes) before the task starts.
+# The trainer makes the run directory itself and a dry run must write nothing, so the entry points point
+# Hydra's directory at the working directory unless the command line sets one (Hydra writes no file there:
+# the recipes set ``output_subdir: null`` and console-only logging).
+HYDRA_RUN_DIR = "hydra.run.dir"
 
 
-def run_specs(cfg, make_specs) -> int:
-    """Shared by pretraining and SFT: dry run, or init the process group and train each spec in order.
+def hydra_argv(argv: list[str]) -> list[str]:
+    """``argv`` with ``hydra.run.dir=.`` added when it sets no ``hydra.run.dir`` of its own."""
+    if any(a.lstrip("+").startswith(f"{HYDRA_RUN_DIR}=") for a in argv):
+        return list(argv)
+    return [*argv, f"{HYDRA_RUN_DIR}=."]
 
-    ``make_specs(dry_run)`` returns a TrainSpec or a list of them (built lazily, so SFT can build stage k+1
-    after stage k exported).
+
+def hydra_entry(hydra_main: Callable[[], None]) -> None:
+    """Run a ``@hydra.main`` function as a training entry point (schemas registered, Hydra kept out of run.dir)."""
+    register_configs()
+    sys.argv = hydra_argv(sys.argv)
+    hydra_main()
+
+
+def run_specs(specs: Iterable[TrainSpec], deepspeed_cfg: DeepSpeedConfig, dry_run: bool) -> int:
+    """Dry-run every spec, or train them in order on every rank; returns the process exit code.
+
+    ``specs`` is consumed lazily, so SFT can build stage k+1 (which reads stage k's export) after stage k.
     """
-    import os
-
-    import torch.distributed as dist
-
-    from train.distributed import init_distributed
-    from train.run_lock import RunDirLockedError
-    from train.trainer import NonFiniteLossError, StopReason, dry_run_summary, train
-
-    if cfg.trainer.dry_run:
-        specs = make_specs(True)
-        specs = specs if isinstance(specs, list) else [specs]
+    if dry_run:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         for spec in specs:
-            spec = spec() if callable(spec) else spec
             print(json.dumps({"dry_run": dry_run_summary(spec, world)}), flush=True)
         return 0
-    dist_info = init_distributed(cfg.deepspeed)
+    dist_info = init_distributed(deepspeed_cfg)
     try:
-        specs = make_specs(False)
-        for spec in specs if isinstance(specs, list) else [specs]:
-            spec = spec() if callable(spec) else spec
+        for spec in specs:
             if train(spec, dist_info) is StopReason.preempted:
                 break
         return 0
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, RunDirLockedError) as e:
         print(f"[train] rank {dist_info.rank}: {e}", file=sys.stderr, flush=True)
-        return NonFiniteLossError.exit_code
-    except RunDirLockedError as e:
-        print(f"[train] rank {dist_info.rank}: {e}", file=sys.stderr, flush=True)
-        return RunDirLockedError.exit_code
+        return e.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from train.config import ModelConfig
 
 # Keys of ModelConfig that are trainer options, not Phi4FlashConfig keys.
@@ -33,11 +36,9 @@ def mup_multipliers(cfg: ModelConfig, mup) -> dict[str, float]:
             "attention_multiplier": math.sqrt(mup.base_head_dim) / head_dim}
 
 
-def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None, mup=None):
+def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None, mup=None) -> Phi4FlashConfig:
     """A ``Phi4FlashConfig`` from the recipe's model section and the tokenizer's special ids; with an enabled
     ``MupConfig`` the model also gets the muP++ multipliers."""
-    from sambay_model import Phi4FlashConfig
-
     kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _TRAINER_KEYS}
     if mup is not None and mup.enabled:
         kwargs.update(mup_multipliers(cfg, mup))
@@ -48,27 +49,56 @@ def hf_config(cfg: ModelConfig, *, vocab_size: int, eos_token_id: int | None, mu
     return Phi4FlashConfig(**kwargs)
 
 
-def build_fresh(config, device: torch.device | str, seed: int) -> torch.nn.Module:
-    """A randomly initialised ``Phi4FlashForCausalLM`` on ``device`` (``meta`` builds shapes only)."""
-    from sambay_model import Phi4FlashForCausalLM
+def meta_model(config: Phi4FlashConfig) -> torch.nn.Module:
+    """Shapes only, no memory: what a dry run needs to count parameters, groups and FLOPs of any size."""
+    with torch.device("meta"):
+        return Phi4FlashForCausalLM(config)
 
+
+def build_fresh(config: Phi4FlashConfig, device: torch.device | str, seed: int) -> torch.nn.Module:
+    """A randomly initialised ``Phi4FlashForCausalLM`` on ``device`` (``meta`` builds shapes only)."""
+    if torch.device(device).type == "meta":
+        return meta_model(config)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Phi4FlashForCausalLM(config)
-    return model.float() if torch.device(device).type != "meta" else model
+    return model.float()
+
+
+def check_export(path: str | Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a model export (no config.json); expected a `train.pretrain` export/ dir")
+    return path
 
 
 def load_export(path: str | Path, compute_backend: str | None = None) -> torch.nn.Module:
     """Load an export (``save_pretrained`` layout) in fp32 for further training."""
-    import sambay_model  # noqa: F401  (registers the auto classes)
-    from transformers import AutoModelForCausalLM
-
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model export (no config.json); expected a `train.pretrain` export/ dir")
+    path = check_export(path)
     extra = {} if compute_backend is None else {"compute_backend": compute_backend}
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True, **extra)
 
 
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+@dataclass(frozen=True)
+class ModelBuilder:
+    """How a run gets its model, for any device: ``build(device)`` / ``builder(device)``.
+
+    ``config`` is the architecture (read from the export's ``config.json`` when ``init_from`` is set); on the
+    meta device it gives the shapes without reading weights, elsewhere the model is a fresh init seeded with
+    ``seed`` or the export's weights.
+    """
+
+    config: Phi4FlashConfig
+    init_from: Path | None = None
+    compute_backend: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_export(cls, path: str | Path, compute_backend: str | None = None) -> "ModelBuilder":
+        path = check_export(path)
+        return cls(Phi4FlashConfig.from_pretrained(str(path)), init_from=path, compute_backend=compute_backend)
+
+    def __call__(self, device: torch.device | str) -> torch.nn.Module:
+        if torch.device(device).type == "meta" or self.init_from is None:
+            return build_fresh(self.config, device, self.seed)
+        return load_export(self.init_from, self.compute_backend).to(device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+from deepspeed.ops.adam import DeepSpeedCPUAdam
 from torch import nn
 
 from train.config import ModelConfig, OptimConfig
@@ -40,13 +41,18 @@ def mup_global_lr(model_cfg: ModelConfig, cfg: OptimConfig, global_batch_tokens:
     return lr
 
 
+def global_lr(model_cfg: ModelConfig, cfg: OptimConfig, global_batch_tokens: int) -> float:
+    """The peak LR before any per-group multiplier: ``optim.lr``, or its muP++ scaling when muP++ is on."""
+    return mup_global_lr(model_cfg, cfg, global_batch_tokens) if cfg.mup.enabled else cfg.lr
+
+
 def param_groups(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig,
                  global_batch_tokens: int) -> list[dict]:
     """Two AdamW groups, ``decay`` (hidden matrices) and ``no_decay`` (vector-like), each with its own ``lr``.
 
     Tied parameters appear once (``named_parameters`` de-duplicates). Frozen parameters are left out.
     """
-    lr = mup_global_lr(model_cfg, cfg, global_batch_tokens) if cfg.mup.enabled else cfg.lr
+    lr = global_lr(model_cfg, cfg, global_batch_tokens)
     hidden_mult = mup_hidden_lr_multiplier(model_cfg, cfg) if cfg.mup.enabled else 1.0
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -95,11 +101,9 @@ def _skippable_cpu_adam(groups: list[dict], betas: tuple[float, float], eps: flo
     """DeepSpeedCPUAdam (AdamW mode) with a skippable step, for ZeRO-Offload.
 
     DeepSpeed refuses any other client optimizer with offload; a DeepSpeedCPUAdam instance is accepted and
-    keeps our parameter groups, per-group LRs and scheduler. Imported here because constructing it JIT-builds
-    the cpu_adam op (cached in TORCH_EXTENSIONS_DIR), which runs without offload never need.
+    keeps our parameter groups, per-group LRs and scheduler. Constructing it JIT-builds the cpu_adam op (cached
+    in TORCH_EXTENSIONS_DIR), which is why only offload runs create one.
     """
-    from deepspeed.ops.adam import DeepSpeedCPUAdam
-
     cls = type("SkippableCPUAdam", (_SkippableStep, DeepSpeedCPUAdam), {})
     return cls(groups, betas=betas, eps=eps, adamw_mode=True)
 

@@ -18,95 +18,41 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import DataConfig, PretrainConfig, register_configs
-from train.launch import run_specs
+from train.config import PretrainConfig
+from train.data_sources import check_sources, first_manifest, resolve_tokenizer_dir
+from train.launch import hydra_entry, run_specs
+from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
+from train.trainer import TrainSpec
 
 
-def resolve_tokenizer_dir(data: DataConfig, manifest: dict | None) -> Path | None:
-    """``data.tokenizer``, else ``<first source>/../tokenizer`` (the data.prepare layout), else the manifest's path."""
-    if data.tokenizer:
-        return Path(data.tokenizer)
-    if data.sources:
-        sibling = Path(data.sources[0].path).parent / "tokenizer"
-        if (sibling / "tokenizer.json").is_file():
-            return sibling
-    if manifest is not None and manifest["tokenizer"].get("path"):
-        return Path(manifest["tokenizer"]["path"])
-    return None
-
-
-def read_sources(data: DataConfig, tokenizer_dir: Path | None, vocab_size: int | None,
-                 required: bool = True) -> list[dict]:
-    """Check every source against the tokenizer (and vocab); returns ``[{"path", "weight", "manifest"}]``.
-
-    With ``required=False`` (dry run) missing shard sets are skipped instead of failing.
-    """
-    from data.shards import check_compatible
-
-    out = []
-    for i, src in enumerate(data.sources):
-        path = Path(src.path)
-        if not (path / "manifest.json").is_file():
-            if required:
-                raise FileNotFoundError(f"data.sources[{i}].path={src.path}: no shard set there (no manifest.json); "
-                                        f"run `python -m data.prepare` first")
-            continue
-        manifest = check_compatible(path, tokenizer_dir, vocab_size)
-        out.append({"path": str(path), "weight": src.weight, "manifest": manifest})
-    return out
-
-
-def build_spec(cfg: PretrainConfig, config_yaml: str, config_dict: dict, dry_run: bool):
-    from data.shards import read_manifest
-    from train.model_build import build_fresh, hf_config, load_export, resolve_vocab_size
-    from train.trainer import TrainSpec
-
-    if not cfg.data.sources:
-        raise ValueError("data.sources is empty: the recipe must list at least one shard set")
-    first = Path(cfg.data.sources[0].path)
-    first_manifest = read_manifest(first) if (first / "manifest.json").is_file() else None
-    if first_manifest is None and not dry_run:
-        raise FileNotFoundError(f"data.sources[0].path={first}: no shard set there (no manifest.json); "
-                                f"run `python -m data.prepare` first")
-    tokenizer_dir = resolve_tokenizer_dir(cfg.data, first_manifest)
-    tok_info = first_manifest["tokenizer"] if first_manifest else None
+def model_builder(cfg: PretrainConfig, tokenizer: dict) -> ModelBuilder:
+    """``model.init_from``'s export, else a fresh model of the recipe's architecture sized to ``tokenizer``
+    (the first shard set's manifest entry)."""
     if cfg.model.init_from:
-        model_path = Path(cfg.model.init_from)
+        return ModelBuilder.from_export(cfg.model.init_from, cfg.model.compute_backend)
+    vocab = resolve_vocab_size(cfg.model, tokenizer["vocab_size"])
+    config = hf_config(cfg.model, vocab_size=vocab, eos_token_id=tokenizer["eos_token_id"], mup=cfg.optim.mup)
+    return ModelBuilder(config, seed=cfg.trainer.seed)
 
-        def build_model(device):
-            if str(device) == "meta":
-                from transformers import AutoConfig
-                from sambay_model import Phi4FlashForCausalLM
-                import torch
 
-                with torch.device("meta"):
-                    return Phi4FlashForCausalLM(AutoConfig.from_pretrained(str(model_path)))
-            return load_export(model_path, cfg.model.compute_backend).to(device)
-
-        vocab = None
-    else:
-        vocab = resolve_vocab_size(cfg.model, tok_info["vocab_size"] if tok_info else None)
-        config = hf_config(cfg.model, vocab_size=vocab, eos_token_id=tok_info["eos_token_id"] if tok_info else None,
-                           mup=cfg.optim.mup)
-
-        def build_model(device):
-            return build_fresh(config, device, cfg.trainer.seed)
-
-    manifests = read_sources(cfg.data, tokenizer_dir if tok_info else None, vocab, required=not dry_run)
+def build_spec(cfg: PretrainConfig, config_yaml: str, config_dict: dict) -> TrainSpec:
+    """The run of a pretraining recipe, its data checked (a missing shard set is an error, dry run or not)."""
+    manifest = first_manifest(cfg.data)
+    tokenizer_dir = resolve_tokenizer_dir(cfg.data, manifest)
+    builder = model_builder(cfg, manifest["tokenizer"])
+    manifests = check_sources(cfg.data.sources, "data.sources", tokenizer_dir, builder.config.vocab_size)
     return TrainSpec(
         run_name=cfg.run.name, run_dir=Path(cfg.run.dir), wandb=cfg.wandb, optim=cfg.optim, deepspeed=cfg.deepspeed,
-        trainer=cfg.trainer, data=cfg.data, model_cfg=cfg.model, build_model=build_model,
-        tokenizer_dir=tokenizer_dir, config_yaml=config_yaml, config_dict=config_dict, split_documents=True,
-        max_steps=cfg.trainer.max_steps, epochs=cfg.trainer.epochs, data_manifests=manifests,
+        trainer=cfg.trainer, data=cfg.data, model_cfg=cfg.model, build_model=builder, tokenizer_dir=tokenizer_dir,
+        config_yaml=config_yaml, config_dict=config_dict, split_documents=True, data_manifests=manifests,
     )
 
 
 def run(dcfg: DictConfig) -> int:
     """Run a pretraining recipe; returns the process exit code."""
     cfg: PretrainConfig = OmegaConf.to_object(dcfg)
-    config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
-    config_dict = OmegaConf.to_container(dcfg, resolve=True)
-    return run_specs(cfg, lambda dry: build_spec(cfg, config_yaml, config_dict, dry))
+    spec = build_spec(cfg, OmegaConf.to_yaml(dcfg, resolve=True), OmegaConf.to_container(dcfg, resolve=True))
+    return run_specs([spec], cfg.deepspeed, cfg.trainer.dry_run)
 
 
 @hydra.main(version_base=None, config_path="../recipes/pretrain", config_name="demo")
@@ -117,8 +63,7 @@ def _hydra_main(dcfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
-    _hydra_main()
+    hydra_entry(_hydra_main)
 
 
 if __name__ == "__main__":

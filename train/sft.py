@@ -13,20 +13,25 @@ Why the project's own trainer and not TRL's SFTTrainer: rows are packed with who
 isolation (Mamba/conv state resets and attention masks at every boundary). TRL's padding-free packing
 signals boundaries only through ``position_ids``. The own loop also gives exact resume (loader position and
 RNG states in the checkpoint) and the same ZeRO, metrics and export code as pretraining. Labels are
-assistant-only: the shard sets' loss masks become ``-100`` labels in the loader.
+assistant-only: the shard sets' loss masks become ``IGNORE_INDEX`` labels in the loader.
 """
 from __future__ import annotations
 
 import copy
-import json
-import math
+import dataclasses
 import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import DataConfig, SFTConfig, SFTStageConfig, register_configs
+from data.sft_shards import check_overlong
+from data.shards import IncompatibleShardsError
+from train.config import DataConfig, SFTConfig, SFTStageConfig, TrainerConfig
+from train.data_sources import check_sources
+from train.launch import hydra_entry, run_specs
+from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
+from train.trainer import TrainSpec
 
 
 class SFTDataError(ValueError):
@@ -68,122 +73,76 @@ def stage_data(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path) -> DataCon
     return data
 
 
-def check_stage_data(stage: SFTStageConfig, data: DataConfig, init_dir: Path, vocab_size: int | None,
-                     required: bool) -> list[dict]:
-    """Every source is an SFT shard set made with the init export's tokenizer (fingerprint) and vocabulary."""
-    from data.sft_shards import check_overlong
-    from data.shards import IncompatibleShardsError, check_compatible
-
-    out = []
-    for i, src in enumerate(data.sources):
-        path = Path(src.path)
-        where = f"sft.stages[{stage.name}].sources[{i}].path={src.path}"
-        if not (path / "manifest.json").is_file():
-            if required:
-                raise FileNotFoundError(f"{where}: no shard set there (no manifest.json); run `python -m data.prepare`")
-            continue
-        tokenizer = init_dir if (init_dir / "tokenizer.json").is_file() else None
-        try:
-            manifest = check_compatible(path, tokenizer, vocab_size)
-        except IncompatibleShardsError as e:
-            raise SFTDataError(f"{where} does not match the init checkpoint {init_dir}: {e}") from None
-        if manifest["kind"] != "sft":
-            raise SFTDataError(f"{where}: shard set kind is {manifest['kind']!r}; SFT needs kind 'sft' (loss masks)")
-        check_overlong(path, "train", stage.seq_len, stage.overlong, where)
-        out.append({"path": str(path), "weight": src.weight, "manifest": manifest})
-    return out
+def check_stage_data(stage: SFTStageConfig, data: DataConfig, tokenizer_dir: Path | None,
+                     vocab_size: int | None) -> list[dict]:
+    """Every source is an SFT shard set made with the init export's tokenizer (fingerprint) and vocabulary,
+    and its conversations fit ``stage.overlong``."""
+    where = f"sft.stages[{stage.name}].sources"
+    try:
+        manifests = check_sources(data.sources, where, tokenizer_dir, vocab_size, kind="sft")
+    except IncompatibleShardsError as e:
+        raise SFTDataError(f"{e}; an SFT stage trains on data tokenized with its init export's tokenizer") from None
+    for i, m in enumerate(manifests):
+        check_overlong(m["path"], "train", stage.seq_len, stage.overlong, f"{where}[{i}].path={m['path']}")
+    return manifests
 
 
-def stage_steps(cfg: SFTConfig, stage: SFTStageConfig) -> tuple[int, float]:
-    """(max_steps, epochs) for the trainer; ``trainer.max_steps > 0`` caps every stage (quick runs, tests)."""
+def stage_trainer(cfg: SFTConfig, stage: SFTStageConfig) -> TrainerConfig:
+    """The trainer section of ``stage``: its own length, ``max_steps`` or else ``epochs``, capped by
+    ``trainer.max_steps > 0`` (quick runs, tests); the trainer ends at whichever bound comes first."""
     if stage.max_steps <= 0 and stage.epochs <= 0:
         raise ValueError(f"sft stage {stage.name!r}: set max_steps > 0 or epochs > 0")
-    return stage.max_steps, stage.epochs
+    cap = max(0, cfg.trainer.max_steps)
+    if stage.max_steps > 0:
+        return dataclasses.replace(cfg.trainer, max_steps=min(stage.max_steps, cap or stage.max_steps), epochs=0.0)
+    return dataclasses.replace(cfg.trainer, max_steps=cap, epochs=stage.epochs)
 
 
-def build_stage_spec(cfg: SFTConfig, stage: SFTStageConfig, config_yaml: str, config_dict: dict, dry_run: bool):
-    from train.model_build import build_fresh, hf_config, load_export, resolve_vocab_size
-    from train.trainer import TrainSpec
+def stand_in_model(cfg: SFTConfig, manifests: list[dict]) -> ModelBuilder:
+    """A dry run before the init export exists: the recipe's model section stands in for its architecture."""
+    vocab = resolve_vocab_size(cfg.model, manifests[0]["manifest"]["tokenizer"]["vocab_size"])
+    return ModelBuilder(hf_config(cfg.model, vocab_size=vocab, eos_token_id=None), seed=cfg.trainer.seed)
 
+
+def build_stage_spec(cfg: SFTConfig, stage: SFTStageConfig, config_yaml: str, config_dict: dict,
+                     dry_run: bool) -> TrainSpec:
+    """One stage's run. Its data must exist; its init export may be missing only in a dry run (an earlier stage
+    or pretraining makes it)."""
     init_dir = init_dir_for(cfg, stage)
     has_init = (init_dir / "config.json").is_file()
     if not has_init and not dry_run:
         raise FileNotFoundError(
             f"sft stage {stage.name!r} starts from {init_dir}, which is not a model export (no config.json); "
             f"run the earlier stage or train.pretrain first, or set sft.init_from")
-    vocab = None
-    if has_init:
-        vocab = int(json.loads((init_dir / "config.json").read_text())["vocab_size"])
     data = stage_data(cfg, stage, init_dir)
-    manifests = check_stage_data(stage, data, init_dir, vocab, required=not dry_run)
-
-    if has_init:
-        def build_model(device):
-            if str(device) == "meta":
-                import torch
-                from transformers import AutoConfig
-
-                import sambay_model  # noqa: F401
-                from sambay_model import Phi4FlashForCausalLM
-
-                with torch.device("meta"):
-                    return Phi4FlashForCausalLM(AutoConfig.from_pretrained(str(init_dir)))
-            return load_export(init_dir, cfg.model.compute_backend).to(device)
-    else:  # dry run without the init export: the recipe's model section stands in for its architecture
-        tok_vocab = manifests[0]["manifest"]["tokenizer"]["vocab_size"] if manifests else None
-        config = hf_config(cfg.model, vocab_size=resolve_vocab_size(cfg.model, tok_vocab), eos_token_id=None)
-
-        def build_model(device):
-            return build_fresh(config, device, cfg.trainer.seed)
-
+    builder = ModelBuilder.from_export(init_dir, cfg.model.compute_backend) if has_init else None
+    tokenizer = init_dir if (init_dir / "tokenizer.json").is_file() else None
+    manifests = check_stage_data(stage, data, tokenizer, builder.config.vocab_size if builder else None)
+    builder = builder or stand_in_model(cfg, manifests)
     optim = copy.deepcopy(cfg.optim)
     optim.lr = stage.lr
     optim.schedule = copy.deepcopy(stage.schedule)
-    max_steps, epochs = stage_steps(cfg, stage)
-    if cfg.trainer.max_steps > 0:
-        if max_steps > 0:
-            max_steps = min(max_steps, cfg.trainer.max_steps)
-        else:
-            max_steps, epochs = _cap_epochs(data, manifests, epochs, cfg.trainer.max_steps)
     wandb = copy.deepcopy(cfg.wandb)
     wandb.name = f"{wandb.name or cfg.run.name}-{stage.name}"
     wandb.tags = list(wandb.tags) + [f"sft:{stage.name}"]
     return TrainSpec(
         run_name=f"{cfg.run.name}/{stage.name}", run_dir=Path(cfg.run.dir) / stage.name, wandb=wandb, optim=optim,
-        deepspeed=cfg.deepspeed, trainer=cfg.trainer, data=data, model_cfg=cfg.model, build_model=build_model,
-        tokenizer_dir=init_dir, config_yaml=config_yaml + f"# stage: {stage.name}\n",
-        config_dict={**config_dict, "stage": stage.name}, split_documents=False, max_steps=max_steps,
-        epochs=epochs, data_manifests=manifests,
+        deepspeed=cfg.deepspeed, trainer=stage_trainer(cfg, stage), data=data, model_cfg=cfg.model,
+        build_model=builder, tokenizer_dir=init_dir, config_yaml=config_yaml + f"# stage: {stage.name}\n",
+        config_dict={**config_dict, "stage": stage.name}, split_documents=False, data_manifests=manifests,
     )
 
 
-def _cap_epochs(data: DataConfig, manifests: list[dict], epochs: float, cap: int) -> tuple[int, float]:
-    """Epoch-based stage under ``trainer.max_steps``: the smaller of the two, in steps."""
-    from data.loader import PackedLoader
-
-    if not manifests:
-        return cap, 0.0
-    loader = PackedLoader([(m["path"], m["weight"]) for m in manifests], split="train", seq_len=data.seq_len,
-                          global_batch_rows=max(1, data.global_batch_tokens // data.seq_len), split_documents=False)
-    steps = max(1, math.ceil(epochs * loader.padded_tokens_per_epoch / data.global_batch_tokens))
-    return min(steps, cap), 0.0
-
-
 def run(dcfg: DictConfig) -> int:
-    from train.launch import run_specs
-
+    """Run the stages of an SFT recipe in order; returns the process exit code."""
     cfg: SFTConfig = OmegaConf.to_object(dcfg)
     if cfg.optim.mup.enabled:
         raise ValueError("optim.mup.enabled=true is a pretraining option; SFT continues the exported model as is")
     config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
     config_dict = OmegaConf.to_container(dcfg, resolve=True)
-    stages = stage_list(cfg)
-
-    def make_specs(dry_run: bool):
-        # Built lazily: stage k+1 reads stage k's export, which exists only once stage k has run.
-        return [(lambda s=s: build_stage_spec(cfg, s, config_yaml, config_dict, dry_run)) for s in stages]
-
-    return run_specs(cfg, make_specs)
+    # A generator: stage k+1 is built (and reads stage k's export) only once stage k has run.
+    specs = (build_stage_spec(cfg, s, config_yaml, config_dict, cfg.trainer.dry_run) for s in stage_list(cfg))
+    return run_specs(specs, cfg.deepspeed, cfg.trainer.dry_run)
 
 
 @hydra.main(version_base=None, config_path="../recipes/sft", config_name="demo")
@@ -194,8 +153,7 @@ def _hydra_main(dcfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
-    _hydra_main()
+    hydra_entry(_hydra_main)
 
 
 if __name__ == "__main__":

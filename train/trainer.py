@@ -26,16 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import deepspeed
 import torch
 
+from data.atomic import atomic_write_text
+from data.loader import PackedLoader
+from sambay_model.lm_head_loss import IGNORE_INDEX
 from train import checkpoint
 from train.config import DataConfig, DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig, WandbConfig
-from train.eval_perplexity import perplexity_from_loss
 from train.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, barrier, bf16_comm_modules,
                                deepspeed_json, resolve_precision)
+from train.eval_perplexity import mean_loss, perplexity_from_loss, summed_loss, target_count
+from train.export import export_model
 from train.flops import device_peak_flops, flops_per_token, mfu
 from train.metrics import MetricsLogger, truncate_after
-from train.optim import build_optimizer, group_summary, mup_reinit_hidden
+from train.optim import build_optimizer, global_lr, group_summary, mup_reinit_hidden
 from train.run_dir import RunDir
 from train.run_lock import hold_run_dir
 from train.schedule import build_scheduler
@@ -83,15 +88,27 @@ class BatchGeometry:
                 f"seq_len x micro_batch_rows x world_size = {self.seq_len} x {self.micro_batch_rows} x "
                 f"{self.world_size} = {per_step}")
 
+    @classmethod
+    def of(cls, data: DataConfig, world_size: int) -> "BatchGeometry":
+        """The geometry of ``data`` on ``world_size`` ranks, validated."""
+        geometry = cls(data.seq_len, data.global_batch_tokens, data.micro_batch_rows, world_size)
+        geometry.validate()
+        return geometry
+
     def describe(self) -> dict[str, int]:
         return {"seq_len": self.seq_len, "global_batch_tokens": self.global_batch_tokens,
                 "global_batch_rows": self.global_rows, "micro_batch_rows": self.micro_batch_rows,
                 "world_size": self.world_size, "grad_accum": self.grad_accum}
 
 
+
 @dataclass
 class TrainSpec:
-    """Everything one training run (a pretraining run or one SFT stage) needs."""
+    """Everything one training run (a pretraining run or one SFT stage) needs.
+
+    ``trainer.max_steps`` / ``trainer.epochs`` are this run's length (an SFT stage gets its own copy of the
+    trainer section with the stage's length), read only by :func:`total_steps`.
+    """
 
     run_name: str
     run_dir: Path
@@ -106,23 +123,21 @@ class TrainSpec:
     config_yaml: str
     config_dict: dict[str, Any]
     split_documents: bool = True
-    max_steps: int = 0  # 0: derive from ``epochs``
-    epochs: float = 0.0
     data_manifests: list[dict] = field(default_factory=list)
 
 
-def target_count(labels: torch.Tensor) -> torch.Tensor:
-    """Positions that are predicted: labels are shifted inside the model, so column 0 is never a target."""
-    return (labels[:, 1:] != -100).sum()
+def total_steps(trainer: TrainerConfig, global_batch_tokens: int, padded_tokens_per_epoch: int,
+                run_name: str) -> int:
+    """Whichever ends first of ``max_steps`` (> 0) and ``epochs`` (> 0) passes over the data, in steps.
 
-
-def total_steps(spec: TrainSpec, padded_tokens_per_epoch: int) -> int:
-    """``max_steps``, or ``epochs`` passes in batch tokens: padding counts, since a step's rows include it."""
-    if spec.max_steps > 0:
-        return spec.max_steps
-    if spec.epochs > 0:
-        return max(1, math.ceil(spec.epochs * padded_tokens_per_epoch / spec.data.global_batch_tokens))
-    raise ValueError(f"{spec.run_name}: set trainer.max_steps > 0 or a number of epochs")
+    An epoch is counted in batch tokens with padding, since a step's rows include it.
+    """
+    bounds = [trainer.max_steps] if trainer.max_steps > 0 else []
+    if trainer.epochs > 0:
+        bounds.append(max(1, math.ceil(trainer.epochs * padded_tokens_per_epoch / global_batch_tokens)))
+    if not bounds:
+        raise ValueError(f"{run_name}: set trainer.max_steps > 0 or a number of epochs")
+    return min(bounds)
 
 
 def _grad_norm_stage0(model: torch.nn.Module) -> float:
@@ -133,18 +148,9 @@ def _grad_norm_stage0(model: torch.nn.Module) -> float:
     return float(sq.sqrt())
 
 
-def _loader(spec: TrainSpec, geometry: BatchGeometry, split: str, dist_info: DistInfo):
-    from data.loader import PackedLoader
-
-    return PackedLoader(sources=[(s.path, s.weight) for s in spec.data.sources], split=split, seq_len=geometry.seq_len,
-                        global_batch_rows=geometry.global_rows, rank=dist_info.rank, world_size=dist_info.world_size,
-                        seed=spec.trainer.seed, split_documents=spec.split_documents)
-
-
 def dry_run_summary(spec: TrainSpec, world_size: int) -> dict[str, Any]:
     """Build model (meta device for large ones), optimizer groups and the FLOPs estimate; run nothing."""
-    geometry = BatchGeometry(spec.data.seq_len, spec.data.global_batch_tokens, spec.data.micro_batch_rows, world_size)
-    geometry.validate()
+    geometry = BatchGeometry.of(spec.data, world_size)
     model = spec.build_model("meta")
     optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens)
     groups = group_summary(model)
@@ -158,205 +164,280 @@ def dry_run_summary(spec: TrainSpec, world_size: int) -> dict[str, Any]:
     }
 
 
-def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
-    """Train (or resume) ``spec`` to completion or until a stop signal; collective over all ranks.
+@dataclass
+class StepResult:
+    """What one optimizer step reports, agreed by all ranks."""
 
-    Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory.
+    loss: float  # mean token loss over the global batch
+    nonfinite: bool
+    stop: bool  # a stop signal reached some rank
+    lr: float
+    log: bool  # a step that is logged (every ``trainer.log_every``-th and the last)
+    grad_norm: float  # nan when not measured (a skipped step, or a step that is not logged)
+
+
+class Trainer:
+    """Train (or resume) one :class:`TrainSpec` on this rank; collective over all ranks.
+
+    :meth:`run` calls the named steps in order: :meth:`set_up`, :meth:`resume`, then :meth:`optimizer_step`
+    (with :meth:`log`, :meth:`evaluate`, :meth:`save` at their intervals) until the last step or a stop signal,
+    then :meth:`finish`.
     """
-    rd = RunDir(spec.run_dir)
-    if rd.is_done():
-        if dist_info.is_main:
-            print(f"[train] {rd.root} is complete (DONE exists); nothing to do", flush=True)
-        return StopReason.already_done
-    with hold_run_dir(rd.lock, dist_info):
-        return _train_holding(spec, dist_info, rd)
 
+    def __init__(self, spec: TrainSpec, dist_info: DistInfo):
+        self.spec, self.dist, self.cfg = spec, dist_info, spec.trainer
+        self.rd = RunDir(spec.run_dir)
+        self.geometry = BatchGeometry.of(spec.data, dist_info.world_size)
+        self.dtype = resolve_precision(spec.deepspeed, dist_info.device)
+        self.zero_stage = spec.deepspeed.zero_stage
+        self.step, self.tokens = 0, 0
+        self._window_tokens, self._window_start = 0, time.perf_counter()
 
-def _train_holding(spec: TrainSpec, dist_info: DistInfo, rd: RunDir) -> StopReason:
-    """:func:`train` once this job holds the run directory."""
-    import deepspeed
+    def run(self) -> StopReason:
+        """Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory."""
+        if self.rd.is_done():
+            self._say(f"{self.rd.root} is complete (DONE exists); nothing to do")
+            return StopReason.already_done
+        with hold_run_dir(self.rd.lock, self.dist):
+            self.set_up()
+            self.logger = self._open_logger(self.resume())
+            try:
+                return self._loop()
+            finally:
+                self.logger.close()
 
-    geometry = BatchGeometry(spec.data.seq_len, spec.data.global_batch_tokens, spec.data.micro_batch_rows,
-                             dist_info.world_size)
-    geometry.validate()
-    cfg = spec.trainer
-    dtype = resolve_precision(spec.deepspeed, dist_info.device)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
+    # -- set-up and resume -------------------------------------------------------------------------------------
 
-    loader = _loader(spec, geometry, "train", dist_info)
-    steps = total_steps(spec, loader.padded_tokens_per_epoch)
+    def set_up(self) -> None:
+        """Loader, step count, model, optimizer, schedule and DeepSpeed engine; the run directory's files."""
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.loader = self._loader("train")
+        self.steps = total_steps(self.cfg, self.spec.data.global_batch_tokens, self.loader.padded_tokens_per_epoch,
+                                 self.spec.run_name)
+        model = self._build_model()
+        self.flops = flops_per_token(model.config, self.geometry.seq_len)
+        self.peak_flops = device_peak_flops(self.dist.device, self.cfg.peak_flops_per_device)
+        self.engine = self._build_engine(model)
+        if self.dist.is_main:
+            self.rd.create()
+            self.rd.write_config(self.spec.config_yaml)
+            self.rd.write_data_manifest(self.spec.data_manifests)
+        barrier()
+        self.eval_every = self._eval_interval()
 
-    model = spec.build_model(dist_info.device)
-    if spec.optim.mup.enabled and spec.optim.mup.reinit_hidden_uniform and not spec.model_cfg.init_from:
-        mup_reinit_hidden(model, torch.Generator(device=dist_info.device).manual_seed(cfg.seed))
-    if spec.model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fl = flops_per_token(model.config, geometry.seq_len)
-    peak = device_peak_flops(dist_info.device, cfg.peak_flops_per_device)
+    def _build_model(self) -> torch.nn.Module:
+        spec = self.spec
+        model = spec.build_model(self.dist.device)
+        if spec.optim.mup.enabled and spec.optim.mup.reinit_hidden_uniform and not spec.model_cfg.init_from:
+            mup_reinit_hidden(model, torch.Generator(device=self.dist.device).manual_seed(self.cfg.seed))
+        if spec.model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
 
-    optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens,
-                                offload=spec.deepspeed.offload_optimizer)
-    scheduler = build_scheduler(optimizer, spec.optim.schedule, steps)
-    # bf16 runs as DeepSpeed's torch_autocast inside engine(...): no autocast of our own (distributed.py).
-    ds_cfg = deepspeed_json(spec.deepspeed, micro_batch_rows=geometry.micro_batch_rows,
-                            grad_accum=geometry.grad_accum, world_size=dist_info.world_size, compute_dtype=dtype,
-                            bf16_modules=bf16_comm_modules(model))
-    ds_cfg = checkpoint.with_resume_config(ds_cfg, rd.checkpoints, dist_info.world_size)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    def _build_engine(self, model: torch.nn.Module):
+        spec, g = self.spec, self.geometry
+        self.optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens,
+                                         offload=spec.deepspeed.offload_optimizer)
+        self.scheduler = build_scheduler(self.optimizer, spec.optim.schedule, self.steps)
+        self.peak_lr = global_lr(spec.model_cfg, spec.optim, spec.data.global_batch_tokens)
+        # bf16 runs as DeepSpeed's torch_autocast inside engine(...): no autocast of our own (distributed.py).
+        ds_cfg = deepspeed_json(spec.deepspeed, micro_batch_rows=g.micro_batch_rows, grad_accum=g.grad_accum,
+                                world_size=self.dist.world_size, compute_dtype=self.dtype,
+                                bf16_modules=bf16_comm_modules(model))
+        ds_cfg = checkpoint.with_resume_config(ds_cfg, self.rd.checkpoints, self.dist.world_size)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler,
+                                               config=ds_cfg)
+        return engine
 
-    if dist_info.is_main:
-        rd.create()
-        rd.write_config(spec.config_yaml)
-        rd.write_data_manifest(spec.data_manifests)
-    barrier()
+    def _eval_interval(self) -> int:
+        """``trainer.eval_every``, or 0 when some source has no validation split."""
+        split = self.spec.data.val_split
+        has_val = bool(self.spec.data_manifests) and all(split in m["manifest"]["splits"]
+                                                         for m in self.spec.data_manifests)
+        if self.cfg.eval_every > 0 and not has_val:
+            self._say(f"no {split!r} split in every source: validation disabled")
+        return self.cfg.eval_every if has_val else 0
 
-    state = checkpoint.load(engine, rd.checkpoints, dist_info)
-    step, tokens, wandb_id = 0, 0, None
-    if state is not None:
-        step, tokens, wandb_id = state["step"], state["tokens"], state.get("wandb_id")
-        loader.load_state_dict(state["loader"])
-        if dist_info.is_main:
-            truncate_after(rd.metrics, step)
-            print(f"[train] resumed {rd.root} at step {step}", flush=True)
-    else:
-        torch.manual_seed(cfg.seed + dist_info.rank)
-    if dist_info.is_main and wandb_id is None and rd.wandb_id.exists():
-        wandb_id = rd.wandb_id.read_text().strip()
+    def resume(self) -> str | None:
+        """Restore the newest checkpoint (engine, RNGs, step, tokens, loader), else seed this rank; returns the
+        W&B run id to continue (from the checkpoint, else the run directory's ``wandb_id`` file)."""
+        state = checkpoint.load(self.engine, self.rd.checkpoints, self.dist)
+        wandb_id = None
+        if state is not None:
+            self.step, self.tokens, wandb_id = state["step"], state["tokens"], state.get("wandb_id")
+            self.loader.load_state_dict(state["loader"])
+            if self.dist.is_main:
+                truncate_after(self.rd.metrics, self.step)
+            self._say(f"resumed {self.rd.root} at step {self.step}")
+        else:
+            torch.manual_seed(self.cfg.seed + self.dist.rank)
+        if self.dist.is_main and wandb_id is None and self.rd.wandb_id.exists():
+            wandb_id = self.rd.wandb_id.read_text().strip()
+        return wandb_id
 
-    logger = MetricsLogger(enabled=dist_info.is_main, path=rd.metrics, wandb_cfg=spec.wandb, run_name=spec.run_name,
-                           run_dir=rd.root, config=spec.config_dict, wandb_id=wandb_id, total_steps=steps,
-                           start_step=step, progress_bar=cfg.progress_bar)
-    if dist_info.is_main and logger.wandb_id:
-        from data.atomic import atomic_write_text
+    def _open_logger(self, wandb_id: str | None) -> MetricsLogger:
+        spec = self.spec
+        logger = MetricsLogger(enabled=self.dist.is_main, path=self.rd.metrics, wandb_cfg=spec.wandb,
+                               run_name=spec.run_name, run_dir=self.rd.root, config=spec.config_dict,
+                               wandb_id=wandb_id, total_steps=self.steps, start_step=self.step,
+                               progress_bar=self.cfg.progress_bar)
+        if self.dist.is_main and logger.wandb_id:
+            atomic_write_text(self.rd.wandb_id, logger.wandb_id, overwrite=True)
+        self._say(f"{spec.run_name}: {self.steps} steps, batch {json.dumps(self.geometry.describe())}, "
+                  f"{self.flops.train:.3e} train FLOPs/token, precision {self.dtype}")
+        return logger
 
-        atomic_write_text(rd.wandb_id, logger.wandb_id, overwrite=True)
-    if dist_info.is_main:
-        print(f"[train] {spec.run_name}: {steps} steps, batch {json.dumps(geometry.describe())}, "
-              f"{fl.train:.3e} train FLOPs/token, precision {dtype}", flush=True)
+    # -- the loop ----------------------------------------------------------------------------------------------
 
-    def save(at_step: int) -> None:
-        checkpoint.save(engine, rd.checkpoints, at_step,
-                        {"step": at_step, "tokens": tokens, "loader": loader.state_dict(), "wandb_id": logger.wandb_id},
-                        dist_info, cfg.keep_last)
-
-    zero_stage = spec.deepspeed.zero_stage
-    has_val = bool(spec.data_manifests) and all(
-        spec.data.val_split in m["manifest"]["splits"] for m in spec.data_manifests)
-    eval_every = cfg.eval_every if has_val else 0
-    if cfg.eval_every > 0 and not has_val and dist_info.is_main:
-        print(f"[train] no {spec.data.val_split!r} split in every source: validation disabled", flush=True)
-    reason = StopReason.finished
-    window_tokens, window_start = 0, time.perf_counter()
-    try:
+    def _loop(self) -> StopReason:
         with StopSignal() as sig:
-            while step < steps:
-                engine.train()
-                batch = loader.next_batch()
-                n_targets = all_reduce_sum(target_count(batch["labels"]).to(dist_info.device, torch.float64))
-                if n_targets.item() == 0:
-                    raise ValueError(f"{spec.run_name}: step {step + 1} has no target tokens (all labels -100)")
-                scale = geometry.grad_accum * dist_info.world_size
-                loss_sum = torch.zeros((), dtype=torch.float64, device=dist_info.device)
-                rows = geometry.micro_batch_rows
-                for i in range(geometry.grad_accum):
-                    micro = {k: v[i * rows:(i + 1) * rows].to(dist_info.device) for k, v in batch.items()}
-                    with autocast_weight_cache(zero_stage != 3):
-                        out = engine(input_ids=micro["input_ids"], labels=micro["labels"], doc_ids=micro["doc_ids"],
-                                     num_items_in_batch=n_targets, use_cache=False)
-                    loss_sum += out.loss.detach().double()
-                    engine.backward(out.loss * scale)
-                    if i < geometry.grad_accum - 1:
-                        engine.step()
-                # One all-reduce per step: the loss, the non-finite flag and the stop signal.
-                stats = torch.tensor([loss_sum.item(), 0.0 if math.isfinite(loss_sum.item()) else 1.0,
-                                      1.0 if sig.raised else 0.0], dtype=torch.float64, device=dist_info.device)
-                all_reduce_sum(stats)
-                loss, nonfinite, stop = stats[0].item(), stats[1].item() > 0, stats[2].item() > 0
-                if nonfinite and not cfg.skip_nonfinite:
-                    raise NonFiniteLossError(
-                        f"{spec.run_name}: non-finite loss ({loss}) at step {step + 1}; stopping without an update. "
-                        f"The last good checkpoint in {rd.checkpoints} is intact; set trainer.skip_nonfinite=true "
-                        f"to skip such steps instead")
-                log_now = (step + 1) % max(1, cfg.log_every) == 0 or step + 1 == steps
-                grad_norm = _grad_norm_stage0(engine.module) if (log_now and zero_stage == 0 and not nonfinite) else None
-                optimizer.skip = nonfinite  # ZeRO steps every parameter group separately: all must skip
-                lr = optimizer.param_groups[-1]["lr"]  # the no_decay group: the global LR without muP++ multipliers
-                engine.step()
-                optimizer.skip = False
-                step += 1
-                step_tokens = geometry.global_batch_tokens
-                tokens += step_tokens
-                window_tokens += step_tokens
-                logger.advance()
-                if nonfinite and dist_info.is_main:
-                    print(f"[train] step {step}: non-finite loss, update skipped (trainer.skip_nonfinite)", flush=True)
-                if log_now:
-                    if grad_norm is None and zero_stage > 0 and not nonfinite:
-                        gn = engine.get_global_grad_norm()
-                        grad_norm = float(gn) if gn is not None else float("nan")
-                    elapsed = time.perf_counter() - window_start
-                    tps = window_tokens / elapsed if elapsed > 0 else 0.0
-                    logger.log({"step": step, "tokens": tokens, "loss": loss, "lr": lr,
-                                "grad_norm": grad_norm if grad_norm is not None else float("nan"),
-                                "tokens_per_s": tps, "mfu": mfu(tps, fl.train, peak, dist_info.world_size),
-                                "epoch": loader.epoch, "skipped": bool(nonfinite)})
-                    window_tokens, window_start = 0, time.perf_counter()
-                if eval_every > 0 and step % eval_every == 0:
-                    logger.log({"step": step, "tokens": tokens, **evaluate(engine, spec, geometry, dist_info, dtype)})
-                    window_start = time.perf_counter()
-                if stop:
-                    checkpoint.emulated_slow_save()  # a test hook; no-op unless its variable is set
-                    save(step)
-                    reason = StopReason.preempted
-                    if dist_info.is_main:
-                        print(f"[train] stop signal: saved step {step} in {rd.checkpoints}; relaunch to resume",
-                              flush=True)
-                    break
-                if cfg.save_every > 0 and step % cfg.save_every == 0 and step < steps:
-                    save(step)
-                    window_start = time.perf_counter()
-            if reason is StopReason.finished:
-                if checkpoint.latest_tag_or_none(rd.checkpoints) != checkpoint.tag_for(step):
-                    save(step)
-                final = {}
-                if eval_every > 0 and step % eval_every != 0:
-                    final = evaluate(engine, spec, geometry, dist_info, dtype)
-                    logger.log({"step": step, "tokens": tokens, **final})
-                if cfg.export:
-                    from train.export import export_model
+            while self.step < self.steps:
+                result = self.optimizer_step(sig)
+                self.logger.advance()
+                if result.nonfinite:
+                    self._say(f"step {self.step}: non-finite loss, update skipped (trainer.skip_nonfinite)")
+                if result.log:
+                    self.log(result)
+                if self.eval_every > 0 and self.step % self.eval_every == 0:
+                    self.logger.log({"step": self.step, "tokens": self.tokens, **self.evaluate()})
+                    self._window_start = time.perf_counter()
+                if result.stop:
+                    self._save_on_signal()
+                    return StopReason.preempted
+                if self.cfg.save_every > 0 and self.step % self.cfg.save_every == 0 and self.step < self.steps:
+                    self.save()
+                    self._window_start = time.perf_counter()
+            self.finish()
+        return StopReason.finished
 
-                    export_model(engine, spec.tokenizer_dir, rd.export, dist_info, zero_stage)
-                if dist_info.is_main:
-                    rd.mark_done({"step": step, "tokens": tokens, **final})
-                    logger.summary({"final_step": step, **final})
-                barrier()
-    finally:
-        logger.close()
-    return reason
+    def _log_due(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) is logged."""
+        return step % max(1, self.cfg.log_every) == 0 or step == self.steps
+
+    def optimizer_step(self, sig: StopSignal) -> StepResult:
+        """One global batch: ``grad_accum`` micro-batches forward/backward, then the update (or a skip)."""
+        batch = self.loader.next_batch()
+        n_targets = all_reduce_sum(target_count(batch["labels"]).to(self.dist.device, torch.float64))
+        if n_targets.item() == 0:
+            raise ValueError(f"{self.spec.run_name}: step {self.step + 1} has no target tokens "
+                             f"(all labels {IGNORE_INDEX})")
+        loss_sum = self._forward_backward(batch, n_targets)
+        # One all-reduce per step: the loss, the non-finite flag and the stop signal.
+        stats = torch.tensor([loss_sum, 0.0 if math.isfinite(loss_sum) else 1.0, 1.0 if sig.raised else 0.0],
+                             dtype=torch.float64, device=self.dist.device)
+        all_reduce_sum(stats)
+        loss, nonfinite, stop = stats[0].item(), stats[1].item() > 0, stats[2].item() > 0
+        if nonfinite and not self.cfg.skip_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.spec.run_name}: non-finite loss ({loss}) at step {self.step + 1}; stopping without an "
+                f"update. The last good checkpoint in {self.rd.checkpoints} is intact; set "
+                f"trainer.skip_nonfinite=true to skip such steps instead")
+        log_now = self._log_due(self.step + 1)
+        # Read before the update: DeepSpeed zeroes the gradients in engine.step().
+        grad_norm = (_grad_norm_stage0(self.engine.module)
+                     if log_now and self.zero_stage == 0 and not nonfinite else None)
+        lr = self.peak_lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # this update's LR
+        self.optimizer.skip = nonfinite  # ZeRO steps every parameter group separately: all must skip
+        self.engine.step()
+        self.optimizer.skip = False
+        if log_now and grad_norm is None and self.zero_stage > 0 and not nonfinite:
+            gn = self.engine.get_global_grad_norm()
+            grad_norm = float(gn) if gn is not None else float("nan")
+        self.step += 1
+        self.tokens += self.geometry.global_batch_tokens
+        self._window_tokens += self.geometry.global_batch_tokens
+        return StepResult(loss=loss, nonfinite=nonfinite, stop=stop, lr=lr, log=log_now,
+                          grad_norm=grad_norm if grad_norm is not None else float("nan"))
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor], n_targets: torch.Tensor) -> float:
+        """This rank's share of the step's summed loss / ``n_targets``; gradients scaled for DeepSpeed (module
+        docstring). ``num_items_in_batch=n_targets``: the model divides its token-loss sum by the global count."""
+        g, device = self.geometry, self.dist.device
+        scale = g.grad_accum * self.dist.world_size
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        rows = g.micro_batch_rows
+        self.engine.train()
+        for i in range(g.grad_accum):
+            micro = {k: v[i * rows:(i + 1) * rows].to(device) for k, v in batch.items()}
+            with autocast_weight_cache(self.zero_stage != 3):
+                out = self.engine(input_ids=micro["input_ids"], labels=micro["labels"], doc_ids=micro["doc_ids"],
+                                  num_items_in_batch=n_targets, use_cache=False)
+            loss_sum += out.loss.detach().double()
+            self.engine.backward(out.loss * scale)
+            if i < g.grad_accum - 1:
+                self.engine.step()  # a micro-step: DeepSpeed only accumulates
+        return loss_sum.item()
+
+    # -- log, evaluate, save, finish ---------------------------------------------------------------------------
+
+    def log(self, result: StepResult) -> None:
+        """One ``metrics.jsonl`` line (and W&B point); throughput over the steps since the last line."""
+        elapsed = time.perf_counter() - self._window_start
+        tps = self._window_tokens / elapsed if elapsed > 0 else 0.0
+        self.logger.log({"step": self.step, "tokens": self.tokens, "loss": result.loss, "lr": result.lr,
+                         "grad_norm": result.grad_norm, "tokens_per_s": tps,
+                         "mfu": mfu(tps, self.flops.train, self.peak_flops, self.dist.world_size),
+                         "epoch": self.loader.epoch, "skipped": result.nonfinite})
+        self._window_tokens, self._window_start = 0, time.perf_counter()
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean token loss and perplexity over ``trainer.eval_batches`` global batches of the validation split.
+
+        A fresh loader (same seed) each time, so every evaluation sees the same tokens.
+        """
+        loader = self._loader(self.spec.data.val_split)
+        self.engine.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        with autocast_weight_cache(self.zero_stage != 3):
+            for _ in range(self.cfg.eval_batches):
+                total += summed_loss(self.engine, loader.next_batch(), self.geometry.micro_batch_rows,
+                                     self.dist.device)
+        all_reduce_sum(total)
+        self.engine.train()
+        val_loss = mean_loss(total, f"{self.spec.run_name}: validation split {self.spec.data.val_split!r}")
+        return {"val_loss": val_loss, "val_ppl": perplexity_from_loss(val_loss)}
+
+    def save(self) -> None:
+        """Collective: checkpoint the current step (engine, RNGs, step, tokens, loader position, W&B run id)."""
+        state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
+                 "wandb_id": self.logger.wandb_id}
+        checkpoint.save(self.engine, self.rd.checkpoints, self.step, state, self.dist, self.cfg.keep_last)
+
+    def _save_on_signal(self) -> None:
+        checkpoint.emulated_slow_save()  # a test hook; no-op unless its variable is set
+        self.save()
+        self._say(f"stop signal: saved step {self.step} in {self.rd.checkpoints}; relaunch to resume")
+
+    def finish(self) -> None:
+        """The last checkpoint, a final evaluation (unless the last step had one), ``export/``, then ``DONE``."""
+        if checkpoint.latest_tag_or_none(self.rd.checkpoints) != checkpoint.tag_for(self.step):
+            self.save()
+        final = {}
+        if self.eval_every > 0 and self.step % self.eval_every != 0:
+            final = self.evaluate()
+            self.logger.log({"step": self.step, "tokens": self.tokens, **final})
+        if self.cfg.export:
+            export_model(self.engine, self.spec.tokenizer_dir, self.rd.export, self.dist, self.zero_stage)
+        if self.dist.is_main:
+            self.rd.mark_done({"step": self.step, "tokens": self.tokens, **final})
+            self.logger.summary({"final_step": self.step, **final})
+        barrier()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+
+    def _loader(self, split: str) -> PackedLoader:
+        spec, g = self.spec, self.geometry
+        return PackedLoader(sources=[(s.path, s.weight) for s in spec.data.sources], split=split,
+                            seq_len=g.seq_len, global_batch_rows=g.global_rows, rank=self.dist.rank,
+                            world_size=self.dist.world_size, seed=self.cfg.seed,
+                            split_documents=spec.split_documents)
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"[train] {message}", flush=True)
 
 
-@torch.no_grad()
-def evaluate(engine, spec: TrainSpec, geometry: BatchGeometry, dist_info: DistInfo,
-             dtype: torch.dtype) -> dict[str, float]:
-    """Mean token loss and perplexity over ``trainer.eval_batches`` global batches of the validation split.
-
-    A fresh loader (same seed) each time, so every evaluation sees the same tokens.
-    """
-    loader = _loader(spec, geometry, spec.data.val_split, dist_info)
-    engine.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=dist_info.device)
-    rows = geometry.micro_batch_rows
-    for _ in range(spec.trainer.eval_batches):
-        batch = loader.next_batch()
-        for i in range(0, batch["input_ids"].shape[0], rows):
-            micro = {k: v[i:i + rows].to(dist_info.device) for k, v in batch.items()}
-            with autocast_weight_cache(spec.deepspeed.zero_stage != 3):
-                out = engine(input_ids=micro["input_ids"], labels=micro["labels"], doc_ids=micro["doc_ids"],
-                             num_items_in_batch=torch.ones((), device=dist_info.device), use_cache=False)
-            total[0] += out.loss.double()
-            total[1] += target_count(micro["labels"])
-    all_reduce_sum(total)
-    engine.train()
-    val_loss = (total[0] / total[1]).item()
-    return {"val_loss": val_loss, "val_ppl": perplexity_from_loss(val_loss)}
+def train(spec: TrainSpec, dist_info: DistInfo) -> StopReason:
+    """Train (or resume) ``spec`` to completion or until a stop signal; collective over all ranks."""
+    return Trainer(spec, dist_info).run()

@@ -119,7 +119,7 @@ def test_stage_spec_uses_stage_settings(setup, tmp_path):
     spec = build_stage_spec(cfg, cfg.sft.stages[1], "", {}, dry_run=True)
     assert spec.split_documents is False
     assert spec.data.seq_len == 48 and spec.optim.lr == 5.0e-4
-    assert spec.max_steps == 2  # trainer.max_steps caps the stage's 3
+    assert spec.trainer.max_steps == 2 and spec.trainer.epochs == 0  # trainer.max_steps caps the stage's 3
     assert spec.run_dir == tmp_path / "r" / "two"
 
 

@@ -194,17 +194,19 @@ def test_nonfinite_loss_stops_or_skips(shards, tmp_path):
 def test_epochs_count_the_packed_rows_the_loader_consumes(shards):
     """``epochs: 1.0`` with whole-document packing (SFT) is one full pass: padding is part of every row, so
     steps come from padded row tokens (non-padding tokens / batch tokens would stop at ~3/4 of a pass)."""
-    from types import SimpleNamespace
-
     from data.loader import PackedLoader
+    from train.config import TrainerConfig
     from train.trainer import total_steps
 
     seq_len, rows = 96, 2
     loader = PackedLoader([(shards, 1.0)], split="train", seq_len=seq_len, global_batch_rows=rows,
                           split_documents=False)
-    spec = SimpleNamespace(run_name="t", max_steps=0, epochs=1.0,
-                           data=SimpleNamespace(global_batch_tokens=seq_len * rows))
-    steps = total_steps(spec, loader.padded_tokens_per_epoch)
+    steps = total_steps(TrainerConfig(max_steps=0, epochs=1.0), seq_len * rows, loader.padded_tokens_per_epoch, "t")
+    # Both bounds set: whichever comes first.
+    assert total_steps(TrainerConfig(max_steps=steps - 1, epochs=1.0), seq_len * rows,
+                       loader.padded_tokens_per_epoch, "t") == steps - 1
+    assert total_steps(TrainerConfig(max_steps=10 * steps, epochs=1.0), seq_len * rows,
+                       loader.padded_tokens_per_epoch, "t") == steps
     assert loader.padded_tokens_per_epoch > 1.1 * loader.tokens_per_epoch  # padding is a real share here
     for _ in range(steps - 1):
         loader.next_batch()
