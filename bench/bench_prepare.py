@@ -52,7 +52,8 @@ print(json.dumps({"seconds": dt, "tokens": sum(s["tokens"] for s in m["splits"].
 _TOKENIZER_ALONE = """
 import json, sys, time
 from data.documents import iter_documents
-from data.tokenize_pool import backend_json, make_tokenizer
+from data.tokenize_pool import make_tokenizer
+from data.tokenizer import backend_json
 corpus, tok = sys.argv[1], sys.argv[2]
 tk = make_tokenizer(backend_json(tok))
 from data.pretrain_shards import chunk_texts

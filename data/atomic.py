@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 
 class OutputExistsError(FileExistsError):
@@ -52,20 +52,28 @@ def publish_dir(tmp: str | os.PathLike, out_dir: str | os.PathLike) -> None:
         os.replace(tmp, out_dir)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, overwrite: bool = False) -> Iterator[IO[bytes]]:
+    """Yield a temporary file next to ``path``, open for writing bytes; rename it to ``path`` only if the
+    block succeeds (on any exception it is removed)."""
     path = Path(path)
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, then rename."""
+    with atomic_file(path, overwrite) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> None:

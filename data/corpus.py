@@ -128,12 +128,18 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def iter_debian_documents(packages: Sequence[str], root: str | os.PathLike) -> Iterator[Document]:
-    """Documents (one per file, sorted paths) of the unpacked packages; HTML is reduced to text."""
-    root = Path(root)
+def check_debian_packages(packages: Sequence[str]) -> None:
+    """Refuse a package whose text layout is not in ``DEBIAN_TEXT_GLOBS`` (before anything is downloaded)."""
     for pkg in packages:
         if pkg not in DEBIAN_TEXT_GLOBS:
             raise ValueError(f"no text layout known for Debian package {pkg!r}; known: {sorted(DEBIAN_TEXT_GLOBS)}")
+
+
+def iter_debian_documents(packages: Sequence[str], root: str | os.PathLike) -> Iterator[Document]:
+    """Documents (one per file, sorted paths) of the unpacked packages; HTML is reduced to text."""
+    root = Path(root)
+    check_debian_packages(packages)
+    for pkg in packages:
         files = sorted({p for g in DEBIAN_TEXT_GLOBS[pkg] for p in glob.glob(str(root / g), recursive=True)})
         files = [f for f in files if "/translations/" not in f]
         if not files:

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import pyarrow.parquet as pq
+
 from data.jsonl import COMPRESSED_SUFFIXES, DataFormatError, iter_jsonl, open_binary
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -66,8 +68,6 @@ def _iter_arrow_batches(path: Path, batches, text_field: str, first_row: int) ->
 
 
 def _iter_parquet(path: Path, text_field: str, skip: int) -> Iterator[str]:
-    import pyarrow.parquet as pq  # comes with datasets; only needed for Parquet inputs
-
     pf = pq.ParquetFile(path)
     if text_field not in pf.schema_arrow.names:
         raise DataFormatError(f"{path}: no column {text_field!r} (has {pf.schema_arrow.names})")
@@ -87,12 +87,18 @@ def _iter_parquet(path: Path, text_field: str, skip: int) -> Iterator[str]:
     yield from texts
 
 
-def _iter_saved_dataset(path: Path, text_field: str, skip: int) -> Iterator[str]:
-    import datasets  # only needed for save_to_disk inputs
+def _load_saved_dataset(path: Path):
+    """The ``datasets.Dataset`` a ``save_to_disk`` directory holds (one split, not a DatasetDict)."""
+    import datasets  # local: seconds to import, and only save_to_disk inputs need it
 
     ds = datasets.load_from_disk(str(path))
     if not isinstance(ds, datasets.Dataset):
         raise DataFormatError(f"{path}: a DatasetDict with splits {sorted(ds)}; pass one split's directory, e.g. {path}/train")
+    return ds
+
+
+def _iter_saved_dataset(path: Path, text_field: str, skip: int) -> Iterator[str]:
+    ds = _load_saved_dataset(path)
     if text_field not in ds.column_names:
         raise DataFormatError(f"{path}: no column {text_field!r} (has {ds.column_names})")
     if len(ds) == 0:
@@ -113,8 +119,7 @@ def _reader(path: Path) -> Callable[[Path, str, int], Iterator[str]]:
         if all((path / m).is_file() for m in DATASETS_DIR_MARKERS) or (path / "dataset_dict.json").is_file():
             return _iter_saved_dataset
         raise ValueError(f"{path}: a directory but not one written by datasets' save_to_disk (no {DATASETS_DIR_MARKERS})")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    check_readable(path)
     suffix = _format_suffix(path)
     if suffix not in _READERS:
         known = TEXT_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
@@ -123,8 +128,20 @@ def _reader(path: Path) -> Callable[[Path, str, int], Iterator[str]]:
     return _READERS[suffix]
 
 
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError / PermissionError naming ``path`` unless it is a file this process can open."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise PermissionError(f"{path}: cannot be read ({e.strerror})") from None
+
+
 def check_inputs(files: Sequence[str | os.PathLike]) -> None:
-    """Fail before any work when an input is missing or of an unknown kind."""
+    """Fail before any work when an input is missing, unreadable or of an unknown kind."""
     if not files:
         raise ValueError("no input files given")
     for f in files:
@@ -158,12 +175,8 @@ def count_documents(path: str | os.PathLike, text_field: str = "text") -> int:
     if reader is _iter_json:
         return _count_jsonl_records(path)
     if reader is _iter_parquet:
-        import pyarrow.parquet as pq
-
         return pq.ParquetFile(path).metadata.num_rows
-    import datasets
-
-    return len(datasets.load_from_disk(str(path)))
+    return len(_load_saved_dataset(path))
 
 
 def _count_jsonl_records(path: Path) -> int:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
+import zstandard
+
 from data.atomic import atomic_write_text
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
@@ -33,8 +35,6 @@ def open_binary(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         with gzip.open(path, "rb") as f:
             yield f
     elif suffix == ".zst":
-        import zstandard  # only needed for .zst inputs
-
         with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
             yield io.BufferedReader(f, buffer_size=1 << 20)
     else:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from data.shards import open_split
+from sambay_model.lm_head_loss import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 STATE_VERSION = 1
 
 
@@ -67,8 +67,7 @@ class _Source:
         """Sum over documents of min(length, seq_len), one shard's index at a time."""
         total = 0
         for s in self.shards:
-            lens = np.diff(np.append(np.asarray(s.doc_starts), len(s.tokens)))
-            total += int(np.minimum(lens, seq_len).sum())
+            total += int(np.minimum(s.doc_lengths(), seq_len).sum())
         return total
 
     def _pieces(self, start: int, length: int) -> Iterator[tuple[int, int, int, int]]:
@@ -206,7 +205,7 @@ class PackedLoader:
             return self.tokens_per_epoch
         rows = 0
         for s, src in enumerate(self._sources):
-            lens = np.concatenate([np.diff(np.append(np.asarray(sh.doc_starts), len(sh.tokens))) for sh in src.shards])
+            lens = np.concatenate([sh.doc_lengths() for sh in src.shards])
             rows += _greedy_rows(np.minimum(lens, self.seq_len)[self._order(s, 0)].tolist(), self.seq_len)
         return rows * self.seq_len
 

@@ -35,11 +35,12 @@ def read_preference_jsonl(path: str | os.PathLike) -> list[dict]:
     return [validate_pair(r, f"{path}: record {i + 1}") for i, r in enumerate(read_jsonl(path, required=FIELDS))]
 
 
-def make_pair(question: str, chosen: str, rejected: str, **extra) -> dict:
-    """One conversational DPO record for a reasoning question."""
-    return {"prompt": [{"role": "user", "content": format_prompt(question)}],
+def make_pair(problem: dict, chosen: str, rejected: str) -> dict:
+    """One conversational DPO record for a reasoning problem (its answer and template id are kept)."""
+    return {"prompt": [{"role": "user", "content": format_prompt(problem["question"])}],
             "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], **extra}
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "answer": str(problem["answer"]), "template_id": problem.get("template_id", "")}
 
 
 def pairs_from_corruptions(problems: Sequence[dict], seed: int = 0) -> list[dict]:
@@ -54,8 +55,7 @@ def pairs_from_corruptions(problems: Sequence[dict], seed: int = 0) -> list[dict
         bad = corrupt_solution(p, rng)
         if bad == p["solution"]:
             continue
-        out.append(make_pair(p["question"], p["solution"], bad, answer=str(p["answer"]),
-                             template_id=p.get("template_id", "")))
+        out.append(make_pair(p, p["solution"], bad))
     return out
 
 
@@ -75,11 +75,12 @@ def pairs_from_samples(problems: Sequence[dict], generate_fn: Callable[[list[str
         raise ValueError(f"generate_fn returned {len(samples)} sample lists for {len(problems)} prompts")
     out = []
     for p, comps in zip(problems, samples):
-        good = [c for c in comps if score_fn(c, str(p["answer"]))]
-        bad = [c for c in comps if not score_fn(c, str(p["answer"]))]
+        right = [score_fn(c, str(p["answer"])) for c in comps]  # once per completion: grading can be costly
+        good = [c for c, ok in zip(comps, right) if ok]
+        bad = [c for c, ok in zip(comps, right) if not ok]
         rng.shuffle(good)
         rng.shuffle(bad)
         for g, b in list(zip(good, bad))[:max_pairs_per_problem]:
             if g != b:
-                out.append(make_pair(p["question"], g, b, answer=str(p["answer"]), template_id=p.get("template_id", "")))
+                out.append(make_pair(p, g, b))
     return out

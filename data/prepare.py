@@ -1,11 +1,12 @@
 """Build every dataset a pipeline needs, in one idempotent command.
 
     python -m data.prepare [--config-name demo] [overrides, e.g. out_dir=artifacts/data/x overwrite=true]
+    python -m data.prepare --config-name demo dry_run=true    # check everything, print the plan, write nothing
 
-Writes under ``out_dir`` (docs/design.md): ``tokenizer/``, ``pretrain/`` (plus one shard set per
-``extra_pretrain`` entry, for mixtures), ``reasoning/{train,heldout}.jsonl``, ``sft/<stage>.jsonl`` + ``sft/<stage>/``,
-``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output is
-written atomically, so an existing one is complete: it is skipped unless ``overwrite=true``.
+Writes under ``out_dir`` (the layout is ``data.layout.PreparedData``; docs/design.md): ``tokenizer/``,
+``pretrain/`` (plus one shard set per ``extra_pretrain`` entry, for mixtures), ``reasoning/{train,heldout}.jsonl``,
+``sft/<stage>.jsonl`` + ``sft/<stage>/``, ``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output
+is written atomically, so an existing one is complete: it is kept unless ``overwrite=true``.
 """
 from __future__ import annotations
 
@@ -13,42 +14,45 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from data import reasoning
 from data.atomic import atomic_dir, atomic_write_text
+from data.corpus import Document, check_debian_packages, collect_corpus
+from data.documents import check_inputs, check_readable, input_fingerprint, iter_documents
+from data.jsonl import write_jsonl
+from data.layout import RESERVED_NAMES, PreparedData
+from data.preference import pairs_from_corruptions
 from data.prepare_config import PrepareConfig, register_configs
+from data.pretrain_shards import write_pretrain_shards
+from data.sft_shards import read_chat_jsonl, reasoning_to_chat, write_sft_shards
+from data.shards import check_compatible
+from data.tokenizer import (build_phi4mini_tokenizer, fingerprint, load_tokenizer, save_generation_config,
+                            train_bpe_tokenizer)
 
 log = logging.getLogger("data.prepare")
 
-
-def _step(path: Path, cfg: PrepareConfig, what: str, build: Callable[[], object]) -> None:
-    """Run ``build`` unless ``path`` exists (outputs are atomic, so existing means complete)."""
-    if path.exists() and not cfg.overwrite:
-        log.info("%s: %s exists, skipping (overwrite=true redoes it)", what, path)
-        return
-    t0 = time.perf_counter()
-    build()
-    log.info("%s: wrote %s in %.1f s", what, path, time.perf_counter() - t0)
-
-
-RESERVED_NAMES = ("tokenizer", "pretrain", "reasoning", "sft", "preference")
+TOKENIZER_KINDS = ("bpe", "phi4mini", "path")
+REASONING_SOURCES = ("procedural", "gsm_symbolic")
 
 
 class _Corpus:
     """Pretraining text. ``corpus.files`` are streamed from disk on every use (any size); the Debian/stdlib
-    corpus (a fixed ~10-100 MB) is collected at most once, and only when a step needs the text."""
+    corpus (a fixed ~10-100 MB) is collected at most once, and only when a step needs the text. Building one
+    checks the inputs (a typo in a path fails now, not after the tokenizer is trained) and reads no text."""
 
     def __init__(self, corpus_cfg):
         self.corpus_cfg, self._docs = corpus_cfg, None
         self.files = [str(f) for f in corpus_cfg.files]
         if self.files:
-            from data.documents import check_inputs
-
-            check_inputs(self.files)  # a typo in a path fails now, not after the tokenizer is trained
+            check_inputs(self.files)
+        else:
+            check_debian_packages(corpus_cfg.debian_packages)
 
     @property
     def sources(self) -> list[str]:
@@ -56,10 +60,8 @@ class _Corpus:
             return self.files
         return sorted({d.source.split(":")[0] for d in self._collected()})
 
-    def _collected(self):
+    def _collected(self) -> list[Document]:
         if self._docs is None:
-            from data.corpus import collect_corpus
-
             c = self.corpus_cfg
             self._docs = collect_corpus(c.debian_packages, c.include_stdlib, c.cache_dir, c.max_chars)
             log.info("corpus: %d documents, %.1f M characters", len(self._docs), sum(len(d.text) for d in self._docs) / 1e6)
@@ -68,43 +70,61 @@ class _Corpus:
     def texts(self, skip: int = 0) -> Iterator[str]:
         """The documents' texts in order, after the first ``skip``."""
         if self.files:
-            from data.documents import iter_documents
-
             return iter_documents(self.files, self.corpus_cfg.text_field, skip)
         return (d.text for d in self._collected()[skip:])
 
     def input_id(self) -> str | None:
         """What a resumed preparation must match; None (collected corpus: small, redone from zero)."""
-        if not self.files:
-            return None
-        from data.documents import input_fingerprint
-
-        return input_fingerprint(self.files, self.corpus_cfg.text_field)
+        return input_fingerprint(self.files, self.corpus_cfg.text_field) if self.files else None
 
 
+@dataclass(frozen=True)
+class Output:
+    """One output of a preparation: ``what`` it is (for logs and the plan), its ``path``, and ``build``, which
+    writes it. ``shard_set``: a kept one must have been tokenized with the (possibly rebuilt) tokenizer."""
+
+    what: str
+    path: Path
+    build: Callable[[], object]
+    shard_set: bool = False
+
+
+# ---- checks --------------------------------------------------------------------------------------------------
+def _check_names(what: str, names: list[str], reserved: tuple[str, ...] = ()) -> None:
+    if any(not n or n in reserved for n in names) or len(set(names)) != len(names):
+        rule = f", non-empty and not in {reserved}" if reserved else " and non-empty"
+        raise ValueError(f"{what} names must be unique{rule}: {names}")
+
+
+def check_config(cfg: PrepareConfig) -> None:
+    """Refuse a config that could not be prepared, before anything is built: stage and set names, the tokenizer
+    kind (and directory), the reasoning source, and every SFT stage's chat JSONL (present and readable)."""
+    _check_names("sft stage", [s.name for s in cfg.sft])
+    _check_names("extra_pretrain", [e.name for e in cfg.extra_pretrain], RESERVED_NAMES)
+    t = cfg.tokenizer
+    if t.kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer.kind={t.kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
+    if t.kind == "path" and (not t.path or not Path(t.path, "tokenizer.json").is_file()):
+        raise ValueError(f"tokenizer.path={t.path!r}: not a tokenizer directory with tokenizer.json")
+    if cfg.reasoning.source not in REASONING_SOURCES:
+        raise ValueError(f"reasoning.source={cfg.reasoning.source!r}: expected one of {', '.join(REASONING_SOURCES)}")
+    for stage in cfg.sft:
+        if stage.jsonl:
+            check_readable(stage.jsonl)
+
+
+# ---- the outputs ---------------------------------------------------------------------------------------------
 def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
-    from data.tokenizer import build_phi4mini_tokenizer, train_bpe_tokenizer
-
     t = cfg.tokenizer
     if t.kind == "bpe":
         train_bpe_tokenizer(_first_chars(corpus.texts(), t.train_chars), t.vocab_size, out, overwrite=cfg.overwrite)
     elif t.kind == "phi4mini":
         build_phi4mini_tokenizer(out, overwrite=cfg.overwrite)
-    elif t.kind == "path":
-        if not t.path or not Path(t.path, "tokenizer.json").is_file():
-            raise ValueError(f"tokenizer.path={t.path!r}: not a tokenizer directory with tokenizer.json")
+    else:  # "path" (check_config refused any other kind)
         with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
             shutil.copytree(t.path, tmp, dirs_exist_ok=True)
             if not (tmp / "generation_config.json").exists():
-                from transformers import GenerationConfig
-
-                from data.tokenizer import load_tokenizer, stop_token_ids
-
-                tok = load_tokenizer(tmp)
-                GenerationConfig(eos_token_id=stop_token_ids(tok) or [tok.eos_token_id],
-                                 pad_token_id=tok.pad_token_id).save_pretrained(tmp)
-    else:
-        raise ValueError(f"tokenizer.kind={t.kind!r}: expected one of bpe, phi4mini, path")
+                save_generation_config(load_tokenizer(tmp), tmp)
 
 
 def _first_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -118,8 +138,6 @@ def _first_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
 
 
 def reasoning_records(cfg: PrepareConfig, n: int, split: str, seed: int, families=None, with_values: bool = False):
-    from data import reasoning
-
     r = cfg.reasoning
     if r.source == "procedural":
         fams = list(families or r.families) or None
@@ -127,90 +145,164 @@ def reasoning_records(cfg: PrepareConfig, n: int, split: str, seed: int, familie
         return gen(n, split, seed, fams)
     if r.source == "gsm_symbolic":
         return reasoning.generate_gsm_symbolic(n, split, seed, r.heldout_fraction)
-    raise ValueError(f"reasoning.source={r.source!r}: expected procedural or gsm_symbolic")
+    raise ValueError(f"reasoning.source={r.source!r}: expected one of {', '.join(REASONING_SOURCES)}")
 
 
-def prepare(cfg: PrepareConfig) -> Path:
-    """Build all outputs of ``cfg`` (see module docstring); returns ``out_dir``."""
-    from data.jsonl import write_jsonl
-    from data.preference import pairs_from_corruptions
-    from data.pretrain_shards import write_pretrain_shards
-    from data.sft_shards import read_chat_jsonl, reasoning_to_chat, write_sft_shards
-    from data.shards import check_compatible
-
-    out = Path(cfg.out_dir)
-    done = out / "DONE"
-    if done.exists() and not cfg.overwrite:
-        log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", out)
-        return out
-    if done.exists():  # overwrite=true: the set is incomplete until this run writes DONE again
-        done.unlink()
-    names = [s.name for s in cfg.sft]
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"sft stages need unique non-empty names, got {names}")
-    extra_names = [e.name for e in cfg.extra_pretrain]
-    if any(not n or n in RESERVED_NAMES for n in extra_names) or len(set(extra_names)) != len(extra_names):
-        raise ValueError(f"extra_pretrain names must be unique, non-empty and not in {RESERVED_NAMES}: {extra_names}")
-    corpus = _Corpus(cfg.corpus)
-    tok_dir = out / "tokenizer"
-    _step(tok_dir, cfg, "tokenizer", lambda: build_tokenizer(cfg, tok_dir, corpus))
-
-    def _reuse_check(path: Path) -> None:
-        if path.exists() and not cfg.overwrite:  # a kept shard set must match the (possibly rebuilt) tokenizer
-            check_compatible(path, tok_dir, None)
-
+def _pretrain_outputs(cfg: PrepareConfig, data: PreparedData, corpus: _Corpus) -> list[Output]:
     sets = [("pretrain", corpus, cfg.pretrain.val_fraction)] if cfg.pretrain.enabled else []
     sets += [(e.name, _Corpus(e.corpus), e.val_fraction) for e in cfg.extra_pretrain]
-    for name, source, val_fraction in sets:
-        pre = out / name
-        _reuse_check(pre)
 
-        def _pretrain(pre=pre, source=source, val_fraction=val_fraction):
-            write_pretrain_shards(source.texts, tok_dir, pre, source.sources, val_fraction, cfg.seed, cfg.num_proc,
-                                  cfg.pretrain.shard_tokens, cfg.overwrite, input_id=source.input_id())
+    def shards(path: Path, source: _Corpus, val_fraction: float) -> Callable[[], object]:
+        return lambda: write_pretrain_shards(source.texts, data.tokenizer, path, source.sources, val_fraction,
+                                             cfg.seed, cfg.num_proc, cfg.pretrain.shard_tokens, cfg.overwrite,
+                                             input_id=source.input_id())
 
-        _step(pre, cfg, f"{name} shards", _pretrain)
+    return [Output(f"{name} shards", data.shard_set(name), shards(data.shard_set(name), source, val_fraction), True)
+            for name, source, val_fraction in sets]
+
+
+def _reasoning_outputs(cfg: PrepareConfig, data: PreparedData) -> list[Output]:
+    def problems(split: str, n: int) -> Callable[[], object]:
+        return lambda: write_jsonl(data.reasoning(split), reasoning_records(cfg, n, split, cfg.seed), cfg.overwrite)
 
     r = cfg.reasoning
-    for split, n in (("train", r.n_train), ("heldout", r.n_heldout)):
-        path = out / "reasoning" / f"{split}.jsonl"
-        _step(path, cfg, f"reasoning {split}",
-              lambda split=split, n=n, path=path: write_jsonl(path, reasoning_records(cfg, n, split, cfg.seed), cfg.overwrite))
+    return [Output(f"reasoning {split}", data.reasoning(split), problems(split, n))
+            for split, n in (("train", r.n_train), ("heldout", r.n_heldout))]
 
-    for k, stage in enumerate(cfg.sft):
-        jsonl, shard_dir = out / "sft" / f"{stage.name}.jsonl", out / "sft" / stage.name
 
-        def _chat(stage=stage, k=k, jsonl=jsonl):
+def _sft_outputs(cfg: PrepareConfig, data: PreparedData) -> list[Output]:
+    def chats(k: int, stage) -> Callable[[], object]:
+        def build():
             if stage.jsonl:
                 records = [{"messages": m} for m in read_chat_jsonl(stage.jsonl)]
             else:
                 # Seeds differ from reasoning/train.jsonl's so stages see other problems of the same templates.
-                records = [reasoning_to_chat(p) for p in reasoning_records(cfg, stage.n_examples, "train",
-                                                                           cfg.seed + 1 + k, stage.families)]
-            write_jsonl(jsonl, records, cfg.overwrite)
+                problems = reasoning_records(cfg, stage.n_examples, "train", cfg.seed + 1 + k, stage.families)
+                records = [reasoning_to_chat(p) for p in problems]
+            write_jsonl(data.sft_jsonl(stage.name), records, cfg.overwrite)
+        return build
 
-        _step(jsonl, cfg, f"sft {stage.name} jsonl", _chat)
-        _reuse_check(shard_dir)
-        _step(shard_dir, cfg, f"sft {stage.name} shards",
-              lambda stage=stage, jsonl=jsonl, shard_dir=shard_dir: write_sft_shards(
-                  read_chat_jsonl(jsonl), tok_dir, shard_dir, [str(stage.jsonl or jsonl)], stage.val_fraction,
-                  cfg.seed, overwrite=cfg.overwrite))
+    def shards(stage) -> Callable[[], object]:
+        jsonl = data.sft_jsonl(stage.name)
+        return lambda: write_sft_shards(read_chat_jsonl(jsonl), data.tokenizer, data.sft_shards(stage.name),
+                                        [str(stage.jsonl or jsonl)], stage.val_fraction, cfg.seed,
+                                        overwrite=cfg.overwrite)
+
+    out = []
+    for k, stage in enumerate(cfg.sft):
+        out.append(Output(f"sft {stage.name} jsonl", data.sft_jsonl(stage.name), chats(k, stage)))
+        out.append(Output(f"sft {stage.name} shards", data.sft_shards(stage.name), shards(stage), True))
+    return out
+
+
+def _preference_outputs(cfg: PrepareConfig, data: PreparedData) -> list[Output]:
+    def pairs(split: str, n: int, seed: int) -> Callable[[], object]:
+        return lambda: write_jsonl(data.preference(split), pairs_from_corruptions(
+            reasoning_records(cfg, n, split, seed, with_values=True), seed), cfg.overwrite)
 
     p = cfg.preference
-    if p.enabled:
-        for split, n, seed in (("train", p.n_train, cfg.seed + 100), ("heldout", p.n_heldout, cfg.seed + 200)):
-            path = out / "preference" / f"{split}.jsonl"
-            _step(path, cfg, f"preference {split}", lambda split=split, n=n, seed=seed, path=path: write_jsonl(
-                path, pairs_from_corruptions(reasoning_records(cfg, n, split, seed, with_values=True), seed), cfg.overwrite))
+    if not p.enabled:
+        return []
+    return [Output(f"preference {split}", data.preference(split), pairs(split, n, seed))
+            for split, n, seed in (("train", p.n_train, cfg.seed + 100), ("heldout", p.n_heldout, cfg.seed + 200))]
 
-    summary = {"config": OmegaConf.to_container(OmegaConf.structured(cfg)) if not isinstance(cfg, DictConfig)
-               else OmegaConf.to_container(cfg, resolve=True)}
-    from data.tokenizer import fingerprint
 
-    summary["tokenizer_fingerprint"] = fingerprint(tok_dir)
-    atomic_write_text(done, json.dumps(summary, indent=2) + "\n", overwrite=True)
-    log.info("done: %s", out)
-    return out
+def plan(cfg: PrepareConfig, data: PreparedData) -> list[Output]:
+    """Every output of ``cfg``, in build order (the tokenizer first: the shard sets need it). Checks the corpus
+    inputs; touches no output."""
+    corpus = _Corpus(cfg.corpus)
+    tokenizer = Output("tokenizer", data.tokenizer, lambda: build_tokenizer(cfg, data.tokenizer, corpus))
+    return [tokenizer, *_pretrain_outputs(cfg, data, corpus), *_reasoning_outputs(cfg, data),
+            *_sft_outputs(cfg, data), *_preference_outputs(cfg, data)]
+
+
+# ---- running -------------------------------------------------------------------------------------------------
+def _action(output: Output, cfg: PrepareConfig) -> str:
+    """``build`` (missing), ``rebuild`` (exists, overwrite=true) or ``reuse`` (exists: outputs are atomic, so
+    an existing one is complete)."""
+    if not output.path.exists():
+        return "build"
+    return "rebuild" if cfg.overwrite else "reuse"
+
+
+def _run(output: Output, cfg: PrepareConfig, data: PreparedData) -> None:
+    if _action(output, cfg) == "reuse":
+        if output.shard_set:
+            check_compatible(output.path, data.tokenizer, None)
+        log.info("%s: %s exists, skipping (overwrite=true redoes it)", output.what, output.path)
+        return
+    t0 = time.perf_counter()
+    output.build()
+    log.info("%s: wrote %s in %.1f s", output.what, output.path, time.perf_counter() - t0)
+
+
+def _write_done(cfg: PrepareConfig, data: PreparedData) -> None:
+    """``DONE``: the config that completed the directory and the tokenizer's fingerprint."""
+    config = (OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
+              else OmegaConf.to_container(OmegaConf.structured(cfg)))
+    summary = {"config": config, "tokenizer_fingerprint": fingerprint(data.tokenizer)}
+    atomic_write_text(data.done, json.dumps(summary, indent=2) + "\n", overwrite=True)
+
+
+def _corpus_inputs(c) -> dict[str, Any]:
+    """Where a corpus's text comes from, for the dry-run plan."""
+    if c.files:
+        return {"files": [str(f) for f in c.files], "text_field": c.text_field}
+    return {"debian_packages": list(c.debian_packages), "include_stdlib": c.include_stdlib, "cache_dir": c.cache_dir,
+            "max_chars": c.max_chars}
+
+
+def dry_run(cfg: PrepareConfig) -> dict[str, Any]:
+    """What ``prepare(cfg)`` would do, after every check it would make up front; writes nothing.
+
+    Checks the config and the inputs (corpus files present, readable and of a known format; SFT chat JSONL
+    parsed; Debian package names known) and that every shard set it would keep matches the kept tokenizer.
+    Each output gets an ``action``: ``build`` / ``rebuild`` (written), ``reuse`` (kept), or ``skip`` when
+    ``DONE`` says the directory is complete (a run does nothing then).
+    """
+    data = PreparedData(cfg.out_dir)
+    check_config(cfg)
+    for stage in cfg.sft:
+        if stage.jsonl:
+            read_chat_jsonl(stage.jsonl)  # a malformed record fails now, naming file and line
+    outputs = plan(cfg, data)
+    complete = data.done.exists() and not cfg.overwrite
+    rows = []
+    for o in outputs:
+        action = "skip" if complete else _action(o, cfg)
+        if action == "reuse" and o.shard_set and data.tokenizer.exists():
+            check_compatible(o.path, data.tokenizer, None)
+        rows.append({"what": o.what, "path": str(o.path), "exists": o.path.exists(), "action": action})
+    rows.append({"what": "DONE", "path": str(data.done), "exists": data.done.exists(),
+                 "action": "skip" if complete else "rebuild" if data.done.exists() else "build"})
+    inputs = {"corpus": _corpus_inputs(cfg.corpus),
+              **{f"extra_pretrain {e.name}": _corpus_inputs(e.corpus) for e in cfg.extra_pretrain},
+              **{f"sft {s.name}": s.jsonl for s in cfg.sft if s.jsonl}}
+    if cfg.tokenizer.kind == "path":
+        inputs["tokenizer"] = cfg.tokenizer.path
+    disabled = [name for name, on in (("pretrain", cfg.pretrain.enabled), ("preference", cfg.preference.enabled)) if not on]
+    return {"out_dir": str(data.root), "complete": complete, "overwrite": bool(cfg.overwrite), "inputs": inputs,
+            "outputs": rows, "disabled": disabled}
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    """Build all outputs of ``cfg`` (see module docstring); returns ``out_dir``. With ``dry_run`` prints the
+    plan (:func:`dry_run`) as one JSON line ``{"dry_run": {...}}`` instead and writes nothing."""
+    data = PreparedData(cfg.out_dir)
+    if cfg.dry_run:
+        print(json.dumps({"dry_run": dry_run(cfg)}), flush=True)
+        return data.root
+    if data.done.exists() and not cfg.overwrite:
+        log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", data.root)
+        return data.root
+    check_config(cfg)
+    outputs = plan(cfg, data)
+    data.done.unlink(missing_ok=True)  # overwrite=true: the set is incomplete until this run writes DONE again
+    for output in outputs:
+        _run(output, cfg, data)
+    _write_done(cfg, data)
+    log.info("done: %s", data.root)
+    return data.root
 
 
 @hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")

@@ -8,6 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from hydra.core.config_store import ConfigStore
+
+from data.layout import DEFAULT_DATA_DIR
+
 
 @dataclass
 class TokenizerConfig:
@@ -71,7 +75,8 @@ class ExtraPretrainConfig:
     """Another pretraining shard set ``<out_dir>/<name>`` (e.g. code next to prose, for a weighted mixture),
     made with the same tokenizer.
 
-    name: directory name; not tokenizer/pretrain/reasoning/sft/preference (default empty; must be set).
+    name: directory name; not one of ``data.layout.RESERVED_NAMES`` (tokenizer, pretrain, reasoning, sft,
+        preference) (default empty; must be set).
     corpus: its text (default: ``CorpusConfig()`` defaults).
     val_fraction: fraction of documents in ``val`` (default 0.02).
     """
@@ -136,16 +141,19 @@ class PreferenceDataConfig:
 class PrepareConfig:
     """Schema of ``data.prepare`` recipes.
 
-    out_dir: output root (default ``artifacts/data/demo``).
+    out_dir: output root (default ``data.layout.DEFAULT_DATA_DIR``, ``artifacts/data/demo``).
     overwrite: redo outputs that already exist (default False: complete outputs are skipped).
+    dry_run: check the config and the inputs, print the plan (every output and whether it would be built,
+        rebuilt or kept) as one JSON line ``{"dry_run": {...}}``, and write nothing (default False).
     seed: seeds splits and generated problems (default 0).
     num_proc: tokenization worker processes for pretraining shards; the shards are byte-identical for any
         value; 0 = one per available core; 1 tokenizes in-process with the tokenizers library's own threads
         (default 2).
     """
 
-    out_dir: str = "artifacts/data/demo"
+    out_dir: str = DEFAULT_DATA_DIR
     overwrite: bool = False
+    dry_run: bool = False
     seed: int = 0
     num_proc: int = 2
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -159,6 +167,4 @@ class PrepareConfig:
 
 def register_configs() -> None:
     """Register the schema as ``prepare_schema`` (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
     ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)

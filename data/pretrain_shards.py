@@ -18,8 +18,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from data.shards import FORMAT_VERSION, ShardSetWriter, tokenizer_info
-from data.tokenize_pool import backend_json, tokenize_chunks
-from data.tokenizer import load_tokenizer
+from data.tokenize_pool import tokenize_chunks
+from data.tokenizer import backend_json, load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -328,10 +328,11 @@ def generate_gsm_symbolic(n: int, split: str, seed: int = 0, heldout_fraction: f
     ``seed``), so every call agrees on the split. The ``#### N`` CoT ending becomes ``The answer is \\boxed{N}.``.
     Note the templates derive from GSM8K *test* problems: report held-out-template accuracy, not GSM8K test.
     """
-    import reasoning_gym
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    # Local: reasoning_gym takes seconds to import and only this source needs it, while data.reasoning is imported
+    # by training and evaluation (train.math_grader, train.eval_math).
+    import reasoning_gym
     from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import tasks_ok  # every working template id
 
     tids = sorted(int(t) for t in tasks_ok)

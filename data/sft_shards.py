@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from data.chat_template import ROLE_TOKENS, require_generation_markers
-from data.jsonl import DataFormatError, read_jsonl
+from data.jsonl import DataFormatError, iter_jsonl
+from data.pretrain_shards import document_split
 from data.reasoning import format_prompt
-from data.shards import ShardSetWriter, tokenizer_info
+from data.shards import ShardSetWriter, open_split, tokenizer_info
+from data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 ROLES = tuple(ROLE_TOKENS)
@@ -37,12 +40,8 @@ def validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
 
 def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
     """Conversations from a JSONL file of ``{"messages": [...]}`` records; errors name ``path:line``."""
-    out = []
-    raw_lines = Path(path).read_bytes().split(b"\n")
-    line_of = [i + 1 for i, line in enumerate(raw_lines) if line.strip()]
-    for k, rec in enumerate(read_jsonl(path, required=("messages",))):
-        out.append(validate_messages(rec["messages"], f"{path}:{line_of[k]}"))
-    return out
+    return [validate_messages(rec["messages"], f"{path}:{lineno}")
+            for lineno, rec in iter_jsonl(path, required=("messages",))]
 
 
 def reasoning_to_chat(record: dict) -> dict:
@@ -67,11 +66,6 @@ def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_di
                      out_dir: str | os.PathLike, sources: Sequence[str], val_fraction: float = 0.0, seed: int = 0,
                      shard_tokens: int = 1 << 26, overwrite: bool = False) -> Path:
     """Tokenize conversations with the chat template and write a ``kind: sft`` shard set (splits train[/val])."""
-    from tqdm.auto import tqdm
-
-    from data.pretrain_shards import document_split
-    from data.tokenizer import load_tokenizer
-
     tok = load_tokenizer(tokenizer_dir)
     require_generation_markers(tok, str(tokenizer_dir))
     info = tokenizer_info(tokenizer_dir)
@@ -108,12 +102,10 @@ class OverlongReport:
 
 def overlong_report(shard_dir: str | os.PathLike, split: str, seq_len: int) -> OverlongReport:
     """Count the conversations of an SFT shard split that a ``seq_len`` row cannot hold whole."""
-    from data.shards import open_split
-
     _, shards = open_split(shard_dir, split)
     n = overlong = answerless = cut = loss = longest = 0
     for sh in shards:
-        lens = np.diff(np.append(np.asarray(sh.doc_starts), len(sh.tokens)))
+        lens = sh.doc_lengths()
         n += len(lens)
         loss += int(np.count_nonzero(sh.mask))
         longest = max(longest, int(lens.max(initial=0)))

@@ -16,8 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from data.atomic import atomic_dir, atomic_write_text, check_writable, publish_dir
+from data.atomic import atomic_dir, atomic_file, atomic_write_text, check_writable, publish_dir
 from data.jsonl import DataFormatError
+from data.tokenizer import fingerprint, load_tokenizer, special_token_ids
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -36,8 +37,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def tokenizer_info(tokenizer_dir: str | os.PathLike, tok=None) -> dict[str, Any]:
     """The manifest's tokenizer block: fingerprint, vocab size, special-token ids, EOS id (``tok``: the
     tokenizer of ``tokenizer_dir`` when the caller has it loaded already)."""
-    from data.tokenizer import fingerprint, load_tokenizer, special_token_ids
-
     tok = tok if tok is not None else load_tokenizer(tokenizer_dir)
     return {"fingerprint": fingerprint(tokenizer_dir), "vocab_size": len(tok),
             "special_token_ids": special_token_ids(tok), "eos_token_id": int(tok.eos_token_id),
@@ -258,11 +257,9 @@ class ShardSetWriter:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` under a temporary name, then rename (a reader never sees half an index)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    """``np.save`` atomically (a reader never sees half an index)."""
+    with atomic_file(path, overwrite=True) as f:
         np.save(f, arr)
-    os.replace(tmp, path)
 
 
 def read_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
@@ -292,6 +289,10 @@ class Shard:
     tokens: np.ndarray
     doc_starts: np.ndarray
     mask: np.ndarray | None
+
+    def doc_lengths(self) -> np.ndarray:
+        """Tokens of each document (int64), from the memory-mapped starts."""
+        return np.diff(np.append(np.asarray(self.doc_starts), len(self.tokens)))
 
 
 def open_split(shard_dir: str | os.PathLike, split: str) -> tuple[dict[str, Any], list[Shard]]:
@@ -351,8 +352,6 @@ def check_compatible(shard_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
     ``vocab_size``: the model's embedding rows (must be >= the shards' tokenizer vocabulary; None skips).
     Returns the manifest.
     """
-    from data.tokenizer import fingerprint
-
     m = read_manifest(shard_dir)
     tok = m["tokenizer"]
     if tokenizer_dir is not None:

@@ -16,23 +16,16 @@ import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from tokenizers import Tokenizer
 
+# Nothing of ``transformers`` (nor of ``data.tokenizer``, which imports it) is imported here: spawned workers
+# import this module, and ``transformers`` would cost each of them seconds and hundreds of MB.
 _worker_tokenizer = None  # set once per worker process by _init_worker; never touched in the parent
 
 
-def backend_json(tokenizer) -> str:
-    """The exact ``tokenizers`` backend a HF fast tokenizer (or its directory) uses, so workers need no
-    ``transformers``."""
-    from data.tokenizer import load_tokenizer
-
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(tokenizer)
-    return tokenizer.backend_tokenizer.to_str()
-
-
-def make_tokenizer(tokenizer_json: str):
-    from tokenizers import Tokenizer
-
+def make_tokenizer(tokenizer_json: str) -> Tokenizer:
+    """The backend tokenizer of ``tokenizer_json`` (see ``data.tokenizer.backend_json``), without truncation
+    or padding."""
     tk = Tokenizer.from_str(tokenizer_json)
     tk.no_truncation()
     tk.no_padding()

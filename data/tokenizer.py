@@ -16,6 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import TikTokenConverter
+
 from data.atomic import atomic_dir
 from data.chat_template import CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, ROLE_TOKENS
 
@@ -66,16 +70,19 @@ def o200k_pattern() -> str:
     ])
 
 
+def save_generation_config(tok, directory: str | os.PathLike) -> None:
+    """``generation_config.json`` in ``directory``: stop at :func:`stop_token_ids` (else the EOS), pad id."""
+    GenerationConfig(eos_token_id=stop_token_ids(tok) or [tok.eos_token_id],
+                     pad_token_id=tok.pad_token_id).save_pretrained(directory)
+
+
 def _wrap_and_save(tk, out_dir: str | os.PathLike, overwrite: bool) -> Path:
     """Wrap a ``tokenizers.Tokenizer`` as a HF fast tokenizer with the chat template; save atomically."""
-    from transformers import GenerationConfig, PreTrainedTokenizerFast
-
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=END_OF_TEXT, pad_token=END_OF_TEXT,
                                   chat_template=CHAT_TEMPLATE)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tok.save_pretrained(tmp)
-        stop_ids = [tok.convert_tokens_to_ids(END_OF_TURN), tok.convert_tokens_to_ids(END_OF_TEXT)]
-        GenerationConfig(eos_token_id=stop_ids, pad_token_id=tok.pad_token_id).save_pretrained(tmp)
+        save_generation_config(tok, tmp)
     return Path(out_dir)
 
 
@@ -84,9 +91,6 @@ def build_phi4mini_tokenizer(out_dir: str | os.PathLike, overwrite: bool = False
 
     Encodes ordinary text exactly like tiktoken's o200k_base; ~5 s and 28 MB on disk.
     """
-    from tokenizers import AddedToken
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
     with tempfile.TemporaryDirectory() as scratch:
         bpe_path = Path(scratch) / "o200k_base.tiktoken"
         bpe_path.write_bytes(o200k_bpe_bytes())
@@ -108,8 +112,6 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
     Specials take the first ids (``<|endoftext|>`` = 0); every byte is in the initial alphabet, so any text
     encodes without unknown tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 256 + len(BPE_SPECIALS):
         raise ValueError(f"vocab_size={vocab_size} is too small for a byte-level BPE (need >= {256 + len(BPE_SPECIALS)})")
     tk = Tokenizer(models.BPE())
@@ -128,12 +130,18 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
 
 def load_tokenizer(path: str | os.PathLike):
     """Load a local Hugging Face tokenizer directory (never a hub id)."""
-    from transformers import AutoTokenizer
-
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{path}: not a tokenizer directory (no tokenizer.json / tokenizer_config.json)")
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+def backend_json(tokenizer) -> str:
+    """The exact ``tokenizers`` backend of a HF fast tokenizer (or of its directory), as JSON: what
+    ``data.tokenize_pool`` workers load, so they need no ``transformers``."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    return tokenizer.backend_tokenizer.to_str()
 
 
 def fingerprint(path: str | os.PathLike) -> str:

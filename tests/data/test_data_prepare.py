@@ -128,6 +128,83 @@ def test_kept_shards_from_another_tokenizer_are_refused(tmp_path, sample_texts):
         prepare(_cfg(_small(tmp_path, [f], ["tokenizer.vocab_size=300"])))
 
 
+def _dry_run(capsys, overrides) -> dict:
+    from data.prepare import prepare
+
+    prepare(_cfg([*overrides, "dry_run=true"]))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"dry_run"')]
+    assert len(lines) == 1
+    return lines[0]["dry_run"]
+
+
+def test_dry_run_plans_and_writes_nothing(tmp_path, sample_texts, capsys):
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    before = sorted(tmp_path.rglob("*"))
+    plan = _dry_run(capsys, _small(tmp_path, [f], [f"sft.0.jsonl={chat}"]))
+    assert sorted(tmp_path.rglob("*")) == before  # no out_dir, nothing anywhere
+    out = tmp_path / "out"
+    assert plan["out_dir"] == str(out) and not plan["complete"] and plan["inputs"]["corpus"]["files"] == [str(f)]
+    assert plan["inputs"]["sft basic"] == str(chat)
+    rows = {r["what"]: r for r in plan["outputs"]}
+    assert list(rows) == ["tokenizer", "pretrain shards", "reasoning train", "reasoning heldout", "sft basic jsonl",
+                          "sft basic shards", "sft math jsonl", "sft math shards", "preference train",
+                          "preference heldout", "DONE"]
+    assert rows["sft math shards"]["path"] == str(out / "sft" / "math")
+    assert rows["reasoning heldout"]["path"] == str(out / "reasoning" / "heldout.jsonl")
+    assert all(r["action"] == "build" and not r["exists"] for r in rows.values())
+
+
+def test_dry_run_reports_kept_outputs_and_a_complete_directory(tmp_path, bpe_dir, sample_texts, capsys):
+    from data.prepare import prepare
+
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    overrides = _pretrain_only(tmp_path, tmp_path / "out", [f], bpe_dir)
+    out = prepare(overrides)
+    (out / "DONE").unlink()
+    (out / "reasoning" / "heldout.jsonl").unlink()
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    args = [f"out_dir={out}", f"corpus.files=[{f}]", "tokenizer.kind=path", f"tokenizer.path={bpe_dir}",
+            "preference.enabled=false", "reasoning.n_train=5", "reasoning.n_heldout=5"]
+    rows = {r["what"]: r for r in _dry_run(capsys, args)["outputs"]}
+    assert rows["pretrain shards"]["action"] == "reuse" and rows["reasoning heldout"]["action"] == "build"
+    assert rows["DONE"]["action"] == "build"
+    assert rows["tokenizer"]["exists"] and "preference train" not in rows
+    rows = {r["what"]: r for r in _dry_run(capsys, [*args, "overwrite=true"])["outputs"]}
+    assert rows["pretrain shards"]["action"] == "rebuild"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamp
+
+
+def test_dry_run_fails_on_a_missing_input_naming_it(tmp_path, sample_texts, capsys):
+    from data.prepare import prepare
+
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    missing = tmp_path / "nope" / "corpus.jsonl"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        prepare(_cfg([*_small(tmp_path, [f, missing]), "dry_run=true"]))
+    with pytest.raises(FileNotFoundError, match="chat_typo.jsonl"):
+        prepare(_cfg([*_small(tmp_path, [f]), f"sft.1.jsonl={tmp_path / 'chat_typo.jsonl'}", "dry_run=true"]))
+    with pytest.raises(ValueError, match=r"sft stage names must be unique"):
+        prepare(_cfg([*_small(tmp_path, [f]), "sft.1.name=basic", "dry_run=true"]))
+    with pytest.raises(ValueError, match="no text layout known for Debian package 'python3.11-dox'"):
+        prepare(_cfg([f"out_dir={tmp_path / 'out'}", "corpus.debian_packages=[python3.11-dox]", "dry_run=true"]))
+    assert not (tmp_path / "out").exists() and not capsys.readouterr().out
+
+
+def test_dry_run_from_the_command_line(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "data.prepare", "--config-name=demo", "dry_run=true", f"out_dir={out}",
+                        f"corpus.cache_dir={tmp_path / 'cache'}"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"dry_run"')]
+    assert len(plan) == 1 and plan[0]["dry_run"]["inputs"]["corpus"]["debian_packages"] == ["python3.11-doc"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_unknown_override_key_is_an_error_naming_it():
     r = subprocess.run([sys.executable, "-m", "data.prepare", "tokenizer.vocab_sise=10"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)

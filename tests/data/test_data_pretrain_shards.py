@@ -16,7 +16,8 @@ import pytest
 from data.documents import input_fingerprint, iter_documents
 from data.pretrain_shards import streaming_split, write_pretrain_shards
 from data.shards import PARTIAL_SUFFIX, PROGRESS, open_split, read_manifest
-from data.tokenize_pool import backend_json, tokenize_chunks
+from data.tokenize_pool import tokenize_chunks
+from data.tokenizer import backend_json
 
 REPO = Path(__file__).resolve().parents[2]
 
