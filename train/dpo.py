@@ -109,8 +109,9 @@ def training_args(cfg: DPORunConfig, rd: RunDir, world_size: int, device: torch.
         truncation_mode=cfg.dpo.truncation_mode, logging_steps=cfg.trainer.log_every, save_strategy="steps",
         save_steps=cfg.trainer.save_every or steps, save_total_limit=cfg.trainer.keep_last, seed=cfg.trainer.seed,
         data_seed=cfg.trainer.seed, report_to="none", use_cpu=device.type != "cuda", bf16=hf_bf16,
-        # TRL defaults to gradient checkpointing on and bf16 on: both set explicitly from the recipe.
-        gradient_checkpointing=cfg.dpo.gradient_checkpointing, disable_tqdm=not cfg.trainer.progress_bar,
+        # TRL defaults to activation checkpointing on and bf16 on: both set explicitly from the recipe
+        # (``activation_checkpointing``: transformers 5's name for ``gradient_checkpointing``).
+        activation_checkpointing=cfg.dpo.gradient_checkpointing, disable_tqdm=not cfg.trainer.progress_bar,
         deepspeed=ds_json, dataloader_num_workers=0,
     )
 
