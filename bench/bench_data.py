@@ -23,6 +23,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread: a per-co
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data.atomic import atomic_write_text  # noqa: E402  (after the sys.path line: the checkout, when not installed)
+from data.corpus import collect_corpus  # noqa: E402
+from data.layout import DEFAULT_DATA_DIR, PreparedData  # noqa: E402
+from data.loader import PackedLoader  # noqa: E402
+from data.pretrain_shards import write_pretrain_shards  # noqa: E402
+from data.tokenizer import load_tokenizer  # noqa: E402
+
 # Assumed consumption, stated in the output. CPU demo: 16 rows x 256 tokens per optimizer step at 2 steps/s
 # (faster than the ~1M-parameter demo model trains on 2 cores). GPU: one H100 training a ~1B model at
 # ~40% MFU consumes roughly 50k tokens/s (6 * 1e9 FLOP/token, 1e15 * 0.4 / 6e9 ~ 67k).
@@ -44,12 +51,8 @@ def _time(fn, min_s: float = 1.0):
             return out, dt / n
 
 
-def bench_tokenization(data: Path, chars: int) -> list[str]:
-    from data.corpus import collect_corpus
-    from data.pretrain_shards import write_pretrain_shards
-    from data.tokenizer import load_tokenizer
-
-    tok_dir = data / "tokenizer"
+def bench_tokenization(data: PreparedData, chars: int) -> list[str]:
+    tok_dir = data.tokenizer
     docs = collect_corpus(["python3.11-doc"], False, "artifacts/cache/corpus")
     texts, total = [], 0
     for d in docs:
@@ -79,14 +82,12 @@ def bench_tokenization(data: Path, chars: int) -> list[str]:
     ]
 
 
-def bench_loader(data: Path) -> list[str]:
-    from data.loader import PackedLoader
-
+def bench_loader(data: PreparedData) -> list[str]:
     lines = ["loading (PackedLoader, np.memmap shards; 1 rank)"]
-    cases = [("pretrain", [(data / "pretrain", 1.0)], True, 256, 16),
-             ("pretrain", [(data / "pretrain", 1.0)], True, 2048, 8),
-             ("sft math", [(data / "sft" / "math", 1.0)], False, 256, 16),
-             ("mixture basic+math", [(data / "sft" / "basic", 1.0), (data / "sft" / "math", 2.0)], False, 256, 16)]
+    cases = [("pretrain", [(data.pretrain, 1.0)], True, 256, 16),
+             ("pretrain", [(data.pretrain, 1.0)], True, 2048, 8),
+             ("sft math", [(data.sft_shards("math"), 1.0)], False, 256, 16),
+             ("mixture basic+math", [(data.sft_shards("basic"), 1.0), (data.sft_shards("math"), 2.0)], False, 256, 16)]
     for name, sources, split_docs, seq_len, rows in cases:
         loader = PackedLoader(sources, seq_len=seq_len, global_batch_rows=rows, split_documents=split_docs)
 
@@ -105,20 +106,18 @@ def bench_loader(data: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="artifacts/data/demo")
+    ap.add_argument("--data", default=DEFAULT_DATA_DIR)
     ap.add_argument("--chars", type=int, default=3_000_000, help="corpus characters to tokenize")
     ap.add_argument("--out", default="bench/results/data_cpu.txt")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = ap.parse_args()
-    data = Path(args.data)
-    if not (data / "DONE").exists():
-        sys.exit(f"{data}: no complete demo data; run `python -m data.prepare --config-name demo` first")
-    from data.atomic import atomic_write_text
-
+    data = PreparedData(args.data)
+    if not data.done.exists():
+        sys.exit(f"{data.root}: no complete demo data; run `python -m data.prepare --config-name demo` first")
     if Path(args.out).exists() and not args.overwrite:
         sys.exit(f"{args.out} exists; pass --overwrite to replace it")
     lines = [f"bench_data on {platform.machine()} / {os.cpu_count()} CPU cores, python {platform.python_version()}",
-             f"data: {data}", ""]
+             f"data: {data.root}", ""]
     lines += bench_tokenization(data, args.chars) + [""] + bench_loader(data)
     text = "\n".join(lines) + "\n"
     print(text, end="")

@@ -7,6 +7,10 @@ generation block wraps the assistant content *and* its ``<|end|>``, so the assis
 """
 from __future__ import annotations
 
+from typing import Any
+
+from data.jsonl import DataFormatError
+
 END_OF_TEXT = "<|endoftext|>"
 END_OF_TURN = "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|tool|>"}
@@ -24,6 +28,19 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
 )
+
+
+def check_messages(messages: Any, where: str, key: str = "messages") -> list[dict[str, str]]:
+    """Check the messages of one conversation (``key`` names them in errors): a non-empty list of
+    ``{role, content}`` strings with roles of ``ROLE_TOKENS``; returns them as plain ``{role, content}`` dicts."""
+    if not isinstance(messages, list) or not messages:
+        raise DataFormatError(f"{where}: {key!r} must be a non-empty list of {{role, content}} messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataFormatError(f"{where}: {key!r} message {i} must be an object with string 'role' and 'content'")
+        if m["role"] not in ROLE_TOKENS:
+            raise DataFormatError(f"{where}: {key!r} message {i} has unknown role {m['role']!r} (known: {list(ROLE_TOKENS)})")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def has_generation_markers(template: str | None) -> bool:

@@ -17,7 +17,7 @@ import bisect
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,31 +158,31 @@ class PackedLoader:
         self._cursors = [_Cursor() for _ in self._sources]
         self._batch_index = 0
         self._tokens_seen = 0
-        self._orders: dict[tuple[int, int], np.ndarray] = {}  # per-epoch permutations, recomputable from the seed
-        self._offsets: dict[tuple, int] = {}
+        self._epoch_cache: dict[tuple[str, int, int], Any] = {}  # see _per_epoch
 
     # ---- epoch bookkeeping -------------------------------------------------------------------------------------
     def _n_units(self, s: int) -> int:
         src = self._sources[s]
         return src.n_tokens // self.seq_len if self.split_documents else src.n_docs
 
+    def _per_epoch(self, what: str, s: int, epoch: int, make: Callable[[], Any]) -> Any:
+        """``make()`` for source ``s`` and ``epoch``, cached; only recent epochs are kept (all recomputable from
+        the seed)."""
+        key = (what, s, epoch)
+        if key not in self._epoch_cache:
+            if len(self._epoch_cache) > 4 * len(self._sources):
+                self._epoch_cache.clear()
+            self._epoch_cache[key] = make()
+        return self._epoch_cache[key]
+
     def _order(self, s: int, epoch: int) -> np.ndarray:
-        key = (s, epoch)
-        if key not in self._orders:
-            if len(self._orders) > 2 * len(self._sources):  # keep only recent epochs' permutations
-                self._orders.clear()
-            rng = np.random.default_rng([self.seed, s, epoch])
-            self._orders[key] = rng.permutation(self._n_units(s))
-        return self._orders[key]
+        return self._per_epoch("order", s, epoch,
+                               lambda: np.random.default_rng([self.seed, s, epoch]).permutation(self._n_units(s)))
 
     def _window_offset(self, s: int, epoch: int) -> int:
-        key = (s, epoch, "offset")
-        if key not in self._offsets:
-            if len(self._offsets) > 2 * len(self._sources):
-                self._offsets.clear()
-            slack = self._sources[s].n_tokens - self._n_units(s) * self.seq_len
-            self._offsets[key] = int(np.random.default_rng([self.seed, s, epoch, 1]).integers(slack + 1))
-        return self._offsets[key]
+        slack = self._sources[s].n_tokens - self._n_units(s) * self.seq_len
+        return self._per_epoch("offset", s, epoch,
+                               lambda: int(np.random.default_rng([self.seed, s, epoch, 1]).integers(slack + 1)))
 
     @functools.cached_property
     def tokens_per_epoch(self) -> int:

@@ -9,6 +9,7 @@ import os
 import random
 from typing import Callable, Sequence
 
+from data.chat_template import check_messages
 from data.jsonl import DataFormatError, read_jsonl
 from data.reasoning import corrupt_solution, format_prompt
 
@@ -18,10 +19,7 @@ FIELDS = ("prompt", "chosen", "rejected")
 def validate_pair(rec: dict, where: str) -> dict:
     """Check one DPO record; a pair whose chosen equals rejected teaches nothing and is an error."""
     for key in FIELDS:
-        msgs = rec.get(key)
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
-            raise DataFormatError(f"{where}: {key!r} must be a non-empty list of {{role, content}} messages")
+        check_messages(rec.get(key), where, key)
     for key in ("chosen", "rejected"):
         if any(m["role"] != "assistant" for m in rec[key]):
             raise DataFormatError(f"{where}: {key!r} messages must all have role 'assistant'")

@@ -27,11 +27,15 @@ CHUNK_CHARS = 1 << 20  # characters per tokenization task: big enough to amortis
 SPLIT_BLOCK = 4096  # documents per seeded draw block of the train/val split
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+
 def document_split(n_docs: int, val_fraction: float, seed: int) -> np.ndarray:
     """Boolean array, True = validation document. Seeded, so the split is reproducible; each side gets >= 1 doc
     when there are at least two documents and ``0 < val_fraction < 1``. (In-memory form, used for SFT.)"""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     is_val = np.random.default_rng(seed).random(n_docs) < val_fraction
     if val_fraction > 0 and n_docs >= 2:
         if not is_val.any():
@@ -98,8 +102,7 @@ def write_pretrain_shards(documents: Sequence[str] | Callable[[int], Iterable[st
     The last document goes to the split that would otherwise be empty (when ``0 < val_fraction`` and there are
     at least two documents), which is why one document is held back until the next arrives.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_val_fraction(val_fraction)
     factory = _as_factory(documents)
     tok = load_tokenizer(tokenizer_dir)
     info = tokenizer_info(tokenizer_dir, tok)

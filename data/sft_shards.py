@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.chat_template import ROLE_TOKENS, require_generation_markers
+from data.chat_template import check_messages, require_generation_markers
 from data.jsonl import DataFormatError, iter_jsonl
 from data.pretrain_shards import document_split
 from data.reasoning import format_prompt
@@ -18,24 +18,17 @@ from data.shards import ShardSetWriter, open_split, tokenizer_info
 from data.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
-ROLES = tuple(ROLE_TOKENS)
 # What an SFT stage does with a conversation longer than its seq_len (the loader keeps its first seq_len tokens):
 # "error" refuses to train; "truncate" trains on the kept part and warns with the counts.
 OVERLONG_POLICIES = ("error", "truncate")
 
 
 def validate_messages(messages: Any, where: str) -> list[dict[str, str]]:
-    """Check one conversation: a non-empty list of ``{role, content}`` with known roles and >= 1 assistant turn."""
-    if not isinstance(messages, list) or not messages:
-        raise DataFormatError(f"{where}: 'messages' must be a non-empty list")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise DataFormatError(f"{where}: message {i} must be an object with string 'role' and 'content'")
-        if m["role"] not in ROLES:
-            raise DataFormatError(f"{where}: message {i} has unknown role {m['role']!r} (known: {list(ROLES)})")
+    """Check one SFT conversation (:func:`data.chat_template.check_messages`) with >= 1 assistant turn."""
+    messages = check_messages(messages, where)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataFormatError(f"{where}: conversation has no assistant message, so nothing to train on")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return messages
 
 
 def read_chat_jsonl(path: str | os.PathLike) -> list[list[dict[str, str]]]:
