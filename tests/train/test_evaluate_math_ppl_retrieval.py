@@ -304,3 +304,19 @@ def test_dry_run_refuses_an_existing_output_like_a_run(tiny, tmp_path):
     cfg.perplexity.split = "test"
     with pytest.raises(ValueError, match=r"perplexity\.split: .* no split 'test'"):
         dry_run(cfg)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (REPO / "recipes" / "evaluate").glob("*.yaml")))
+def test_every_evaluate_recipe_dry_runs(tiny, tmp_path, recipe):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from train.evaluate import dry_run
+
+    data, export = tiny
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "evaluate"), version_base=None):
+        dcfg = compose(config_name=recipe, overrides=[f"model_path={export}", f"data_dir={data}",
+                                                      f"output_dir={tmp_path / 'eval'}", "dry_run=true"])
+    report = dry_run(OmegaConf.to_object(dcfg))
+    assert set(report["evaluations"]) == {"math", "perplexity", "retrieval"}
+    assert not (tmp_path / "eval").exists()
