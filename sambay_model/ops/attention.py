@@ -1,10 +1,10 @@
-"""Scaled dot-product attention with causal / sliding-window / document / padding masks and GQA.
+"""Scaled dot-product attention with causal / sliding-window / document masks and GQA.
 
 Conventions: q [B, Hq, Tq, d], k [B, Hkv, Tk, d], v [B, Hkv, Tk, dv] (dv may differ from d: differential
 attention reads V of width 2d); query head h uses kv head h // (Hq // Hkv); query i sits at absolute position
 Tk - Tq + i; ``window=w`` lets a query see itself and the previous w-1 keys; ``doc_ids`` [B, Tk] (queries
-use the last Tq entries) blocks attention across documents; ``key_padding_mask`` [B, Tk] is True at real
-tokens. A query with no visible key returns zeros (left padding), never NaN.
+use the last Tq entries) blocks attention across documents. Padding is a document of its own (the model gives
+padded runs their own segment ids), so every query sees at least its own key.
 
 The pure-PyTorch path uses ``F.scaled_dot_product_attention`` (CPU and GPU; it is also what runs on GPU without
 flash-attn). Sliding windows over long sequences run block by block, each query block against only the keys it
@@ -25,7 +25,7 @@ BLOCKWISE_MIN_WINDOWS = 4
 MAX_MASK_ELEMENTS = 1 << 24
 
 
-def check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> None:
+def check_attention_args(q, k, v, window, doc_ids, causal) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError("attention: q, k, v must be 4-D [batch, heads, time, head_dim]")
     Bsz, Hq, Tq, d = q.shape
@@ -43,9 +43,8 @@ def check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal) -> 
             raise ValueError(f"attention: window must be >= 1, got {window}")
         if not causal:
             raise ValueError("attention: a sliding window needs causal=True")
-    for name, m in (("doc_ids", doc_ids), ("key_padding_mask", key_padding_mask)):
-        if m is not None and tuple(m.shape) != (Bsz, Tk):
-            raise ValueError(f"attention: {name} must be [B, Tk] = {(Bsz, Tk)}, got {tuple(m.shape)}")
+    if doc_ids is not None and tuple(doc_ids.shape) != (Bsz, Tk):
+        raise ValueError(f"attention: doc_ids must be [B, Tk] = {(Bsz, Tk)}, got {tuple(doc_ids.shape)}")
 
 
 def build_mask(
@@ -56,11 +55,10 @@ def build_mask(
     window: int | None,
     q_doc: torch.Tensor | None = None,
     k_doc: torch.Tensor | None = None,
-    k_real: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Boolean visibility mask (True = may attend), broadcastable to [B, 1, Tq, Tk]; None = everything visible.
 
-    q_pos [Tq], k_pos [Tk]: absolute positions. q_doc [B, Tq], k_doc [B, Tk]: document ids. k_real [B, Tk].
+    q_pos [Tq], k_pos [Tk]: absolute positions. q_doc [B, Tq], k_doc [B, Tk]: document ids.
     """
     mask = None
     if causal:
@@ -72,32 +70,23 @@ def build_mask(
     if q_doc is not None:
         same = (q_doc[:, :, None] == k_doc[:, None, :])[:, None]
         mask = same if mask is None else mask & same
-    if k_real is not None:
-        real = k_real.to(torch.bool)[:, None, None, :]
-        mask = real if mask is None else mask & real
     return mask
 
 
-def _sdpa(q, k, v, mask, scale, is_causal=False, may_be_empty=False):
+def _sdpa(q, k, v, mask, scale, is_causal=False):
     """SDPA with GQA and a boolean visibility mask (None = all visible).
 
     The mask goes in as an additive float mask: SDPA converts boolean masks itself, and on CPU that conversion
-    made masked calls ~1.5x slower. ``may_be_empty``: some query may see no key at all (only possible with key
-    padding); such rows give zeros (and zero gradients) instead of NaN.
+    made masked calls ~1.5x slower.
     """
     gqa = q.shape[1] != k.shape[1]
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=gqa)
-    empty = None
-    if may_be_empty:
-        empty = ~mask.any(dim=-1, keepdim=True)  # [B|1, 1, Tq, 1]
-        mask = mask | empty  # empty rows attend everywhere (finite softmax), zeroed below
     bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
-    return out if empty is None else out.masked_fill(empty, 0.0)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
 
 
-def _masked(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale, i0=0, i1=None, j0=0, j1=None):
+def _masked(q, k, v, *, causal, window, doc_ids, scale, i0=0, i1=None, j0=0, j1=None):
     """Queries [i0, i1) against keys [j0, j1) with an explicit mask (whole tensors by default)."""
     Tq, Tk = q.shape[2], k.shape[2]
     i1 = Tq if i1 is None else i1
@@ -110,14 +99,11 @@ def _masked(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale, i0=0, 
         window=window,
         q_doc=doc_ids[:, offset + i0 : offset + i1] if doc_ids is not None else None,
         k_doc=doc_ids[:, j0:j1] if doc_ids is not None else None,
-        k_real=key_padding_mask[:, j0:j1] if key_padding_mask is not None else None,
     )
-    # A query always sees its own position unless that key is padding, so only padding can empty a row.
-    return _sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale,
-                 may_be_empty=key_padding_mask is not None)
+    return _sdpa(q[:, :, i0:i1], k[:, :, j0:j1], v[:, :, j0:j1], mask, scale)
 
 
-def _attention_blockwise(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale, block):
+def _attention_blockwise(q, k, v, *, causal, window, doc_ids, scale, block):
     """One query block at a time against only the keys it can see (causal edge, window start)."""
     Tq, Tk = q.shape[2], k.shape[2]
     offset = Tk - Tq
@@ -126,13 +112,13 @@ def _attention_blockwise(q, k, v, *, causal, window, doc_ids, key_padding_mask, 
         i1 = min(Tq, i0 + block)
         j0 = max(0, offset + i0 - window + 1) if window is not None else 0
         j1 = offset + i1 if causal else Tk
-        outs.append(_masked(q, k, v, causal=causal, window=window, doc_ids=doc_ids,
-                            key_padding_mask=key_padding_mask, scale=scale, i0=i0, i1=i1, j0=j0, j1=j1))
+        outs.append(_masked(q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale,
+                            i0=i0, i1=i1, j0=j0, j1=j1))
     return torch.cat(outs, dim=2)
 
 
-def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, block=None):
-    """Attention with GQA and causal / window / document / padding masks; returns [B, Hq, Tq, dv].
+def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, scale=None, block=None):
+    """Attention with GQA and causal / window / document masks; returns [B, Hq, Tq, dv].
 
     Pure PyTorch (SDPA); see the module docstring for conventions, the contract of ``dispatch.attention``.
     ``scale`` defaults to 1/sqrt(d).
@@ -140,22 +126,22 @@ def attention_torch(q, k, v, *, causal=True, window=None, doc_ids=None, key_padd
     ``block``: query rows per block on the blockwise paths (default: the window, or enough rows for a
     ``MAX_MASK_ELEMENTS`` mask).
     """
-    check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
+    check_attention_args(q, k, v, window, doc_ids, causal)
     Tq, Tk = q.shape[2], k.shape[2]
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if window is not None and window >= Tk:
         window = None  # the window covers every key: plain causal attention
-    plain = doc_ids is None and key_padding_mask is None and window is None
+    plain = doc_ids is None and window is None
     if plain and (not causal or Tq == 1):
         return _sdpa(q, k, v, None, scale)  # a single last query sees every key
     if plain and Tq == Tk:
         return _sdpa(q, k, v, None, scale, is_causal=True)  # exact and uses SDPA's fused causal kernel
-    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
+    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, scale=scale)
     if window is not None and Tk > BLOCKWISE_MIN_WINDOWS * window:
         return _attention_blockwise(q, k, v, block=block or window, **kwargs)
-    mask_rows = q.shape[0] if (doc_ids is not None or key_padding_mask is not None) else 1
+    mask_rows = q.shape[0] if doc_ids is not None else 1
     if mask_rows * Tq * Tk > MAX_MASK_ELEMENTS:
-        # Long masked full attention (documents / padding): bound the mask to [B, block, Tk] per call.
+        # Long masked full attention (documents): bound the mask to [B, block, Tk] per call.
         return _attention_blockwise(q, k, v, block=block or max(1, MAX_MASK_ELEMENTS // (mask_rows * Tk)), **kwargs)
     return _masked(q, k, v, **kwargs)

@@ -7,16 +7,19 @@ many ways: missing ``*_cuda`` extension, ABI mismatch with torch, no GPU driver)
 Triton ships with every CUDA build of PyTorch; on CPU its kernels run only under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before Python imports triton), which is how the tests run them.
 
-Layering of ``sambay_model.ops`` (imports go one way, top to bottom):
-``linear_scan`` <- ``selective_scan`` / ``conv`` / ``attention``
-(pure PyTorch) <- kernel adapters ``cuda_kernels`` / ``triton_scan`` / ``triton_conv`` / ``triton_attention``
-<- ``dispatch`` (the public ops; picks an adapter through this module). No module imports ``dispatch``
-except the package ``__init__``.
+With "cuda" the packages run only the calls they compute exactly (``cuda_kernels``' predicates); packed or
+padded batches (document resets in the scan) go to ``cuda_fallback()``: the Triton kernels, else PyTorch.
+
+Layering of ``sambay_model.ops`` (imports go one way, top to bottom): ``linear_scan`` / ``backend`` <-
+``selective_scan`` / ``conv`` / ``attention`` (pure PyTorch) <- kernel adapters ``cuda_kernels`` / ``triton_scan``
+/ ``triton_conv`` / ``triton_attention`` <- ``dispatch`` (the public ops; picks an adapter through this module)
+<- the package ``__init__`` (``tests/sambay_model/test_ops_layering.py`` checks it).
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +131,18 @@ def resolve_backend(requested: str, device: torch.device | str | None) -> str:
     if not on_cuda:
         raise RuntimeError(f"compute_backend='cuda' needs tensors on a CUDA device, got device {device}")
     return "cuda"
+
+
+def cuda_fallback() -> str:
+    """Where the "cuda" backend sends a call its packages cannot compute exactly (a scan with document resets or
+    an initial state, a conv with both, fp32 attention): the Triton kernels when Triton imports, else pure
+    PyTorch, whose scan on a GPU is the time-chunked one (``linear_scan.num_chunks``), never one step per token."""
+    if triton_importable():
+        return "triton"
+    warnings.warn("compute_backend='cuda': the CUDA packages cannot run this call exactly (document resets, "
+                  "an initial state or fp32) and triton does not import; using the PyTorch op (slower)",
+                  stacklevel=3)
+    return "torch"
 
 
 def _check_triton(on_cuda: bool, device) -> str:

@@ -1,29 +1,28 @@
 """Adapters from the ops' contracts to the CUDA kernel packages (mamba-ssm, causal-conv1d, flash-attn).
 
-Only reached when ``backend.resolve_backend`` chose "cuda". Cases a kernel cannot express exactly fall back to
-the pure-PyTorch implementation (with a warning where it costs speed):
+Only reached when ``backend.resolve_backend`` chose "cuda", and only for calls a package kernel runs exactly;
+``dispatch`` asks the ``*_is_exact`` predicates below and sends every other call to ``backend.cuda_fallback()``
+(the Triton kernels, else PyTorch):
 
 - selective scan with an initial state or a document reset after the first token (``selective_scan_fn`` has
-  neither; resets inside a row would need the cu_seqlens fork of mamba-ssm);
+  neither; resets inside a row would need the cu_seqlens fork of mamba-ssm): every packed or padded batch;
 - causal conv with both resets and an initial state (``causal_conv1d_fn`` takes ``seq_idx`` or
   ``initial_states``, not both);
-- attention in fp32, with head dims flash-attn does not support, or with padding that is not left padding
-  inside its document (the varlen layout below relies on it).
+- attention in fp32 or with head dims flash-attn does not support.
 
-The index/layout helpers (``resets_to_seq_idx``, ``plan_varlen``, ``split_value_heads``, ``flash_window``,
-``to_flash_layout``) are plain PyTorch so CPU tests can check them.
+Documents go to flash-attn's varlen kernel (padding is a document of its own, see ``attention``), resets to
+causal-conv1d's ``seq_idx``. The index/layout helpers (``resets_to_seq_idx``, ``plan_varlen``,
+``split_value_heads``, ``flash_window``, ``to_flash_layout``) are plain PyTorch so CPU tests can check them.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 
-from .attention import attention_torch, check_attention_args
+from .attention import check_attention_args
 from .backend import probe_kernels
-from .conv import causal_conv1d_torch, weight_2d
-from .selective_scan import selective_scan_torch
+from .conv import weight_2d
 
 # ----------------------------------------------------------------------------------------------- helpers
 
@@ -54,12 +53,11 @@ def split_value_heads(v: torch.Tensor, head_dim: int) -> list[torch.Tensor]:
 class VarlenPlan:
     """Packed-sequence layout for ``flash_attn_varlen_func``: one segment per (row, document) with queries.
 
-    q_index / k_index: positions in the flattened [B*Tq] query / [B*Tk] key tokens that go into the packed
-    tensors (sorted, so segments are contiguous). cu_seqlens_*: int32 segment offsets. Queries of documents with
-    no real key are left out (their output is zero).
+    The flattened [B*Tq] queries are already grouped by segment, in order; k_index: the positions in the
+    flattened [B*Tk] keys that go into the packed keys (sorted, so segments are contiguous), leaving out documents
+    with no query (all before the last Tq positions). cu_seqlens_*: int32 segment offsets.
     """
 
-    q_index: torch.Tensor
     k_index: torch.Tensor
     cu_seqlens_q: torch.Tensor
     cu_seqlens_k: torch.Tensor
@@ -67,73 +65,46 @@ class VarlenPlan:
     max_seqlen_k: int
 
 
-def padding_is_leading(doc_ids: torch.Tensor | None, key_padding_mask: torch.Tensor) -> bool:
-    """True when, inside every document of every row, padded keys all come before real keys (left padding).
-
-    Only then does dropping padded keys keep flash-attn's bottom-right causal alignment exact.
-    """
-    real = key_padding_mask.to(torch.bool)
-    same_doc = torch.ones_like(real[:, 1:]) if doc_ids is None else doc_ids[:, 1:] == doc_ids[:, :-1]
-    bad = real[:, :-1] & ~real[:, 1:] & same_doc
-    return not bool(bad.any())
-
-
-def plan_varlen(doc_ids: torch.Tensor | None, key_padding_mask: torch.Tensor | None, Tq: int) -> VarlenPlan:
-    """Build the varlen layout for queries = the last Tq of Tk positions, keys = real tokens.
+def plan_varlen(doc_ids: torch.Tensor, Tq: int) -> VarlenPlan:
+    """Build the varlen layout for queries = the last Tq of Tk positions, keys = every position of their document.
 
     Causal masking inside a segment is then flash-attn's bottom-right alignment: a document's queries are a
-    suffix of its tokens, and with left padding the dropped keys all precede the kept ones.
+    suffix of its tokens.
     """
-    ref = doc_ids if doc_ids is not None else key_padding_mask
-    if ref is None:
-        raise ValueError("plan_varlen needs doc_ids or key_padding_mask")
-    Bsz, Tk = ref.shape
-    device = ref.device
-    if doc_ids is None:
-        starts = torch.zeros(Bsz, Tk, dtype=torch.bool, device=device)
-    else:
-        starts = torch.zeros(Bsz, Tk, dtype=torch.bool, device=device)
-        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    starts[:, 0] = True
+    Bsz, Tk = doc_ids.shape
+    starts = torch.ones(Bsz, Tk, dtype=torch.bool, device=doc_ids.device)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     seg = (torch.cumsum(starts.flatten(), 0) - 1).view(Bsz, Tk)  # global segment id per token
     nseg = int(seg[-1, -1].item()) + 1
-    if key_padding_mask is None:
-        real = torch.ones(Bsz, Tk, dtype=torch.bool, device=device)
-    else:
-        real = key_padding_mask.to(torch.bool)
     q_seg = seg[:, Tk - Tq :].flatten()
     n_q = torch.bincount(q_seg, minlength=nseg)
-    n_k = torch.bincount(seg[real], minlength=nseg)
-    active = (n_q > 0) & (n_k > 0)
-    q_keep = active[q_seg]
-    k_keep = (real & active[seg]).flatten()
+    n_k = torch.bincount(seg.flatten(), minlength=nseg)
+    active = n_q > 0
+    k_keep = active[seg].flatten()
     n_q, n_k = n_q[active], n_k[active]
-    zero = torch.zeros(1, dtype=torch.int32, device=device)
+    zero = torch.zeros(1, dtype=torch.int32, device=doc_ids.device)
     return VarlenPlan(
-        q_index=torch.nonzero(q_keep).flatten(),
         k_index=torch.nonzero(k_keep).flatten(),
         cu_seqlens_q=torch.cat([zero, torch.cumsum(n_q, 0).to(torch.int32)]),
         cu_seqlens_k=torch.cat([zero, torch.cumsum(n_k, 0).to(torch.int32)]),
-        max_seqlen_q=int(n_q.max().item()) if n_q.numel() else 0,
-        max_seqlen_k=int(n_k.max().item()) if n_k.numel() else 0,
+        max_seqlen_q=int(n_q.max().item()),
+        max_seqlen_k=int(n_k.max().item()),
     )
 
 
 # ------------------------------------------------------------------------------------------ selective scan
 
 
+def scan_is_exact(resets: torch.Tensor | None, initial_state: torch.Tensor | None) -> bool:
+    """True when mamba-ssm's ``selective_scan_fn`` computes the call: no initial state, no reset after token 0."""
+    return initial_state is None and (resets is None or not bool(resets[:, 1:].any()))
+
+
 def selective_scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state):
-    """mamba-ssm ``selective_scan_fn`` when it is exact, else the PyTorch scan (see module docstring)."""
-    inner_reset = resets is not None and bool(resets[:, 1:].any())
-    if initial_state is not None or inner_reset:
-        warnings.warn(
-            "selective_scan: mamba-ssm's kernel has no initial state or document resets; using the PyTorch scan "
-            "for this call (slower). Pack one document per row to keep the CUDA kernel.",
-            stacklevel=3,
-        )
-        return selective_scan_torch(
-            u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state
-        )
+    """mamba-ssm ``selective_scan_fn``, for calls where ``scan_is_exact``."""
+    if not scan_is_exact(resets, initial_state):
+        raise ValueError("selective_scan_cuda: mamba-ssm has no initial state or document resets "
+                         "(dispatch sends such calls to backend.cuda_fallback())")
     # The kernel wants delta and the input-dependent B, C in u's dtype; A, D and delta_bias in fp32.
     out = probe_kernels().selective_scan_fn(
         u.contiguous(),
@@ -171,9 +142,16 @@ def _channel_last(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def conv_is_exact(resets: torch.Tensor | None, initial_state: torch.Tensor | None) -> bool:
+    """True when ``causal_conv1d_fn`` computes the call: it takes ``seq_idx`` or ``initial_states``, not both."""
+    return resets is None or initial_state is None
+
+
 def causal_conv1d_cuda(x, weight, bias, resets, initial_state, activation):
-    if resets is not None and initial_state is not None:
-        return causal_conv1d_torch(x, weight, bias, resets, initial_state, activation)
+    """causal-conv1d's ``causal_conv1d_fn``, for calls where ``conv_is_exact``."""
+    if not conv_is_exact(resets, initial_state):
+        raise ValueError("causal_conv1d_cuda: causal_conv1d_fn takes resets or an initial state, not both "
+                         "(dispatch sends such calls to backend.cuda_fallback())")
     w = weight_2d(weight).contiguous()
     fn = probe_kernels().causal_conv1d_fn
     if resets is not None:
@@ -194,31 +172,26 @@ def causal_conv1d_update_cuda(x_t, conv_state, weight, bias, activation):
 # --------------------------------------------------------------------------------------------- attention
 
 
-def flash_dtype(q: torch.Tensor) -> bool:
-    """flash-attn computes in fp16/bf16 only."""
-    return q.dtype in (torch.float16, torch.bfloat16)
-
-
-def flash_supported(q: torch.Tensor, v: torch.Tensor) -> bool:
+def attention_is_exact(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when flash-attn computes the call: fp16/bf16, head dim a multiple of 8 up to 256, V heads a multiple
+    of it (``split_value_heads``)."""
     d = q.shape[-1]
-    return flash_dtype(q) and d % 8 == 0 and d <= 256 and v.shape[-1] % d == 0
+    return q.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and d <= 256 and v.shape[-1] % d == 0
 
 
-def attention_flash(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale):
-    """flash-attn for [B, H, T, d] inputs; falls back to SDPA where flash cannot be exact."""
-    check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
-    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
-    if not flash_supported(q, v):
-        return attention_torch(q, k, v, **kwargs)
-    if key_padding_mask is not None and not padding_is_leading(doc_ids, key_padding_mask):
-        warnings.warn("attention: padding is not left padding; using SDPA instead of flash-attn", stacklevel=3)
-        return attention_torch(q, k, v, **kwargs)
+def attention_flash(q, k, v, *, causal, window, doc_ids, scale):
+    """flash-attn for [B, H, T, d] inputs (documents through the varlen kernel), for calls where
+    ``attention_is_exact``."""
+    check_attention_args(q, k, v, window, doc_ids, causal)
+    if not attention_is_exact(q, v):
+        raise ValueError(f"attention_flash: flash-attn cannot run {q.dtype} q with head dim {q.shape[-1]} and "
+                         f"value head dim {v.shape[-1]} (dispatch sends such calls to backend.cuda_fallback())")
     probe = probe_kernels()
     d = q.shape[-1]
     qf, kf = to_flash_layout(q), to_flash_layout(k)
     v_parts = [to_flash_layout(p) for p in split_value_heads(v, d)]
     window_size = flash_window(window)
-    if doc_ids is None and key_padding_mask is None:
+    if doc_ids is None:
         outs = [
             probe.flash_attn_func(qf, kf, vp, softmax_scale=scale, causal=causal, window_size=window_size)
             for vp in v_parts
@@ -226,8 +199,8 @@ def attention_flash(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale
         return torch.cat(outs, dim=-1).transpose(1, 2)
     Bsz, Hq, Tq, _ = q.shape
     Tk = k.shape[2]
-    plan = plan_varlen(doc_ids, key_padding_mask, Tq)
-    q_packed = qf.reshape(Bsz * Tq, Hq, d).index_select(0, plan.q_index)
+    plan = plan_varlen(doc_ids, Tq)
+    q_packed = qf.reshape(Bsz * Tq, Hq, d)
     k_packed = kf.reshape(Bsz * Tk, -1, d).index_select(0, plan.k_index)
     outs = []
     for vp in v_parts:
@@ -238,6 +211,4 @@ def attention_flash(q, k, v, *, causal, window, doc_ids, key_padding_mask, scale
                 plan.max_seqlen_k, softmax_scale=scale, causal=causal, window_size=window_size,
             )
         )
-    packed = torch.cat(outs, dim=-1)
-    out = packed.new_zeros(Bsz * Tq, Hq, packed.shape[-1]).index_copy(0, plan.q_index, packed)
-    return out.view(Bsz, Tq, Hq, -1).transpose(1, 2)
+    return torch.cat(outs, dim=-1).view(Bsz, Tq, Hq, -1).transpose(1, 2)

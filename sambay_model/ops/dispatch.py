@@ -1,6 +1,11 @@
 """The public ops: each takes a keyword-only ``backend`` (the model's ``compute_backend``) and sends the call to
 the pure-PyTorch implementation or a kernel adapter, as ``backend.resolve_backend`` decides.
 
+With "cuda", a call the CUDA packages cannot compute exactly (``cuda_kernels``' ``*_is_exact``: document resets
+or an initial state in the scan, resets with an initial state in the conv, fp32 attention) goes to
+``backend.cuda_fallback()``, so packed and padded training batches run the Triton kernels (or, without Triton, the
+time-chunked PyTorch scan), and mamba-ssm's scan runs the reset-free ones.
+
 Contracts (shapes, dtypes, reset and state rules) are those of the pure-PyTorch functions named in each
 docstring; every adapter implements the same contract. The Triton adapters are imported on first use, not at
 the top: triton is an optional package (CUDA builds of torch ship it; a CPU install has it only through the dev
@@ -12,7 +17,7 @@ import importlib
 
 from . import cuda_kernels
 from .attention import attention_torch
-from .backend import resolve_backend
+from .backend import cuda_fallback, resolve_backend
 from .conv import causal_conv1d_torch, causal_conv1d_update_torch
 from .selective_scan import selective_scan_torch, selective_state_update_torch
 
@@ -28,6 +33,8 @@ def selective_scan(
     """Mamba-1 selective scan; contract of ``selective_scan.selective_scan_torch``."""
     args = (u, delta, A, B, C, D, delta_bias, delta_softplus, resets, initial_state, return_last_state)
     chosen = resolve_backend(backend, u.device)
+    if chosen == "cuda" and not cuda_kernels.scan_is_exact(resets, initial_state):
+        chosen = cuda_fallback()
     if chosen == "triton":
         return _triton("scan").selective_scan_triton(*args)
     if chosen == "cuda":
@@ -50,6 +57,8 @@ def causal_conv1d(x, weight, bias=None, resets=None, initial_state=None, activat
     """Depthwise causal conv with resets; contract of ``conv.causal_conv1d_torch``."""
     args = (x, weight, bias, resets, initial_state, activation)
     chosen = resolve_backend(backend, x.device)
+    if chosen == "cuda" and not cuda_kernels.conv_is_exact(resets, initial_state):
+        chosen = cuda_fallback()
     if chosen == "triton":
         return _triton("conv").causal_conv1d_triton(*args)
     if chosen == "cuda":
@@ -68,16 +77,16 @@ def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation="silu", 
     return causal_conv1d_update_torch(x_t, conv_state, weight, bias, activation)
 
 
-def attention(
-    q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None, backend: str = "auto"
-):
-    """Attention with GQA and causal / window / document / padding masks; contract of
-    ``attention.attention_torch``. The cuda backend (flash-attn) handles fp16/bf16 and hands fp32 inputs to the
-    SDPA path; the triton backend uses FlexAttention for masked calls."""
-    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=key_padding_mask, scale=scale)
+def attention(q, k, v, *, causal=True, window=None, doc_ids=None, scale=None, backend: str = "auto"):
+    """Attention with GQA and causal / window / document masks; contract of ``attention.attention_torch``. The
+    cuda backend (flash-attn, its varlen kernel for documents) takes fp16/bf16; the triton backend uses
+    FlexAttention for masked calls."""
+    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, scale=scale)
     chosen = resolve_backend(backend, q.device)
+    if chosen == "cuda" and not cuda_kernels.attention_is_exact(q, v):
+        chosen = cuda_fallback()
     if chosen == "triton":
         return _triton("attention").attention_flex(q, k, v, **kwargs)
-    if chosen == "cuda" and cuda_kernels.flash_dtype(q):
+    if chosen == "cuda":
         return cuda_kernels.attention_flash(q, k, v, **kwargs)
     return attention_torch(q, k, v, **kwargs)

@@ -1,4 +1,4 @@
-"""Attention with causal / sliding-window / document / padding masks and GQA through PyTorch's FlexAttention,
+"""Attention with causal / sliding-window / document masks and GQA through PyTorch's FlexAttention,
 which Inductor compiles into fused Triton kernels on CUDA (no flash-attn build needed).
 
 Same contract as ``attention.attention_torch``. The masks become one FlexAttention ``mask_mod`` over absolute
@@ -28,10 +28,9 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def visibility_mod(Tq: int, Tk: int, *, causal: bool, window: int | None, doc_ids, key_padding_mask):
+def visibility_mod(Tq: int, Tk: int, *, causal: bool, window: int | None, doc_ids):
     """FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``: True where the query may attend the key."""
     offset = Tk - Tq
-    real = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
 
     def mask_mod(b, h, q_idx, kv_idx):
         p = q_idx + offset
@@ -40,26 +39,23 @@ def visibility_mod(Tq: int, Tk: int, *, causal: bool, window: int | None, doc_id
             ok = ok & (p - kv_idx < window)
         if doc_ids is not None:
             ok = ok & (doc_ids[b, kv_idx] == doc_ids[b, p])
-        if real is not None:
-            ok = ok & real[b, kv_idx]
         return ok
 
     return mask_mod
 
 
-def attention_flex(q, k, v, *, causal=True, window=None, doc_ids=None, key_padding_mask=None, scale=None):
-    """FlexAttention path; contract of ``attention.attention_torch`` (queries with no visible key give zeros)."""
-    check_attention_args(q, k, v, window, doc_ids, key_padding_mask, causal)
+def attention_flex(q, k, v, *, causal=True, window=None, doc_ids=None, scale=None):
+    """FlexAttention path; contract of ``attention.attention_torch``."""
+    check_attention_args(q, k, v, window, doc_ids, causal)
     Bsz, Hq, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     if window is not None and window >= Tk:
         window = None  # the window covers every key
-    plain = doc_ids is None and key_padding_mask is None and window is None
+    plain = doc_ids is None and window is None
     if plain and (not causal or Tq == 1 or Tq == Tk):
         return attention_torch(q, k, v, causal=causal, scale=scale)
-    mask_mod = visibility_mod(Tq, Tk, causal=causal, window=window, doc_ids=doc_ids,
-                              key_padding_mask=key_padding_mask)
-    per_row = doc_ids is not None or key_padding_mask is not None
+    mask_mod = visibility_mod(Tq, Tk, causal=causal, window=window, doc_ids=doc_ids)
+    per_row = doc_ids is not None
     make_mask, attend = (_compiled(create_block_mask), _compiled(flex_attention)) if q.is_cuda else (
         create_block_mask, flex_attention)
     block_mask = make_mask(mask_mod, Bsz if per_row else None, None, Tq, Tk, device=q.device)

@@ -1,9 +1,10 @@
-"""last_query_attention (the decode step's attention) against the masked SDPA reference of sambay_model.ops."""
+"""last_query_attention (the decode step's attention) against the explicit-softmax reference and the SDPA op."""
 import pytest
 import torch
 
 from sambay_model.decode_attention import last_query_attention
 from sambay_model.ops.attention import attention_torch
+from tests.sambay_model.reference_ops import attention_ref
 
 
 @pytest.mark.parametrize("hq, hkv", [(4, 4), (8, 2), (6, 3)])
@@ -18,7 +19,7 @@ def test_matches_reference_with_gqa_masks_and_strided_cache_views(hq, hkv):
     visible[:, -1] = True
     visible[2] = False  # a row that sees nothing returns zeros
     (out,) = last_query_attention(q, k, (v,), 0.3, visible)
-    ref = attention_torch(q, k, v, causal=False, key_padding_mask=visible, scale=0.3)
+    ref = attention_ref(q, k, v, causal=False, key_padding_mask=visible, scale=0.3)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     assert torch.equal(out[2], torch.zeros_like(out[2]))
     (plain,) = last_query_attention(q, k, (v,), 0.3)

@@ -1,25 +1,34 @@
-"""Backend resolution and the CUDA adapters, exercised on CPU with stand-in kernels.
+"""Backend resolution, the CUDA adapters and the routing of compute_backend="cuda", exercised on CPU with
+stand-in kernels.
 
 The stand-ins implement the documented semantics of the real kernels (flash-attn's [B, T, H, d] layout,
 bottom-right causal alignment, window_size=(left, right), GQA head mapping, equal q/v head dims; causal-conv1d's
 seq_idx / initial_states / in-place state update; mamba-ssm's in-place state update), so these tests check
-every index, layout and fallback decision the GPU path makes.
+every index, layout and fallback decision the GPU path makes. The model-level tests at the end check that
+packed and padded batches under "cuda" reach the Triton adapters (or, without Triton, the PyTorch ops) and never
+mamba-ssm's scan, which has no document reset.
 """
+import dataclasses
 import importlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from sambay_model.ops import attention, resolve_backend
+from sambay_model.ops.attention import attention_torch
 from sambay_model.ops.backend import KernelProbe
 from sambay_model.ops.conv import causal_conv1d_torch
 from tests.sambay_model.reference_ops import attention_ref, causal_conv1d_ref, selective_scan_ref
 
-selective_state_update_torch = importlib.import_module("sambay_model.ops.selective_scan").selective_state_update_torch
+scan_mod = importlib.import_module("sambay_model.ops.selective_scan")
+selective_state_update_torch = scan_mod.selective_state_update_torch
 
 backend_mod = importlib.import_module("sambay_model.ops.backend")
 cuda_mod = importlib.import_module("sambay_model.ops.cuda_kernels")
+dispatch_mod = importlib.import_module("sambay_model.ops.dispatch")
 
 
 # ------------------------------------------------------------------------------------- stand-in kernels
@@ -125,6 +134,55 @@ def fake_kernels(monkeypatch):
     return FAKES
 
 
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(module, name)`` wraps ``module.name`` so that calls pass through and are appended to a returned list."""
+    def install(module, name):
+        original, calls = getattr(module, name), []
+        monkeypatch.setattr(module, name, lambda *a, **k: calls.append(name) or original(*a, **k))
+        return calls
+    return install
+
+
+def counted(monkeypatch, probe: KernelProbe) -> dict[str, list]:
+    """Install ``probe`` with every kernel counting its calls; returns kernel name -> list of calls."""
+    calls = {f.name: [] for f in dataclasses.fields(KernelProbe) if f.name != "errors"}
+
+    def wrap(name, fn):
+        return lambda *a, **k: calls[name].append(1) or fn(*a, **k)
+
+    wrapped = dataclasses.replace(probe, **{n: wrap(n, getattr(probe, n)) for n in calls})
+    monkeypatch.setattr(cuda_mod, "probe_kernels", lambda: wrapped)
+    monkeypatch.setattr(backend_mod, "probe_kernels", lambda: wrapped)
+    return calls
+
+
+@pytest.fixture
+def on_cuda(monkeypatch):
+    """Let the ops run a requested "cuda" backend on CPU tensors (the stand-ins stand for the GPU kernels)."""
+    monkeypatch.setattr(dispatch_mod, "resolve_backend", lambda requested, device: requested)
+
+
+@pytest.fixture
+def triton_standins(monkeypatch):
+    """Triton importable, its adapters replaced by the PyTorch ops (same contracts); returns the adapters called."""
+    calls = []
+
+    def standin(name, fn):
+        return lambda *a, **k: calls.append(name) or fn(*a, **k)
+
+    modules = {
+        "scan": SimpleNamespace(selective_scan_triton=standin("selective_scan_triton", scan_mod.selective_scan_torch),
+                                selective_state_update_triton=standin("selective_state_update_triton",
+                                                                      selective_state_update_torch)),
+        "conv": SimpleNamespace(causal_conv1d_triton=standin("causal_conv1d_triton", causal_conv1d_torch)),
+        "attention": SimpleNamespace(attention_flex=standin("attention_flex", attention_torch)),
+    }
+    monkeypatch.setattr(backend_mod, "triton_importable", lambda: True)
+    monkeypatch.setattr(dispatch_mod, "_triton", modules.__getitem__)
+    return calls
+
+
 # ------------------------------------------------------------------------------------ backend resolution
 
 
@@ -209,32 +267,16 @@ def test_small_helpers():
         cuda_mod.split_value_heads(v, 3)
 
 
-def test_padding_is_leading():
-    kpm = torch.tensor([[False, True, True], [True, True, True]])
-    assert cuda_mod.padding_is_leading(None, kpm)
-    assert not cuda_mod.padding_is_leading(None, torch.tensor([[True, False, True]]))
-    # Padding after a real token but in a new document is still leading within that document.
-    assert cuda_mod.padding_is_leading(torch.tensor([[0, 1, 1]]), torch.tensor([[True, False, True]]))
-
-
 def test_plan_varlen():
-    doc_ids = torch.tensor([[0, 0, 1, 1, 1, 2], [5, 5, 5, 5, 6, 6]])
-    kpm = torch.tensor([[True] * 6, [False, True, True, True, True, True]])
-    plan = cuda_mod.plan_varlen(doc_ids, kpm, Tq=3)
+    # Row 1 starts with a padding segment (id -1), as the model lays padding out.
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1, 2], [-1, 5, 5, 5, 6, 6]])
+    plan = cuda_mod.plan_varlen(doc_ids, Tq=3)
     # Query positions 3..5: row 0 -> docs 1 (pos 3,4) and 2 (pos 5); row 1 -> doc 5 (pos 3) and doc 6 (pos 4,5).
-    assert plan.q_index.tolist() == [0, 1, 2, 3, 4, 5]
     assert plan.cu_seqlens_q.tolist() == [0, 2, 3, 4, 6]
-    # Keys: row 0 doc 0 has no query (dropped); row 1 position 6 is padding.
+    # Keys: row 0 doc 0 and row 1's padding have no query (dropped).
     assert plan.k_index.tolist() == [2, 3, 4, 5, 7, 8, 9, 10, 11]
     assert plan.cu_seqlens_k.tolist() == [0, 3, 4, 7, 9]
     assert (plan.max_seqlen_q, plan.max_seqlen_k) == (2, 3)
-
-
-def test_plan_varlen_skips_documents_without_real_keys():
-    kpm = torch.tensor([[False, False, False], [True, True, True]])
-    plan = cuda_mod.plan_varlen(None, kpm, Tq=3)
-    assert plan.q_index.tolist() == [3, 4, 5]
-    assert plan.cu_seqlens_q.tolist() == [0, 3] and plan.cu_seqlens_k.tolist() == [0, 3]
 
 
 # ------------------------------------------------------------------------- adapters with stand-in kernels
@@ -264,50 +306,58 @@ def test_flash_adapter_matches_reference(case, fake_kernels):
     q, k, v = _qkv(Hq, Hkv, Tq, Tk, 8, dv, seed=len(str(case)))
     starts = torch.rand(2, Tk, generator=torch.Generator().manual_seed(1)) < 0.25
     doc_ids = torch.cumsum(starts.long(), 1) if use_docs else None
-    kpm = None
-    if pads:
-        kpm = torch.ones(2, Tk, dtype=torch.bool)
+    if pads:  # left padding: a segment of its own (id -1) before the row's documents
+        doc_ids = torch.zeros(2, Tk, dtype=torch.long) if doc_ids is None else doc_ids
         for b, n in enumerate(pads):
-            kpm[b, :n] = False
-    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, key_padding_mask=kpm, scale=None)
+            doc_ids[b, :n] = -1
+    kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, scale=None)
     out = cuda_mod.attention_flash(q, k, v, **kwargs)
     ref = attention_ref(q.double(), k.double(), v.double(), **kwargs)
     assert out.shape == ref.shape
     torch.testing.assert_close(out.double(), ref, rtol=1e-10, atol=1e-12)
 
 
-def test_flash_adapter_falls_back_on_right_padding(fake_kernels):
+def test_flash_adapter_takes_right_padding_as_a_segment(fake_kernels):
     q, k, v = _qkv(2, 2, 6, 6, 8, 8, seed=3)
-    kpm = torch.tensor([[True] * 4 + [False] * 2] * 2)
-    with pytest.warns(UserWarning, match="not left padding"):
-        out = cuda_mod.attention_flash(
-            q, k, v, causal=True, window=None, doc_ids=None, key_padding_mask=kpm, scale=None
-        )
-    ref = attention_ref(q, k, v, key_padding_mask=kpm)
-    torch.testing.assert_close(out, ref, rtol=0.02, atol=0.02)  # bf16 SDPA vs bf16 reference
+    doc_ids = torch.tensor([[0] * 4 + [1] * 2, [0] * 6])
+    out = cuda_mod.attention_flash(q, k, v, causal=True, window=None, doc_ids=doc_ids, scale=None)
+    ref = attention_ref(q.double(), k.double(), v.double(), doc_ids=doc_ids)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-10, atol=1e-12)
 
 
-def test_attention_dispatch_by_dtype(fake_kernels, monkeypatch):
-    dispatch_mod = importlib.import_module("sambay_model.ops.dispatch")
-    monkeypatch.setattr(dispatch_mod, "resolve_backend", lambda requested, device: "cuda")
-    calls = []
-    monkeypatch.setattr(cuda_mod, "attention_flash", lambda *a, **k: calls.append(1) or a[0])
+def test_adapters_refuse_calls_their_kernel_cannot_compute(fake_kernels):
+    inp = _scan_inputs(1)
+    resets = torch.zeros(2, 12, dtype=torch.bool)
+    resets[0, 4] = True
+    with pytest.raises(ValueError, match="resets"):
+        cuda_mod.selective_scan_cuda(**inp, delta_softplus=True, resets=resets, initial_state=None,
+                                     return_last_state=False)
+    x, w = torch.randn(2, 4, 12), torch.randn(4, 1, 4)
+    with pytest.raises(ValueError, match="not both"):
+        cuda_mod.causal_conv1d_cuda(x, w, None, resets, torch.zeros(2, 4, 3), "silu")
+    q, k, v = _qkv(2, 2, 5, 5, 8, 8, seed=2)
+    with pytest.raises(ValueError, match="flash-attn cannot"):
+        cuda_mod.attention_flash(q.float(), k.float(), v.float(), causal=True, window=None, doc_ids=None, scale=None)
+
+
+def test_attention_dispatch_by_dtype(fake_kernels, on_cuda, triton_standins, spy):
     q, k, v = _qkv(2, 2, 5, 5, 8, 8, seed=4)
+    flash = spy(cuda_mod, "attention_flash")
     attention(q, k, v, backend="cuda")
-    assert calls == [1]  # bf16 goes to flash-attn
-    out = attention(q.float(), k.float(), v.float(), backend="cuda")
-    assert calls == [1]  # fp32 stays on SDPA
-    torch.testing.assert_close(out, attention_ref(q.float(), k.float(), v.float()), rtol=1e-5, atol=1e-6)
+    assert len(flash) == 1  # bf16 goes to flash-attn
+    out = attention(q.float(), k.float(), v.float(), window=3, backend="cuda")
+    assert len(flash) == 1 and triton_standins == ["attention_flex"]  # fp32 goes to FlexAttention
+    torch.testing.assert_close(out, attention_ref(q.float(), k.float(), v.float(), window=3), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["plain", "resets", "initial", "both"])
+@pytest.mark.parametrize("mode", ["plain", "resets", "initial"])
 def test_conv_adapter(mode, fake_kernels):
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 6, 15, generator=g, dtype=torch.float64)
     w = torch.randn(6, 1, 4, generator=g, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
-    resets = torch.rand(2, 15, generator=g) < 0.2 if mode in ("resets", "both") else None
-    init = torch.randn(2, 6, 3, generator=g, dtype=torch.float64) if mode in ("initial", "both") else None
+    resets = torch.rand(2, 15, generator=g) < 0.2 if mode == "resets" else None
+    init = torch.randn(2, 6, 3, generator=g, dtype=torch.float64) if mode == "initial" else None
     out = cuda_mod.causal_conv1d_cuda(x, w, b, resets, init, "silu")
     torch.testing.assert_close(out, causal_conv1d_torch(x, w, b, resets, init, "silu"), rtol=1e-12, atol=1e-12)
 
@@ -342,20 +392,6 @@ def test_scan_adapter_uses_kernel_when_exact(fake_kernels):
     torch.testing.assert_close(last.double(), last_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_scan_adapter_falls_back_for_resets(fake_kernels, monkeypatch):
-    inp = _scan_inputs(8)
-    resets = torch.zeros(2, 12, dtype=torch.bool)
-    resets[1, 5] = True
-    calls = []
-    probe = KernelProbe(**{**FAKES.__dict__, "selective_scan_fn": lambda *a, **k: calls.append(1)})
-    monkeypatch.setattr(cuda_mod, "probe_kernels", lambda: probe)
-    with pytest.warns(UserWarning, match="resets"):
-        y = cuda_mod.selective_scan_cuda(**inp, delta_softplus=True, resets=resets, initial_state=None,
-                                         return_last_state=False)
-    assert not calls
-    torch.testing.assert_close(y.double(), selective_scan_ref(**inp, resets=resets), rtol=1e-5, atol=1e-5)
-
-
 def test_state_update_adapter_leaves_state_untouched(fake_kernels):
     inp = _scan_inputs(9)
     state = torch.randn(2, 4, 3)
@@ -371,3 +407,85 @@ def test_state_update_adapter_leaves_state_untouched(fake_kernels):
     )
     torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(new_state, s_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_conv_with_resets_and_initial_state_goes_to_triton(monkeypatch, on_cuda, triton_standins):
+    fn = counted(monkeypatch, FAKES)["causal_conv1d_fn"]
+    x, w = torch.randn(2, 4, 12), torch.randn(4, 1, 4)
+    resets = torch.zeros(2, 12, dtype=torch.bool)
+    resets[1, 6] = True
+    dispatch_mod.causal_conv1d(x, w, None, resets, torch.randn(2, 4, 3), backend="cuda")
+    assert triton_standins == ["causal_conv1d_triton"] and not fn
+    dispatch_mod.causal_conv1d(x, w, None, resets, None, backend="cuda")
+    assert len(fn) == 1  # resets alone: causal-conv1d's seq_idx
+
+
+# --------------------------------------------------------------- compute_backend="cuda" on whole batches
+
+FLASH_IN_INPUT_DTYPE = dataclasses.replace(  # the model feeds the output on, so it must keep q's dtype
+    FAKES,
+    flash_attn_func=lambda q, *a, **k: fake_flash_attn_func(q, *a, **k).to(q.dtype),
+    flash_attn_varlen_func=lambda q, *a, **k: fake_flash_attn_varlen_func(q, *a, **k).to(q.dtype),
+)
+
+
+def _batch(kind: str) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 64, (2, 12), generator=g)
+    if kind == "doc_ids":
+        return dict(input_ids=ids, doc_ids=torch.tensor([[0] * 5 + [1] * 7, [0] * 9 + [1] * 3]))
+    if kind == "position_ids":  # TRL padding-free packing: positions restart at each document
+        return dict(input_ids=ids, position_ids=torch.tensor([list(range(5)) + list(range(7)), list(range(12))]))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    if kind == "left_padding":
+        mask[0, :4] = 0
+    elif kind == "right_padding":
+        mask[1, 8:] = 0
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    return counted(monkeypatch, FLASH_IN_INPUT_DTYPE)
+
+
+@pytest.fixture
+def cuda_model(on_cuda, kernel_calls):
+    torch.manual_seed(0)
+    cfg = Phi4FlashConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=8,
+                          num_attention_heads=4, num_key_value_heads=2, sliding_window=4, bos_token_id=0,
+                          eos_token_id=1, pad_token_id=2, compute_backend="cuda")
+    return Phi4FlashForCausalLM(cfg).to(torch.bfloat16).eval()  # flash-attn takes bf16
+
+
+MAMBA_LAYERS = 3  # layers 0, 2 and the memory layer 4 of 8
+
+
+@pytest.mark.parametrize("kind", ["doc_ids", "position_ids", "left_padding", "right_padding"])
+def test_packed_and_padded_batches_under_cuda_run_the_triton_scan(kind, cuda_model, kernel_calls, triton_standins,
+                                                                  spy):
+    torch_scan = spy(dispatch_mod, "selective_scan_torch")
+    mamba_scan, varlen = kernel_calls["selective_scan_fn"], kernel_calls["flash_attn_varlen_func"]
+    with torch.no_grad():
+        logits = cuda_model(**_batch(kind)).logits
+    assert not mamba_scan and not torch_scan
+    assert triton_standins.count("selective_scan_triton") == MAMBA_LAYERS
+    assert varlen  # documents and padding segments through flash-attn's varlen kernel
+    cuda_model.config.compute_backend = "torch"
+    with torch.no_grad():
+        torch.testing.assert_close(logits, cuda_model(**_batch(kind)).logits, rtol=0.05, atol=0.05)
+
+
+def test_packed_batches_under_cuda_without_triton_run_the_pytorch_scan(cuda_model, kernel_calls, no_triton, spy):
+    mamba_scan, torch_scan = kernel_calls["selective_scan_fn"], spy(dispatch_mod, "selective_scan_torch")
+    with torch.no_grad(), pytest.warns(UserWarning, match="triton does not import"):
+        cuda_model(**_batch("doc_ids"))
+    # On a GPU this PyTorch scan runs time-chunked (linear_scan.num_chunks(..., on_gpu=True) = sqrt(T) chunks).
+    assert not mamba_scan and len(torch_scan) == MAMBA_LAYERS
+
+
+def test_reset_free_batches_under_cuda_keep_mamba_ssm(cuda_model, kernel_calls, triton_standins):
+    mamba_scan, flash = kernel_calls["selective_scan_fn"], kernel_calls["flash_attn_func"]
+    with torch.no_grad():
+        cuda_model(**_batch("plain"))
+    assert len(mamba_scan) == MAMBA_LAYERS and flash and not triton_standins

@@ -222,7 +222,7 @@ def test_conv_dispatch_uses_triton():
 ATTENTION_CASES = [
     pytest.param(dict(causal=True, window=3, doc_ids=True, padding=True), 9, id="window-docs-padding"),
     pytest.param(dict(causal=True, window=None, doc_ids=True, padding=False), 9, id="docs"),
-    pytest.param(dict(causal=True, window=None, doc_ids=False, padding=True), 9, id="left-padding-empty-rows"),
+    pytest.param(dict(causal=True, window=None, doc_ids=False, padding=True), 9, id="left-padding-segment"),
     pytest.param(dict(causal=True, window=4, doc_ids=False, padding=False), 4, id="window-chunk-of-queries"),
     pytest.param(dict(causal=False, window=None, doc_ids=False, padding=True), 9, id="bidirectional-padding"),
 ]
@@ -238,10 +238,10 @@ def test_flex_attention_matches_torch(case, Tq, flex_backward_on_cpu):
     kwargs = dict(causal=case["causal"], window=case["window"], scale=0.3)
     if case["doc_ids"]:
         kwargs["doc_ids"] = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2], [0, 0, 0, 0, 0, 0, 1, 1, 1]])
-    if case["padding"]:
-        kpm = torch.ones(Bsz, Tk, dtype=torch.bool)
-        kpm[1, :4] = False  # left padding: with causal masks the first queries of row 1 see no key
-        kwargs["key_padding_mask"] = kpm
+    if case["padding"]:  # left padding of row 1: a segment of its own (id -1), as the model lays it out
+        docs = kwargs.get("doc_ids", torch.zeros(Bsz, Tk, dtype=torch.long)).clone()
+        docs[1, :4] = -1
+        kwargs["doc_ids"] = docs
     results = _grad_pair(lambda **kw: triton_attention.attention_flex(**kw, **kwargs),
                          lambda **kw: attention_torch(**kw, **kwargs), leaves, seed=10)
     _assert_same(results, rtol=1e-5, atol=1e-5)
@@ -252,13 +252,12 @@ def test_visibility_mod_equals_the_torch_mask():
     from sambay_model.ops.attention import build_mask
 
     Tq, Tk = 5, 9
-    doc = torch.tensor([[0, 0, 1, 1, 1, 1, 2, 2, 2]])
-    kpm = torch.tensor([[False, True, True, True, True, True, False, True, True]])
-    mod = triton_attention.visibility_mod(Tq, Tk, causal=True, window=3, doc_ids=doc, key_padding_mask=kpm)
+    doc = torch.tensor([[-1, 0, 1, 1, 1, 1, 2, 2, 2]])
+    mod = triton_attention.visibility_mod(Tq, Tk, causal=True, window=3, doc_ids=doc)
     qi, ki = torch.meshgrid(torch.arange(Tq), torch.arange(Tk), indexing="ij")
     got = mod(torch.zeros_like(qi), torch.zeros_like(qi), qi, ki)
     want = build_mask(torch.arange(Tk - Tq, Tk), torch.arange(Tk), causal=True, window=3,
-                      q_doc=doc[:, Tk - Tq:], k_doc=doc, k_real=kpm)[0, 0]
+                      q_doc=doc[:, Tk - Tq:], k_doc=doc)[0, 0]
     assert torch.equal(got, want)
 
 
