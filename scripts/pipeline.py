@@ -3,6 +3,7 @@
     python scripts/pipeline.py                          # recipes/pipeline/demo.yaml, the CPU demo
     python scripts/pipeline.py --config-name=smoke      # a few steps per stage
     python scripts/pipeline.py nproc_per_node=8 ++stages.pretrain.overrides.trainer.max_steps=2000
+    python scripts/pipeline.py dry_run=true             # every selected stage's own dry run; writes nothing
 
 Each stage is a subprocess (``torchrun -m <entry>`` or ``python -m <entry>``) whose output is also appended to
 ``<run_dir>/logs/<stage>.log``. A stage whose ``done`` file exists is skipped; relaunching an interrupted stage
@@ -27,8 +28,19 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from scripts.pipeline_config import PipelineConfig, register_configs
+from train.gates import Gate, GateFailed, check_gate
+from train.report import load_stage
+from train.report import write_report as write_stage_report
 
 LAUNCHERS = ("torchrun", "python")
+# The override that turns each entry point into its dry run (build and check everything, write nothing).
+DRY_RUN_OVERRIDES = {
+    "data.prepare": "dry_run=true",
+    "train.pretrain": "trainer.dry_run=true",
+    "train.sft": "trainer.dry_run=true",
+    "train.dpo": "trainer.dry_run=true",
+    "train.evaluate": "dry_run=true",
+}
 # Hydra override values made only of these characters need no quoting.
 _PLAIN_VALUE = re.compile(r"^[\w./:@+-]+$")
 
@@ -114,12 +126,12 @@ def launch_command(cfg: PipelineConfig, name: str) -> list[str]:
 
 def validate(cfg: PipelineConfig) -> None:
     """Raise PipelineError naming the stage and key of the first problem in the recipe."""
-    from train.gates import Gate
-
     if not cfg.stages:
         raise PipelineError("pipeline recipe declares no stages")
     if cfg.nproc_per_node < 1:
         raise PipelineError(f"nproc_per_node must be >= 1, got {cfg.nproc_per_node}")
+    if cfg.plan and cfg.dry_run:
+        raise PipelineError("plan=true and dry_run=true: choose one (plan writes the Slurm plan, dry_run writes nothing)")
     seen: list[str] = []
     for name, stage in cfg.stages.items():
         where = f"stages.{name}"
@@ -129,6 +141,8 @@ def validate(cfg: PipelineConfig) -> None:
             raise PipelineError(f"{where}.launcher: {stage.launcher!r} is not one of {LAUNCHERS}")
         if stage.nproc is not None and stage.nproc < 1:
             raise PipelineError(f"{where}.nproc: must be >= 1, got {stage.nproc}")
+        if stage.nproc is not None and stage.launcher == "python":
+            raise PipelineError(f"{where}.nproc: a launcher: python stage runs one process; nproc applies to torchrun")
         if not stage.done:
             raise PipelineError(f"{where}.done: a stage needs a file that marks it complete")
         if stage.eval_of:
@@ -157,8 +171,6 @@ def model_dir(cfg: PipelineConfig, name: str) -> Path:
 
 def stage_results(cfg: PipelineConfig) -> list:
     """One ``train.report.StageResult`` per evaluated stage, named by its path under ``run_dir``."""
-    from train.report import load_stage
-
     results = []
     for name, stage in cfg.stages.items():
         if not stage.eval_of or not is_done(cfg, name):
@@ -178,18 +190,14 @@ def _relative_name(path: Path, root: str) -> str:
 
 
 def write_report(cfg: PipelineConfig) -> Path | None:
-    from train.report import write_report as _write
-
     results = stage_results(cfg)
     if not results:
         return None
-    return _write(cfg.run_dir, results)
+    return write_stage_report(cfg.run_dir, results)
 
 
 def check_stage_gate(cfg: PipelineConfig, name: str) -> None:
     """Raise ``train.gates.GateFailed`` when the evaluation stage ``name`` misses its gate."""
-    from train.gates import check_gate
-
     stage = cfg.stages[name]
     if stage.gate is None:
         return
@@ -262,8 +270,6 @@ def run_pipeline(cfg: PipelineConfig) -> Path | None:
     Raises PipelineError when a stage fails and ``train.gates.GateFailed`` when a gate fails (after the
     report has been written) and ``fail_on_gate`` is set.
     """
-    from train.gates import GateFailed
-
     validate(cfg)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     for name in selected_stages(cfg):
@@ -283,6 +289,32 @@ def run_pipeline(cfg: PipelineConfig) -> Path | None:
     return write_report(cfg)
 
 
+def dry_run_command(cfg: PipelineConfig, name: str) -> list[str]:
+    """The stage's command with its entry point's dry-run override appended."""
+    entry = cfg.stages[name].entry
+    if entry not in DRY_RUN_OVERRIDES:
+        raise PipelineError(f"stages.{name}.entry: {entry!r} has no known dry run; entry points with one: "
+                            f"{sorted(DRY_RUN_OVERRIDES)}")
+    return launch_command(cfg, name) + [DRY_RUN_OVERRIDES[entry]]
+
+
+def dry_run_pipeline(cfg: PipelineConfig) -> None:
+    """Dry-run every selected stage (done or not) in order, each in its own process; nothing is written, not even
+    the logs or the report. Raises PipelineError naming the stages whose dry run failed."""
+    validate(cfg)
+    env = {**os.environ, **{k: str(v) for k, v in cfg.env.items()}}
+    failed = []
+    for name in selected_stages(cfg):
+        cmd = dry_run_command(cfg, name)
+        print(f"[pipeline] dry run of stage {name}: {' '.join(cmd)}", flush=True)
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc != 0:
+            print(f"[pipeline] dry run of stage {name} failed with exit status {rc}", flush=True)
+            failed.append(name)
+    if failed:
+        raise PipelineError(f"dry run failed for stage(s) {failed}")
+
+
 def to_config(cfg: DictConfig) -> PipelineConfig:
     """Resolve a Hydra config into the typed schema (interpolations resolved, unknown keys rejected)."""
     schema = OmegaConf.structured(PipelineConfig)
@@ -296,10 +328,12 @@ register_configs()
 
 @hydra.main(config_path="../recipes/pipeline", config_name="demo", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from train.gates import GateFailed
-
     pipe = to_config(cfg)
     try:
+        if pipe.dry_run:
+            dry_run_pipeline(pipe)
+            print("[pipeline] dry run done: every selected stage built and checked, nothing written", flush=True)
+            return
         if pipe.plan:
             validate(pipe)
             for line in write_plan(pipe):

@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from data.layout import DEFAULT_DATA_DIR
+
 
 @dataclass
 class StageConfig:
@@ -22,7 +24,8 @@ class StageConfig:
     dir_key: override key that points the entry point at ``dir`` (default ``run.dir``; ``""``: not passed).
     done: path relative to ``dir`` whose existence marks the stage complete (default ``DONE``).
     launcher: ``torchrun`` (default) or ``python`` (one plain process, e.g. data preparation).
-    nproc: processes per node under torchrun (default ``None``: the pipeline's ``nproc_per_node``).
+    nproc: processes per node under torchrun (default ``None``: the pipeline's ``nproc_per_node``); an error on a
+        ``launcher: python`` stage, which runs one process.
     overrides: Hydra overrides for the entry point, nested mappings or dotted keys; a key starting with
         ``+`` adds a key (default empty).
     eval_of: for an evaluation stage, the name of the stage whose model it scores; its ``dir`` must then
@@ -58,6 +61,9 @@ class PipelineConfig:
     plan: write each pending stage's command to ``<run_dir>/plan/<stage>.args`` and print
         ``<stage> <nproc> <launcher> <args file>`` lines instead of running (used by ``slurm/submit.sh``)
         (default False).
+    dry_run: run each selected stage's own dry run instead (``trainer.dry_run=true`` for the trainers,
+        ``dry_run=true`` for ``data.prepare`` and ``train.evaluate``), done stages included, and write nothing:
+        no logs, no report (default False; not with ``plan``).
     fail_on_gate: a failing gate stops the pipeline with exit status 1 after writing the report
         (default True; False: record it in the report and go on).
     env: extra environment variables for every stage process (default empty).
@@ -65,11 +71,12 @@ class PipelineConfig:
 
     name: str = "demo"
     run_dir: str = "runs/${name}"
-    data_dir: str = "artifacts/data/demo"
+    data_dir: str = DEFAULT_DATA_DIR
     nproc_per_node: int = 1
     stages: dict[str, StageConfig] = field(default_factory=dict)
     only: Optional[list[str]] = None
     plan: bool = False
+    dry_run: bool = False
     fail_on_gate: bool = True
     env: dict[str, str] = field(default_factory=dict)
 

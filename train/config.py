@@ -6,11 +6,18 @@ Defaults are stated in each class docstring; recipes override them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from data.layout import DEFAULT_DATA_DIR
+from sambay_model.configuration_phi4flash import Phi4FlashConfig
+
+# Phi4FlashConfig's field defaults: the official Phi-4-mini-flash architecture, written there and only there.
+OFFICIAL = {f.name: f.default for f in fields(Phi4FlashConfig)}
 
 
 @dataclass
@@ -81,51 +88,50 @@ class DeepSpeedConfig:
 
 @dataclass
 class ModelConfig:
-    """SambaY architecture (keys of ``sambay_model.Phi4FlashConfig``; defaults = official Phi-4-mini-flash).
+    """SambaY architecture: the keys of ``sambay_model.Phi4FlashConfig``, each defaulting to that class's default,
+    which is the official Phi-4-mini-flash architecture (the numbers are written there, not here), plus build
+    options.
 
     vocab_size: embedding rows (default ``None``: taken from the data manifest, padded up to
         ``pad_vocab_to_multiple_of``).
     pad_vocab_to_multiple_of: round a manifest-derived vocab up to this multiple (default 64).
-    hidden_size 2560, intermediate_size 10240, num_hidden_layers 32, num_attention_heads 40,
-    num_key_value_heads 20, mb_per_layer 2, sliding_window 512, max_position_embeddings 262144,
-    hidden_act ``silu``, layer_norm_eps 1e-5, initializer_range 0.02, attention_dropout 0.0,
-    resid_pdrop 0.0, embd_pdrop 0.0, tie_word_embeddings True, mamba_d_state 16, mamba_d_conv 4,
-    mamba_expand 2, mamba_dt_rank ``auto`` (= ceil(hidden/16)), mamba_conv_bias True,
-    mamba_proj_bias False, use_diff_attn None (the backbone's choice: on in SambaY, off in Transformer++),
-    use_gmu True, backbone ``sambay``,
-    compute_backend ``auto``.
+    hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, mb_per_layer,
+    sliding_window, max_position_embeddings, hidden_act, layer_norm_eps, initializer_range, attention_dropout,
+    resid_pdrop, embd_pdrop, tie_word_embeddings, mamba_d_state, mamba_d_conv, mamba_expand, mamba_dt_rank,
+    mamba_conv_bias, mamba_proj_bias, use_diff_attn, use_gmu, backbone, compute_backend: default
+        ``Phi4FlashConfig``'s (see its docstring for each value and meaning).
     gradient_checkpointing: activation checkpointing of every decoder layer (default False).
-    init_from: a Hugging Face export directory to load weights from instead of a fresh init
-        (default ``None``).
+    init_from: ``train.pretrain`` only: a Hugging Face export directory to load weights from instead of a fresh
+        init (default ``None``; ``train.sft`` starts from ``sft.init_from`` and refuses this key).
     """
 
     vocab_size: Optional[int] = None
     pad_vocab_to_multiple_of: int = 64
-    hidden_size: int = 2560
-    intermediate_size: int = 10240
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 40
-    num_key_value_heads: int = 20
-    mb_per_layer: int = 2
-    sliding_window: int = 512
-    max_position_embeddings: int = 262144
-    hidden_act: str = "silu"
-    layer_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
-    attention_dropout: float = 0.0
-    resid_pdrop: float = 0.0
-    embd_pdrop: float = 0.0
-    tie_word_embeddings: bool = True
-    mamba_d_state: int = 16
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_dt_rank: str = "auto"
-    mamba_conv_bias: bool = True
-    mamba_proj_bias: bool = False
-    use_diff_attn: Optional[bool] = None
-    use_gmu: bool = True
-    backbone: str = "sambay"
-    compute_backend: str = "auto"
+    hidden_size: int = OFFICIAL["hidden_size"]
+    intermediate_size: int = OFFICIAL["intermediate_size"]
+    num_hidden_layers: int = OFFICIAL["num_hidden_layers"]
+    num_attention_heads: int = OFFICIAL["num_attention_heads"]
+    num_key_value_heads: int = OFFICIAL["num_key_value_heads"]
+    mb_per_layer: int = OFFICIAL["mb_per_layer"]
+    sliding_window: int = OFFICIAL["sliding_window"]
+    max_position_embeddings: int = OFFICIAL["max_position_embeddings"]
+    hidden_act: str = OFFICIAL["hidden_act"]
+    layer_norm_eps: float = OFFICIAL["layer_norm_eps"]
+    initializer_range: float = OFFICIAL["initializer_range"]
+    attention_dropout: float = OFFICIAL["attention_dropout"]
+    resid_pdrop: float = OFFICIAL["resid_pdrop"]
+    embd_pdrop: float = OFFICIAL["embd_pdrop"]
+    tie_word_embeddings: bool = OFFICIAL["tie_word_embeddings"]
+    mamba_d_state: int = OFFICIAL["mamba_d_state"]
+    mamba_d_conv: int = OFFICIAL["mamba_d_conv"]
+    mamba_expand: int = OFFICIAL["mamba_expand"]
+    mamba_dt_rank: str = OFFICIAL["mamba_dt_rank"]
+    mamba_conv_bias: bool = OFFICIAL["mamba_conv_bias"]
+    mamba_proj_bias: bool = OFFICIAL["mamba_proj_bias"]
+    use_diff_attn: Optional[bool] = OFFICIAL["use_diff_attn"]
+    use_gmu: bool = OFFICIAL["use_gmu"]
+    backbone: str = OFFICIAL["backbone"]
+    compute_backend: str = OFFICIAL["compute_backend"]
     gradient_checkpointing: bool = False
     init_from: Optional[str] = None
 
@@ -201,6 +207,9 @@ class DataSource:
 class DataConfig:
     """Training data: a weighted mixture of shard sets.
 
+    dir: the prepared-data directory (``python -m data.prepare``'s ``out_dir``) the recipes write their source
+        paths under, as ``${data.dir}/pretrain``, so that one override moves them all (default
+        ``artifacts/data/demo``, ``data.layout.DEFAULT_DATA_DIR``).
     sources: the mixture (default empty; recipes set it).
     tokenizer: tokenizer directory the shards were made with (default ``None``: ``<first source>/../tokenizer``).
     seq_len: tokens per row (default 512).
@@ -211,6 +220,7 @@ class DataConfig:
     val_split: held-out split for validation (default ``val``).
     """
 
+    dir: str = DEFAULT_DATA_DIR
     sources: list[DataSource] = field(default_factory=list)
     tokenizer: Optional[str] = None
     seq_len: int = 512
@@ -220,41 +230,50 @@ class DataConfig:
 
 
 @dataclass
-class TrainerConfig:
-    """The training loop.
+class LoopConfig:
+    """Run-loop settings every trainer honours (the DeepSpeed trainer and ``train.dpo``'s TRL one).
 
-    max_steps: optimizer steps (default 100; SFT stages may use ``epochs`` instead).
-    epochs: SFT only: when > 0, max_steps = ceil(epochs * padded_tokens_per_epoch / global_batch_tokens),
-        one pass counted in packed rows (padding included, see ``PackedLoader.padded_tokens_per_epoch``)
-        (default 0.0 = use max_steps).
+    max_steps: optimizer steps (default 100).
     save_every: checkpoint every N steps; 0 = only at the end (default 100).
     keep_last: checkpoints kept (default 2).
     log_every: log metrics every N steps (default 10).
+    seed: seed of the init, the loader order and all RNGs (default 1234).
+    dry_run: build and check everything, run no step, write nothing (default False).
+    progress_bar: tqdm bar on rank 0 (default True).
+    """
+
+    max_steps: int = 100
+    save_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    seed: int = 1234
+    dry_run: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainerConfig(LoopConfig):
+    """The DeepSpeed training loop of ``train.pretrain`` and ``train.sft``: :class:`LoopConfig` plus
+
+    epochs: ``train.pretrain`` only: when > 0, max_steps = ceil(epochs * padded_tokens_per_epoch /
+        global_batch_tokens), one pass counted in packed rows (padding included, see
+        ``PackedLoader.padded_tokens_per_epoch``) (default 0.0 = use max_steps). SFT stages set their own
+        (``sft.stages[].epochs``) and ``train.sft`` refuses this key.
     eval_every: validation every N steps; 0 disables (default 0).
     eval_batches: validation batches of ``global_batch_tokens`` each (default 4).
-    seed: seed of the init, the loader order and all RNGs (default 1234).
-    dry_run: build everything, estimate FLOPs, run no step (default False).
     skip_nonfinite: skip a step whose loss is NaN/Inf instead of stopping the run (default False).
     peak_flops_per_device: peak FLOP/s used for MFU; 0 = look the device up in ``train.flops`` (default 0,
         which gives MFU 0 on an unknown device such as a CPU).
     deterministic: ``torch.use_deterministic_algorithms`` (default False).
-    progress_bar: tqdm bar on rank 0 (default True).
     export: write ``export/`` at the end (default True).
     """
 
-    max_steps: int = 100
     epochs: float = 0.0
-    save_every: int = 100
-    keep_last: int = 2
-    log_every: int = 10
     eval_every: int = 0
     eval_batches: int = 4
-    seed: int = 1234
-    dry_run: bool = False
     skip_nonfinite: bool = False
     peak_flops_per_device: float = 0.0
     deterministic: bool = False
-    progress_bar: bool = True
     export: bool = True
 
 
@@ -302,6 +321,53 @@ class SFTStageConfig:
 
 
 @dataclass
+class SFTDataConfig:
+    """SFT batch settings shared by the stages; each stage brings its own sources and sequence length
+    (``sft.stages[]``), and its tokenizer is its init export's, so ``data`` has no ``sources``, ``seq_len`` or
+    ``tokenizer`` here.
+
+    dir: the prepared-data directory the stage sources are written under (``${data.dir}/sft/<stage>``)
+        (default ``artifacts/data/demo``).
+    global_batch_tokens: tokens per optimizer step, unless the stage sets its own (default 8192).
+    micro_batch_rows: rows per forward/backward on each rank, unless the stage sets its own (default 4).
+    val_split: held-out split for validation (default ``val``).
+    """
+
+    dir: str = DEFAULT_DATA_DIR
+    global_batch_tokens: int = 8192
+    micro_batch_rows: int = 4
+    val_split: str = "val"
+
+    def for_stage(self, stage: SFTStageConfig, tokenizer: str) -> DataConfig:
+        """The training data of one stage."""
+        return DataConfig(dir=self.dir, sources=list(stage.sources), tokenizer=tokenizer, seq_len=stage.seq_len,
+                          global_batch_tokens=stage.global_batch_tokens or self.global_batch_tokens,
+                          micro_batch_rows=stage.micro_batch_rows or self.micro_batch_rows, val_split=self.val_split)
+
+
+@dataclass
+class SFTOptimConfig:
+    """AdamW of the SFT stages; each stage sets its own ``lr`` and ``schedule`` (``sft.stages[]``).
+
+    betas: (0.9, 0.95). eps: 1e-8. weight_decay: 0.1, applied to matrices only.
+    """
+
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+
+    @property
+    def mup(self) -> MupConfig:
+        """Always off: muP++ is a pretraining parametrisation; SFT continues the exported model as it is."""
+        return MupConfig(enabled=False)
+
+    def for_stage(self, stage: SFTStageConfig) -> OptimConfig:
+        """The optimizer settings of one stage."""
+        return OptimConfig(lr=stage.lr, betas=list(self.betas), eps=self.eps, weight_decay=self.weight_decay,
+                           schedule=copy.deepcopy(stage.schedule))
+
+
+@dataclass
 class SFTSection:
     """SFT-specific keys.
 
@@ -316,14 +382,30 @@ class SFTSection:
 
 
 @dataclass
-class SFTConfig(PretrainConfig):
-    """Schema of ``train.sft`` recipes: the pretraining schema plus the ``sft`` section.
+class SFTConfig:
+    """Schema of ``train.sft`` recipes: the pretraining sections, less what the stages set, plus ``sft``.
 
-    ``model`` keys other than ``gradient_checkpointing`` and ``compute_backend`` are ignored: the
-    architecture comes from the init export's ``config.json``.
+    ``model``: the architecture keys stand in for the init export's only in a dry run without it (training reads
+    the export's ``config.json``); ``gradient_checkpointing`` and ``compute_backend`` always apply;
+    ``model.init_from`` and ``trainer.epochs`` are refused (``sft.init_from``, ``sft.stages[].epochs``).
     """
 
+    run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sft: SFTSection = field(default_factory=SFTSection)
+
+    def __post_init__(self) -> None:
+        if self.model.init_from is not None:
+            raise ValueError(f"model.init_from={self.model.init_from!r}: train.sft ignores it; the first stage "
+                             f"starts from sft.init_from")
+        if self.trainer.epochs:
+            raise ValueError(f"trainer.epochs={self.trainer.epochs}: train.sft ignores it; set each stage's "
+                             f"sft.stages[].epochs (trainer.max_steps > 0 caps every stage)")
 
 
 def register_configs() -> None:
@@ -331,7 +413,3 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="sft_schema", node=SFTConfig)
-    cs.store(group="model", name="schema", node=ModelConfig)
-    cs.store(group="optim", name="schema", node=OptimConfig)
-    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)
-    cs.store(group="data", name="schema", node=DataConfig)

@@ -7,7 +7,8 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from train.config import DeepSpeedConfig, RunConfig, TrainerConfig, WandbConfig
+from data.layout import DEFAULT_DATA_DIR
+from train.config import DeepSpeedConfig, LoopConfig, RunConfig, WandbConfig
 from train.generation import SamplingConfig
 
 REFERENCE_MODES = ("precomputed", "frozen_copy")
@@ -62,7 +63,7 @@ class DPOSection:
     """
 
     init_from: str = MISSING
-    data_dir: str = "artifacts/data/demo"
+    data_dir: str = DEFAULT_DATA_DIR
     train_file: Optional[str] = None
     train_limit: int = 0
     heldout_file: Optional[str] = None
@@ -99,15 +100,15 @@ class DPORunConfig:
 
     run, wandb, deepspeed: shared sections (``train.config``). DeepSpeed is passed to TRL
         (``DPOConfig(deepspeed=...)``) when ``deepspeed.zero_stage >= 1``; stage 0 runs plain DDP.
-    trainer: shared loop settings; DPO honours ``max_steps``, ``save_every``, ``keep_last``, ``log_every``,
-        ``seed``, ``dry_run`` and ``progress_bar`` (the others belong to the DeepSpeed trainer).
+    trainer: the run-loop keys every trainer honours (:class:`train.config.LoopConfig`); the DeepSpeed trainer's
+        other keys (``eval_every``, ``export``, ...) do not exist here, so setting one is an error naming it.
     dpo: see :class:`DPOSection`.
     """
 
     run: RunConfig = field(default_factory=RunConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: LoopConfig = field(default_factory=LoopConfig)
     dpo: DPOSection = field(default_factory=DPOSection)
 
 
@@ -115,4 +116,3 @@ def register_dpo_config() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="dpo_schema", node=DPORunConfig)
-    cs.store(group="deepspeed", name="schema", node=DeepSpeedConfig)

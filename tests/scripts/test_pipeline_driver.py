@@ -185,6 +185,34 @@ def test_plan_writes_one_args_file_per_pending_stage(tmp_path):
     assert [line.split()[0] for line in pipeline.write_plan(cfg)] == ["eval_train"]
 
 
+def test_dry_run_runs_every_stage_dry_and_writes_nothing(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path)
+    cfg.stages["train"].entry, cfg.stages["eval_train"].entry = "train.pretrain", "train.evaluate"
+    assert pipeline.dry_run_command(cfg, "train")[-1] == "trainer.dry_run=true"
+    assert pipeline.dry_run_command(cfg, "eval_train")[-1] == "dry_run=true"
+    seen = []
+    monkeypatch.setattr(pipeline.subprocess, "run",
+                        lambda cmd, env: seen.append(cmd) or subprocess.CompletedProcess(cmd, 0 if seen[1:] else 3))
+    with pytest.raises(pipeline.PipelineError, match=r"dry run failed for stage\(s\) \['train'\]"):
+        pipeline.dry_run_pipeline(cfg)
+    assert [c[-1] for c in seen] == ["trainer.dry_run=true", "dry_run=true"]  # a failure does not stop the others
+    assert not Path(cfg.run_dir).exists()  # no logs, no report
+    cfg.stages["train"].entry = "fake_stage"
+    with pytest.raises(pipeline.PipelineError, match="stages.train.entry: 'fake_stage' has no known dry run"):
+        pipeline.dry_run_command(cfg, "train")
+
+
+def test_settings_that_would_be_ignored_are_errors(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.stages["eval_train"].nproc = 2  # a python stage runs one process
+    with pytest.raises(pipeline.PipelineError, match="stages.eval_train.nproc"):
+        pipeline.validate(cfg)
+    cfg = make_cfg(tmp_path)
+    cfg.plan = cfg.dry_run = True
+    with pytest.raises(pipeline.PipelineError, match="plan=true and dry_run=true"):
+        pipeline.validate(cfg)
+
+
 def test_cli_plan_mode_prints_stage_lines(tmp_path):
     out = subprocess.run(
         [sys.executable, "scripts/pipeline.py", "--config-name=demo", f"run_dir={tmp_path}",
@@ -194,7 +222,7 @@ def test_cli_plan_mode_prints_stage_lines(tmp_path):
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names[:3] == ["prepare", "pretrain", "eval_pretrain"] and names[-1] == "eval_dpo"
     args = (tmp_path / "plan" / "pretrain.args").read_text().splitlines()
-    assert f"data.sources=[{{path:{tmp_path / 'data'}/pretrain,weight:1.0}}]" in args
+    assert f"data.dir={tmp_path / 'data'}" in args  # the pretrain recipe's sources are written under data.dir
     bad = subprocess.run([sys.executable, "scripts/pipeline.py", "nproc_per_nod=2", "plan=true"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "nproc_per_nod" in bad.stderr

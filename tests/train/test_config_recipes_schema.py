@@ -1,13 +1,16 @@
 """The Hydra recipe tree: typed schemas, required override names, Hydra output settings, validation errors."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from train.config import PretrainConfig, SFTConfig, register_configs
+from train.dpo_config import register_dpo_config
 from train.distributed import deepspeed_json, resolve_precision
 from train.config import DeepSpeedConfig
 from train.trainer import BatchGeometry
@@ -17,6 +20,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 def compose_recipe(entry, name, overrides=(), hydra_cfg=False):
     register_configs()
+    register_dpo_config()
     with initialize_config_dir(config_dir=str(RECIPES / entry), version_base=None):
         return compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_cfg)
 
@@ -60,10 +64,59 @@ def test_hydra_writes_nothing_of_its_own():
     assert "FileHandler" not in str(OmegaConf.to_container(cfg.hydra.job_logging))
 
 
-def test_official_model_recipe_values():
-    cfg = compose_recipe("pretrain", "phi4_mini_flash").model
-    assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (200064, 2560, 10240, 32)
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.sliding_window) == (40, 20, 512)
+def test_official_model_recipe_is_the_config_class_preset():
+    """The official architecture is written once, as Phi4FlashConfig's defaults; the recipe and schema refer to it."""
+    from sambay_model import Phi4FlashConfig
+    from train.model_build import hf_config
+
+    assert yaml.safe_load((RECIPES / "model" / "phi4_mini_flash.yaml").read_text()) == {}
+    cfg = OmegaConf.to_object(compose_recipe("pretrain", "phi4_mini_flash")).model
+    assert cfg.vocab_size is None  # from the data manifest
+    built, official = hf_config(cfg, vocab_size=200064, eos_token_id=None), Phi4FlashConfig()
+    keys = [f.name for f in dataclasses.fields(type(cfg)) if hasattr(official, f.name) and f.name != "vocab_size"]
+    assert len(keys) >= 25 and all(getattr(built, k) == getattr(official, k) for k in keys)
+    assert (built.hidden_size, built.intermediate_size, built.num_key_value_heads, built.sliding_window[1]) == \
+        (2560, 10240, 20, 512)
+
+
+@pytest.mark.parametrize("entry,name,override,key", [
+    ("sft", "demo", "data.sources=[]", "sources"),              # each stage has its own sources
+    ("sft", "demo", "data.seq_len=256", "seq_len"),             # ... and sequence length
+    ("sft", "demo", "optim.lr=0.1", "lr"),                      # ... and LR and schedule
+    ("sft", "demo", "+optim=mup", "lr"),                         # muP++ is a pretraining option
+    ("dpo", "demo", "trainer.eval_every=5", "eval_every"),      # DPO's loop has no DeepSpeed-trainer keys
+    ("dpo", "demo", "trainer.export=false", "export"),
+])
+def test_keys_a_stage_would_ignore_are_rejected(entry, name, override, key):
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_recipe(entry, name, [override])
+    assert key in str(e.value.__cause__ or e.value)
+
+
+@pytest.mark.parametrize("override,key", [("model.init_from=/x", "model.init_from"), ("trainer.epochs=2", "trainer.epochs")])
+def test_sft_refuses_pretraining_keys_it_would_ignore(override, key):
+    with pytest.raises(Exception, match=key):
+        OmegaConf.to_object(compose_recipe("sft", "demo", [override]))
+
+
+def test_pipeline_recipes_rewrite_no_stage_internals():
+    """Stage recipes are what the stages run: no list-index override, and the demo SFT recipe holds its settings."""
+    for path in (RECIPES / "pipeline").glob("*.yaml"):
+        for stage, spec in (yaml.safe_load(path.read_text()).get("stages") or {}).items():
+            keys = [k for k in _flat(spec.get("overrides") or {})]
+            assert not any(part.isdigit() for k in keys for part in k.split(".")), (path.name, stage, keys)
+    sft = OmegaConf.to_object(compose_recipe("sft", "demo"))
+    assert [(s.name, s.max_steps, s.lr, s.seq_len, s.schedule.name) for s in sft.sft.stages] == [
+        ("basic", 300, 3.0e-3, 512, "wsd"), ("math", 350, 2.0e-3, 512, "wsd")]
+    assert (sft.data.global_batch_tokens, sft.data.micro_batch_rows) == (2048, 2)
+
+
+def _flat(mapping, prefix=""):
+    for k, v in mapping.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 def test_batch_geometry_validation():
