@@ -286,3 +286,27 @@ def test_a_run_directory_held_by_a_live_run_is_refused_and_left_alone(tiny, tmp_
         with pytest.raises(RunDirLockedError, match=rf"in use by another run: pid {os.getpid()} on host"):
             _run(_cfg(data, export, run_dir))
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
+
+
+@pytest.mark.slow
+def test_zero3_export_is_the_gathered_trained_policy(tiny, tmp_path):
+    """Under ZeRO-3 the export goes through train.export like pretraining's (every shard gathered): it holds the
+    same full weights as the HF Trainer's own gathered checkpoint, moved away from the init export."""
+    from safetensors.torch import load_file
+
+    data, export = tiny
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train.dpo", f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}",
+           "deepspeed=zero3", "trainer.max_steps=2", "trainer.save_every=2", "trainer.keep_last=2",
+           "trainer.log_every=1", "trainer.progress_bar=false", "dpo.train_limit=4", "dpo.heldout_limit=2",
+           "dpo.per_device_batch_size=2", "dpo.max_length=256", "wandb.mode=disabled"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = load_file(run_dir / "export" / "model.safetensors")
+    gathered = load_file(run_dir / "checkpoints" / "checkpoint-2" / "model.safetensors")
+    init = load_file(export / "model.safetensors")
+    assert exported.keys() == gathered.keys() == init.keys()
+    for k in init:
+        assert exported[k].shape == init[k].shape and exported[k].dtype == torch.float32, k
+        torch.testing.assert_close(exported[k], gathered[k], rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(exported[k], init[k]) for k in init)
