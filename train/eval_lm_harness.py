@@ -35,6 +35,7 @@ from data.jsonl import read_jsonl, write_jsonl
 from data.layout import DEFAULT_DATA_DIR, PreparedData
 from data.reasoning import format_prompt
 from train.eval_io import write_json
+from train.evaluate import require_export
 from train.math_grader import extract_answer
 
 REASONING_TASK = "sambay_reasoning_heldout"
@@ -107,10 +108,9 @@ def write_local_tasks(data_dir: str | Path, out_dir: str | Path, max_gen_toks: i
 def run_harness(model_path: str | Path, tasks_dir: str | Path, tasks: list[str], limit: int | None = None,
                 batch_size: int = 8, device: str = "cpu") -> dict:
     """lm-eval ``simple_evaluate`` with ``--model hf`` semantics on a local export; returns {task: metrics}."""
-    if not (Path(model_path) / "config.json").is_file():
-        raise FileNotFoundError(f"--model-path {model_path}: no config.json (expected a Hugging Face export dir)")
+    model_path = require_export(model_path, key="--model-path")
     results = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={Path(model_path).resolve()},dtype=float32", tasks=tasks,
+        model="hf", model_args=f"pretrained={model_path.resolve()},dtype=float32", tasks=tasks,
         task_manager=TaskManager(include_path=str(tasks_dir)), limit=limit, batch_size=batch_size, device=device,
         apply_chat_template=True, log_samples=False,
     )
