@@ -1,132 +1,189 @@
 """The prepared GPU check (issue 12 item 8, issue 14 item 6): one run of at most 8 minutes on a bare single-GPU
-H100/H200 machine, started by ``scripts/gpu_check.sh`` (which installs the wheels of ``make gpu-wheels`` first).
+H100/H200 machine with no package registry, started by ``scripts/gpu_check.sh`` (which first installs the wheels
+that ``make gpu-wheels`` prepared).
 
-Steps (each in a subprocess of its own with a time limit on GPU, so an out-of-memory or a hung kernel costs one
-step, not the run):
+Parts, in order, each in a process of its own with its own time limit (an out-of-memory, a hung kernel or a
+failed run costs that part, not the check; a part whose input is missing says so and is skipped):
 
-- ``env``: device, versions, the compute backend ``auto`` resolves to, device-to-device copy bandwidth and a bf16
-  matmul rate (the two ceilings the other figures are read against).
-- ``pretrain``: bf16 (autocast, fp32 master weights) training steps of ``recipes/model/sambay_1b`` on packed rows
-  (``doc_ids``): tokens/s, MFU counting attention FLOPs (``train.flops``), peak memory and the dtype the matmuls
-  ran in (every aten matmul of one step, weighted by its FLOPs).
-- ``sft``: one step (forward, backward, AdamW) on one 32,768-token row with activation checkpointing: peak memory.
-  Phi-4-mini-flash itself where the GPU has >= 120 GB, else ``sambay_1b`` widths with its 200,064-token vocabulary.
-- ``dpo``: a few steps of the sigmoid DPO loss (policy and frozen reference, chosen / rejected pairs).
-- ``parity``: ``compute_backend="triton"`` against ``"torch"`` on packed rows, fp32 and bf16, logits and every
-  parameter gradient (skipped with a message when the triton backend does not exist).
-- ``scan_bandwidth``: the selective scan's achieved bandwidth (bytes it must read and write / time) against the
-  copy bandwidth.
-- ``decode``: decode tokens/s of SambaY and Transformer++ (same widths) at 32K context, bf16, batch 1.
+- ``env``: device, versions of what the stages import, the backend ``auto`` resolves to, and the two ceilings
+  (device-to-device copy bandwidth, bf16 matmul rate).
+- ``data``: ``python -m data.prepare --config-name demo`` on a synthetic corpus made here, with the Phi-4-mini
+  tokenizer (vocab 200,064, the real recipes' tokenizer): pretraining shards, a 32K-packable SFT set, preference
+  pairs.
+- ``pretrain``: ``torchrun -m train.pretrain --config-name sambay_1b`` (ZeRO-2, ``deepspeed.precision=bf16``,
+  ``model.compute_backend=triton``, packed rows with document ids), a few optimizer steps: tokens/s and MFU from
+  its ``metrics.jsonl`` (train/flops.py's count, attention FLOPs included; goal >= 40%), the dtype the matmuls ran
+  in and the peak memory from bench/gpu_check_probe.py. This is also issue 14's packed bf16 training step.
+- ``sft``: one step of ``torchrun -m train.sft --config-name phi4_mini_flash_reasoning`` (its 32,768-token stage,
+  ZeRO-3) from the pretrain export: peak memory.
+- ``dpo``: a few steps of ``torchrun -m train.dpo --config-name gpu`` (TRL, ZeRO-2, bf16, frozen reference).
+- ``parity``: the model with ``compute_backend="triton"`` vs ``"torch"`` on packed rows, fp32 and bf16: loss,
+  logits and every parameter gradient.
+- ``scan_bandwidth``: the Triton selective scan's achieved bandwidth against the copy bandwidth.
+- ``decode``: decode tokens/s, SambaY vs Transformer++ (sambay_1b widths, bf16) at 32K context.
 
-These are the model and a plain PyTorch loop under ``torch.autocast``, not the DeepSpeed engine of ``train.pretrain``
-(that needs prepared data shards; the engine's precision is tested on CPU in tests/train).
+Results: ``<out>/gpu_check.json`` and ``gpu_check.md`` (rewritten atomically after every part, so a hard stop
+leaves what was measured), ``gpu_check.log`` (every part's output). ``--dry-run`` runs every part on CPU at toy
+sizes through the same entry points and model calls (the triton parts under ``TRITON_INTERPRET=1``) and writes
+``gpu_check_dryrun.{json,md,log}``.
 
-``--dry-run`` runs every step in-process on CPU at toy sizes (argument parsing, imports, configs, models, the output
-files): what a CPU can check before the GPU time is spent.
-
-    python -m bench.gpu_check --out bench/results/gpu_h200       # on the GPU machine (via scripts/gpu_check.sh)
-    python -m bench.gpu_check --dry-run --out /tmp/gpu_dry
+    scripts/gpu_check.sh --out "$OUT"            # on the GPU machine
+    scripts/gpu_check.sh --dry-run --out /tmp/g  # here
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import gpu_check_steps as steps  # noqa: E402
-
-# Seconds per step on the GPU: together with the start of each subprocess they stay under 8 minutes.
-STEP_LIMITS_S = {"env": 25, "pretrain": 100, "sft": 100, "dpo": 45, "parity": 50, "scan_bandwidth": 25, "decode": 60}
+from bench import gpu_check_report as report  # noqa: E402
 
 
-def run_step_in_process(name: str, dry_run: bool) -> dict:
+@dataclass(frozen=True)
+class Part:
+    """One part: where its function lives, its limits (GPU / dry run) and whether it needs Triton's interpreter
+    on CPU."""
+
+    module: str
+    gpu_limit_s: int
+    dry_limit_s: int
+    interpret_on_cpu: bool = False
+
+
+# GPU limits add up to 435 s; with the wheel install the whole check stays under scripts/gpu_check.sh's 480 s.
+PARTS = {
+    "env": Part("bench.gpu_check_steps", 20, 60),
+    "data": Part("bench.gpu_check_stages", 40, 120),
+    "pretrain": Part("bench.gpu_check_stages", 150, 300),
+    "sft": Part("bench.gpu_check_stages", 65, 300),
+    "dpo": Part("bench.gpu_check_stages", 75, 300),
+    "parity": Part("bench.gpu_check_steps", 40, 240, interpret_on_cpu=True),
+    "scan_bandwidth": Part("bench.gpu_check_steps", 15, 120, interpret_on_cpu=True),
+    "decode": Part("bench.gpu_check_steps", 30, 120),
+}
+GPU_DEADLINE_S = 450  # from the driver's start: every part's limit is cut to what is left of it
+GRACE_S = 15  # after a part's limit: its process writes the result of a timed-out inner run, then is killed
+
+
+def run_part_here(name: str, work: Path, limit_s: float, dry_run: bool) -> dict:
+    """The child process of one part: call its function, turn an exception into a failed result."""
+    import importlib
+
+    from bench.gpu_check_sizes import sizes
+
     start = time.perf_counter()
     try:
-        result = getattr(steps, name)(steps.sizes(dry_run))
-        status = "skipped" if result.get("skipped") else "ok"
-    except Exception as exc:  # a failed step is reported, the others still run
-        result, status = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}, "failed"
-    return {"status": status, "seconds": round(time.perf_counter() - start, 2), **result}
+        fn = getattr(importlib.import_module(PARTS[name].module), name)
+        result = fn(sizes(dry_run), work, limit_s)
+        status = "skipped" if "skipped" in result else "ok"
+    except Exception as exc:  # a failed part is reported; the others still run
+        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        status = "failed"
+    return {"status": status, "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit_s), **result}
 
 
-def run_step_subprocess(name: str, limit_s: int, log) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "bench.gpu_check", "--run-step", name, "--result", str(result_path)]
-        start = time.perf_counter()
-        try:
-            subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=limit_s, check=False)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "error": f"step ran past its {limit_s} s limit",
-                    "seconds": round(time.perf_counter() - start, 2)}
-        if not result_path.exists():
-            return {"status": "failed", "error": "the step's process died before writing a result (see the log)",
-                    "seconds": round(time.perf_counter() - start, 2)}
-        return json.loads(result_path.read_text())
+def run_part_subprocess(name: str, work: Path, limit_s: float, dry_run: bool, log) -> dict:
+    result_path = work / f"result_{name}.json"
+    cmd = [sys.executable, "-m", "bench.gpu_check", "--run-part", name, "--result", str(result_path),
+           "--work", str(work), "--limit-s", str(limit_s)] + (["--dry-run"] if dry_run else [])
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TRITON_INTERPRET", None)
+    if dry_run and PARTS[name].interpret_on_cpu:
+        env["TRITON_INTERPRET"] = "1"  # before the child imports triton (sambay_model imports it via torch)
+    start = time.perf_counter()
+    try:
+        subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=limit_s + GRACE_S,
+                       check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"ran past its {limit_s:.0f} s limit",
+                "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit_s)}
+    if not result_path.is_file():
+        return {"status": "failed", "error": "the part's process died before writing a result (see the log)",
+                "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit_s)}
+    return json.loads(result_path.read_text())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(text)
-    os.replace(f.name, path)
+def default_work_root(dry_run: bool) -> Path:
+    """Where runs and data go: RAM (/dev/shm) on the GPU machine when it has room for a 1B checkpoint (~17 GB,
+    written three times), else /tmp."""
+    shm = Path("/dev/shm")
+    if not dry_run and shm.is_dir() and shutil.disk_usage(shm).free >= 48 * 2**30:
+        return shm
+    return Path(tempfile.gettempdir())
 
 
-def markdown(report: dict) -> str:
-    lines = [f"# GPU check ({'dry run on CPU, toy sizes' if report['dry_run'] else 'GPU'})", "",
-             f"started {report['started']}, {report['seconds']:.0f} s", ""]
-    for name, r in report["steps"].items():
-        lines.append(f"## {name}: {r['status']} ({r.get('seconds', 0):.1f} s)")
-        for key, value in r.items():
-            if key not in ("status", "seconds", "traceback"):
-                lines.append(f"- {key}: {json.dumps(value) if not isinstance(value, str) else value}")
-        lines.append("")
-    return "\n".join(lines)
+def append_stage_log(log, work: Path, name: str, max_chars: int = 200_000) -> None:
+    """Copy a stage's own log (the entry point's output) into the check's log: the work dir does not come back."""
+    stage_log = work / f"{name}.log"
+    if stage_log.is_file():
+        text = stage_log.read_text(errors="replace")
+        cut = len(text) > max_chars
+        log.write(f"----- {stage_log.name}{' (last %d characters)' % max_chars if cut else ''} -----\n")
+        log.write(text[-max_chars:] + "\n")
+        log.flush()
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results",
+                   help="directory of gpu_check.{json,md,log} (default bench/results)")
+    p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, the same entry points and model calls")
+    p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    p.add_argument("--force", action="store_true", help="overwrite an existing result in --out")
+    p.add_argument("--work", type=Path, default=None, help="scratch dir for data and runs (default: a new temp dir)")
+    p.add_argument("--keep-work", action="store_true", help="leave the temp scratch dir in place (a --work dir always is)")
+    p.add_argument("--run-part", choices=list(PARTS), help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--limit-s", type=float, help=argparse.SUPPRESS)
+    return p, p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None,
-                   help="output directory (default $OUT): gpu_check.json, gpu_check.md, gpu_check.log")
-    p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, every step in this process")
-    p.add_argument("--steps", nargs="+", choices=list(STEP_LIMITS_S), default=list(STEP_LIMITS_S))
-    p.add_argument("--force", action="store_true", help="overwrite an existing gpu_check.json in --out")
-    p.add_argument("--run-step", choices=list(STEP_LIMITS_S), help=argparse.SUPPRESS)
-    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.run_step:  # the child process of one GPU step
-        args.result.write_text(json.dumps(run_step_in_process(args.run_step, dry_run=False), default=str))
+    p, args = parse_args(argv)
+    if args.run_part:  # the child process of one part
+        result = run_part_here(args.run_part, args.work, args.limit_s, args.dry_run)
+        report.write_atomic(args.result, json.dumps(result, default=str))
         return 0
-    if args.out is None:
-        p.error("--out is required when $OUT is not set")
+    stem = "gpu_check_dryrun" if args.dry_run else "gpu_check"
     args.out.mkdir(parents=True, exist_ok=True)
-    if (args.out / "gpu_check.json").exists() and not args.force:
-        p.error(f"{args.out / 'gpu_check.json'} exists; pass --force to overwrite it")
-    report = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "steps": {}}
+    if (args.out / f"{stem}.json").exists() and not args.force:
+        p.error(f"{args.out / (stem + '.json')} exists; pass --force to overwrite it")
+    work = args.work or Path(tempfile.mkdtemp(prefix="sambay_gpu_check_", dir=default_work_root(args.dry_run)))
+    work.mkdir(parents=True, exist_ok=True)
+    results = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               "work": str(work), "parts": {}}
     start = time.perf_counter()
-    with open(args.out / "gpu_check.log", "w") as log:
-        for name in args.steps:
-            print(f"[gpu_check] {name} ...", file=log, flush=True)
-            r = (run_step_in_process(name, dry_run=True) if args.dry_run
-                 else run_step_subprocess(name, STEP_LIMITS_S[name], log))
-            report["steps"][name] = r
-            summary = {k: v for k, v in r.items() if k != "traceback"}
-            print(f"[gpu_check] {name}: {json.dumps(summary, default=str)}", file=log, flush=True)
-            print(f"[gpu_check] {name}: {r['status']} {r.get('error', '')}", flush=True)
-    report["seconds"] = time.perf_counter() - start
-    write_atomic(args.out / "gpu_check.json", json.dumps(report, indent=1, default=str) + "\n")
-    write_atomic(args.out / "gpu_check.md", markdown(report))
-    print(markdown(report))
-    return 0 if all(r["status"] != "failed" for r in report["steps"].values()) else 1
+    with open(args.out / f"{stem}.log", "w") as log:
+        for name in args.parts:
+            limit = PARTS[name].dry_limit_s if args.dry_run else min(
+                PARTS[name].gpu_limit_s, GPU_DEADLINE_S - (time.perf_counter() - start))
+            if limit < 5:
+                r = {"status": "skipped", "skipped": "no time left in the check's budget", "seconds": 0.0}
+            else:
+                print(f"[gpu_check] ===== {name} (limit {limit:.0f} s) =====", file=log, flush=True)
+                r = run_part_subprocess(name, work, limit, args.dry_run, log)
+                append_stage_log(log, work, name)
+            results["parts"][name] = r
+            results["seconds"] = round(time.perf_counter() - start, 1)
+            print(f"[gpu_check] {name}: {r['status']} in {r.get('seconds', 0):.0f} s {r.get('error', '')[:300]}",
+                  flush=True)
+            report.write(args.out, stem, results)
+    if args.work is None and not args.keep_work:  # only the scratch dir this run made
+        shutil.rmtree(work, ignore_errors=True)
+    print(report.markdown(results))
+    return 0 if all(r["status"] != "failed" for r in results["parts"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -1,41 +1,47 @@
 #!/usr/bin/env bash
 # The prepared GPU check (issue 12 item 8, issue 14 item 6): at most 8 minutes on a bare single-GPU H100/H200
-# machine with no package registry. It uses the machine's own torch and triton, installs the wheels that
-# `make gpu-wheels` put in .whl/ (the transformers this checkout needs) into a private target, and runs
-# bench/gpu_check.py, which writes gpu_check.{json,md,log} into the output directory.
+# machine with no package registry. It keeps the machine's own torch and triton, installs the wheels that
+# `make gpu-wheels` put in .whl/ (deepspeed, trl, datasets, hydra-core, transformers, ...: what such an image lacks)
+# into a private target with --no-index --no-deps, and runs bench/gpu_check.py, which runs the real entry points
+# (data.prepare, train.pretrain / sft / dpo under torchrun) and the model-API checks, and writes
+# gpu_check.{json,md,log} into the output directory.
 #
 #   scripts/gpu_check.sh [--out DIR] [--dry-run] [other bench/gpu_check.py arguments]
-#     --out DIR   output directory (default: $OUT when set, else bench/results/gpu_check)
-#     --dry-run   CPU, toy sizes, no wheels: the CPU-checkable parts (parsing, imports, configs, models, outputs)
+#     --out DIR   output directory (default bench/results)
+#     --dry-run   CPU, toy sizes, this checkout's .venv, no wheels: every part through the same code paths
+#                 (writes gpu_check_dryrun.{json,md,log})
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 dry_run=0
-out="${OUT:-bench/results/gpu_check}"
-args=()
-while (($#)); do
-  case "$1" in
-    --out) out="$2"; shift 2 ;;
-    --dry-run) dry_run=1; args+=("$1"); shift ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
+for arg in "$@"; do [[ "$arg" == --dry-run ]] && dry_run=1; done
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+  WANDB_MODE=disabled
 
 if ((dry_run)); then
   python="${PYTHON:-.venv/bin/python}"
   [[ -x "$python" ]] || python=python3
-  exec "$python" -m bench.gpu_check --out "$out" "${args[@]}"
+  exec "$python" -m bench.gpu_check "$@"
 fi
 
+budget_s=480  # the whole check, wheel install included
 python="${PYTHON:-python3}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+wheels="${GPU_WHEELS_DIR:-.whl}"
+if compgen -G "$wheels/*.whl" >/dev/null; then
+  # The image's torch / triton / CUDA libraries are the ones to test: never shadow them.
+  if compgen -G "$wheels/torch-*.whl" >/dev/null || compgen -G "$wheels/triton-*.whl" >/dev/null \
+     || compgen -G "$wheels/nvidia_*.whl" >/dev/null; then
+    echo "gpu_check: $wheels holds torch/triton/nvidia wheels; the GPU image's own must be used" >&2
+    exit 2
+  fi
   site=/tmp/sambay-gpu-site
-  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    "$wheels"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  echo "gpu_check: installed $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site in ${SECONDS} s"
 else
-  echo "gpu_check: no wheels in .whl/ (run 'make gpu-wheels' on a machine with a registry); using what is installed" >&2
+  echo "gpu_check: no wheels in $wheels/ (run 'make gpu-wheels' on a machine with a registry); using what is installed" >&2
 fi
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_check: no CUDA device visible (use --dry-run on CPU)")'
-# The steps' own limits add up to about 7 minutes; this is the hard stop of the whole check.
-exec timeout 480 "$python" -m bench.gpu_check --out "$out" "${args[@]}"
+# Each part has its own limit inside bench/gpu_check.py; this is the hard stop of the whole check.
+exec timeout --signal=TERM --kill-after=10 $((budget_s - SECONDS)) "$python" -m bench.gpu_check "$@"
