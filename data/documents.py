@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import datasets
 import pyarrow.parquet as pq
 
 from data.jsonl import COMPRESSED_SUFFIXES, DataFormatError, iter_jsonl, open_binary
@@ -89,8 +90,6 @@ def _iter_parquet(path: Path, text_field: str, skip: int) -> Iterator[str]:
 
 def _load_saved_dataset(path: Path):
     """The ``datasets.Dataset`` a ``save_to_disk`` directory holds (one split, not a DatasetDict)."""
-    import datasets  # local: seconds to import, and only save_to_disk inputs need it
-
     ds = datasets.load_from_disk(str(path))
     if not isinstance(ds, datasets.Dataset):
         raise DataFormatError(f"{path}: a DatasetDict with splits {sorted(ds)}; pass one split's directory, e.g. {path}/train")
