@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from trl.kernels import ChunkedLogProbFunction
+from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
 
 IGNORE_INDEX = -100  # the Hugging Face label of a position without a target
 # Vocabulary columns per tile: a [4096, 8192] fp32 tile is 128 MB, a few of which live at once; large enough that
@@ -25,11 +26,7 @@ VOCAB_TILE = 8192
 
 def _gather_head(weight: torch.Tensor):
     """Under DeepSpeed ZeRO-3 the head weight is read outside the head module's forward hook, so gather it here
-    (TRL's helper, which also leaves an already-gathered tied embedding alone). Imported at call time:
-    ``trl.trainer.utils`` pulls in accelerate/datasets (seconds at import), and the kernel's backward imports it
-    the same way."""
-    from trl.trainer.utils import maybe_gather_lm_head_ctx
-
+    (TRL's helper, which also leaves an already-gathered tied embedding alone)."""
     return maybe_gather_lm_head_ctx(weight)
 
 
@@ -66,8 +63,6 @@ def fp32_trl_head(model) -> None:
     ``cast_lm_head_to_fp32`` and offers no option for it, so we add it again on top with the cast on: the newest
     patch answers ``fused_lm_head=True`` calls, every other call falls through to the model's own forward.
     ``model`` may be wrapped (a DeepSpeed engine): the head goes on the module the wrapper calls."""
-    from trl.trainer.utils import add_fused_lm_head  # the trainer utilities: see _gather_head
-
     add_fused_lm_head(getattr(model, "module", model), cast_lm_head_to_fp32=True, outputs=TRL_HEAD_OUTPUTS)
 
 
