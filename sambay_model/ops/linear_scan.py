@@ -43,7 +43,7 @@ def num_chunks(T: int, step_elements: int, on_gpu: bool = False) -> int:
     """Chunks for a length-T scan whose time slice has ``step_elements`` values (see module docstring).
 
     On a GPU each Python step is a kernel launch and memory traffic is cheap, so the fewest steps (C = sqrt(T))
-    win there; this is the fallback when mamba-ssm is missing or cannot express the call.
+    win there; the GPU runs this scan when neither Triton nor mamba-ssm can (``backend.cuda_fallback``).
     """
     if on_gpu:
         return max(1, math.isqrt(T))
