@@ -191,7 +191,7 @@ class Trainer:
         self.dtype = resolve_precision(spec.deepspeed, dist_info.device)
         self.zero_stage = spec.deepspeed.zero_stage
         self.step, self.tokens = 0, 0
-        self._window_tokens, self._window_start = 0, time.perf_counter()
+        self._window_tokens, self._window_start = 0, 0.0  # throughput since the last metrics line
 
     def run(self) -> StopReason:
         """Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory."""
@@ -291,6 +291,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def _loop(self) -> StopReason:
+        self._window_start = time.perf_counter()
         with StopSignal() as sig:
             while self.step < self.steps:
                 result = self.optimizer_step(sig)
