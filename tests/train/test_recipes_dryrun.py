@@ -1,6 +1,7 @@
 """Dry-run EVERY recipe in recipes/ (prepare, pretrain, sft, dpo, evaluate, and each stage of each pipeline) in
 process against a tiny prepared data directory: each must exit 0 and write nothing (the working directory is an
 empty tmp dir the test watches), and a missing data path must fail naming the path."""
+import json
 import sys
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def tiny(tmp_path_factory):
     from train.export import save_export
 
     root = tmp_path_factory.mktemp("recipes_dryrun")
-    text = root / "corpus.txt"
-    text.write_text("\n\n".join(f"Document {i}: the sum of {i} and {i + 1} is {2 * i + 1}." * 8 for i in range(60)))
+    text = root / "corpus.jsonl"  # one document per line, so that the shard sets get a val split
+    text.write_text("".join(json.dumps({"text": f"Document {i}: {i} plus {i + 1} is {2 * i + 1}. " * 8}) + "\n"
+                            for i in range(60)))
     cfg = _compose("prepare", "demo", [
         f"out_dir={root / 'data'}", f"corpus.files=[{text}]", "tokenizer.vocab_size=320", "reasoning.n_train=40",
         "reasoning.n_heldout=12", "preference.n_train=20", "preference.n_heldout=8", "num_proc=1",
