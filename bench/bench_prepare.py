@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,11 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from data.atomic import atomic_write_text  # noqa: E402  (after the sys.path line: the checkout, when not installed)
+from data.documents import iter_documents  # noqa: E402
+from data.tokenizer import train_bpe_tokenizer  # noqa: E402
+
 SHARD_TOKENS = 1 << 24  # 32 MiB uint16 shards: several per corpus even at 100 MB
 
 _PIPELINE = """
@@ -112,9 +118,6 @@ def run_measured(code: str, args: list[str], env_extra: dict | None = None) -> d
 
 
 def train_tokenizer(corpus: Path, out: Path) -> Path:
-    from data.documents import iter_documents
-    from data.tokenizer import train_bpe_tokenizer
-
     if (out / "tokenizer.json").is_file():
         return out
 
@@ -139,10 +142,6 @@ def main() -> None:
     args = ap.parse_args()
     if Path(args.out).exists() and not args.overwrite:
         sys.exit(f"{args.out} exists; pass --overwrite to replace it")
-    import shutil
-
-    from data.atomic import atomic_write_text
-
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     corpora = {mb: make_corpus(work / f"corpus_{mb}mb.jsonl", mb) for mb in args.sizes_mb}
@@ -164,8 +163,6 @@ def main() -> None:
 def ratio_block(corpus: Path, tok: Path, workers: int, work: Path, repeats: int = 2):
     """Tokenizer alone, the pipeline with workers and with in-process threads, back to back on one corpus,
     ``repeats`` rounds, best of each (the machine may be shared: adjacent runs see the same load)."""
-    import shutil
-
     best: dict[str, dict] = {}
     out = work / "shards_ratio"
     for _ in range(repeats):
