@@ -53,32 +53,37 @@ from bench import gpu_check_report as report  # noqa: E402
 
 @dataclass(frozen=True)
 class Part:
-    """One part: where its function lives, its limits (GPU / dry run) and whether it needs Triton's interpreter
-    on CPU."""
+    """One part: where its function lives, its limits (GPU / dry run), whether it needs Triton's interpreter on CPU,
+    and whether it runs in a process of its own. The training-stage parts run in the driver: they only launch an
+    entry point (a subprocess with the part's limit as its timeout) and read its files, and a child would spend
+    seconds of the budget importing torch again."""
 
     module: str
     gpu_limit_s: int
     dry_limit_s: int
     interpret_on_cpu: bool = False
+    own_process: bool = True
 
 
 # GPU limits add up to 435 s; with the wheel install the whole check stays under scripts/gpu_check.sh's 480 s.
+STEPS, STAGES = "bench.gpu_check_steps", "bench.gpu_check_stages"
 PARTS = {
-    "env": Part("bench.gpu_check_steps", 20, 60),
-    "data": Part("bench.gpu_check_stages", 40, 120),
-    "pretrain": Part("bench.gpu_check_stages", 150, 300),
-    "sft": Part("bench.gpu_check_stages", 65, 300),
-    "dpo": Part("bench.gpu_check_stages", 75, 300),
-    "parity": Part("bench.gpu_check_steps", 40, 240, interpret_on_cpu=True),
-    "scan_bandwidth": Part("bench.gpu_check_steps", 15, 120, interpret_on_cpu=True),
-    "decode": Part("bench.gpu_check_steps", 30, 120),
+    "env": Part(STEPS, gpu_limit_s=20, dry_limit_s=60),
+    "data": Part(STAGES, gpu_limit_s=40, dry_limit_s=120, own_process=False),
+    "pretrain": Part(STAGES, gpu_limit_s=150, dry_limit_s=300, own_process=False),
+    "sft": Part(STAGES, gpu_limit_s=65, dry_limit_s=300, own_process=False),
+    "dpo": Part(STAGES, gpu_limit_s=75, dry_limit_s=300, own_process=False),
+    "parity": Part(STEPS, gpu_limit_s=40, dry_limit_s=240, interpret_on_cpu=True),
+    "scan_bandwidth": Part(STEPS, gpu_limit_s=15, dry_limit_s=120, interpret_on_cpu=True),
+    "decode": Part(STEPS, gpu_limit_s=30, dry_limit_s=120),
 }
-GPU_DEADLINE_S = 450  # from the driver's start: every part's limit is cut to what is left of it
+GPU_DEADLINE_S = 440  # from the driver's start: every part's limit is cut to what is left of it
 GRACE_S = 15  # after a part's limit: its process writes the result of a timed-out inner run, then is killed
 
 
 def run_part_here(name: str, work: Path, limit_s: float, dry_run: bool) -> dict:
-    """The child process of one part: call its function, turn an exception into a failed result."""
+    """Run one part in this process (a part's own child, or the driver for the stage parts): call its function and
+    turn an exception into a failed result."""
     import importlib
 
     from bench.gpu_check_sizes import sizes
@@ -173,7 +178,8 @@ def main(argv=None) -> int:
                 r = {"status": "skipped", "skipped": "no time left in the check's budget", "seconds": 0.0}
             else:
                 print(f"[gpu_check] ===== {name} (limit {limit:.0f} s) =====", file=log, flush=True)
-                r = run_part_subprocess(name, work, limit, args.dry_run, log)
+                r = (run_part_subprocess(name, work, limit, args.dry_run, log) if PARTS[name].own_process
+                     else run_part_here(name, work, limit, args.dry_run))
                 append_stage_log(log, work, name)
             results["parts"][name] = r
             results["seconds"] = round(time.perf_counter() - start, 1)

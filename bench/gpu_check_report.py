@@ -47,9 +47,11 @@ def headline(name: str, r: dict) -> str:
     if name == "dpo":
         return f"{r['steps']} steps, losses {r['losses']}, {_gib(r)}, {_bf16_share(r)}"
     if name == "parity":
-        return "; ".join(f"{k}: logits {v['logits_rel_err']:.1e}, worst grad {v['max_grad_rel_err']:.1e} "
-                         f"({'ok' if v['within_tolerance'] else 'OUT OF TOLERANCE'})"
-                         for k, v in r.items() if isinstance(v, dict) and "logits_rel_err" in v)
+        f32, b16 = r["fp32_triton_vs_torch"], r["bf16_triton_vs_fp32_torch"]
+        verdict = "ok" if f32["within_tolerance"] and b16["within_tolerance"] and r["all_params_compared"] else "FAIL"
+        return (f"{verdict}: fp32 logits {f32['logits']:.1e} grads {f32['grads']:.1e}; bf16 vs fp32 logits "
+                f"{b16['logits']:.1e} grads {b16['grads']:.1e} (torch bf16: "
+                f"{r['bf16_torch_vs_fp32_torch']['logits']:.1e} / {r['bf16_torch_vs_fp32_torch']['grads']:.1e})")
     if name == "scan_bandwidth":
         return f"{r['achieved_gb_s']} GB/s = {r['fraction_of_copy']:.2f} of copy ({r['copy_gb_s']} GB/s)"
     if name == "decode":

@@ -52,6 +52,6 @@ def sizes(dry_run: bool) -> Sizes:
     return Sizes(device="cpu", toy_model=dict(TOY_MODEL), tokenizer_kind="bpe", bpe_vocab=512, corpus_chars=300_000,
                  sft_examples=300, preference_pairs=24, pretrain_seq=64, pretrain_micro_rows=2,
                  pretrain_batch_tokens=256, pretrain_steps=4, pretrain_log_every=2, sft_seq=512, dpo_steps=2,
-                 dpo_pairs_per_step=2, dpo_max_length=160, parity_seq=24, parity_model=dict(TOY_MODEL),
+                 dpo_pairs_per_step=2, dpo_max_length=160, parity_seq=16, parity_model=dict(TOY_MODEL),
                  scan_shape=(1, 8, 24, 4), decode_context=256, decode_steps=3, decode_vocab=256, copy_mib=8,
                  matmul_n=128)
