@@ -111,6 +111,13 @@ class DPORunConfig:
     trainer: LoopConfig = field(default_factory=LoopConfig)
     dpo: DPOSection = field(default_factory=DPOSection)
 
+    def __post_init__(self) -> None:
+        # The HF Trainer prunes old checkpoints right after writing a new one, before train.hf_resume marks the
+        # new one COMPLETE: with one kept, a kill in that instant leaves no checkpoint to resume from.
+        if self.trainer.keep_last < 2:
+            raise ValueError(f"trainer.keep_last={self.trainer.keep_last}: train.dpo keeps at least 2 checkpoints "
+                             "(see train/hf_resume.py)")
+
 
 def register_dpo_config() -> None:
     """Register the schema with Hydra's ConfigStore (idempotent)."""

@@ -149,3 +149,11 @@ def test_deepspeed_json():
     assert resolve_precision(DeepSpeedConfig(precision="bf16"), torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision(DeepSpeedConfig(precision="fp16"), torch.device("cpu"))
+
+
+def test_dpo_refuses_keeping_fewer_than_two_checkpoints():
+    """With one checkpoint kept, a kill between the Trainer's pruning and the COMPLETE marker leaves none."""
+    base = ["dpo.init_from=/x"]
+    assert OmegaConf.to_object(compose_recipe("dpo", "demo", base)).trainer.keep_last >= 2
+    with pytest.raises(ValueError, match="trainer.keep_last=1"):
+        OmegaConf.to_object(compose_recipe("dpo", "demo", base + ["trainer.keep_last=1"]))
