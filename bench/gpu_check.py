@@ -2,8 +2,9 @@
 H100/H200 machine with no package registry, started by ``scripts/gpu_check.sh`` (which first installs the wheels
 that ``make gpu-wheels`` prepared).
 
-Parts, in order, each in a process of its own with its own time limit (an out-of-memory, a hung kernel or a
-failed run costs that part, not the check; a part whose input is missing says so and is skipped):
+Steps (parts), in order, each with its own time limit and in a process of its own (for the stage parts: the entry
+point they launch), so an out-of-memory, a hung kernel or a failed run costs that part, not the check; a part whose
+input is missing says so and is skipped:
 
 - ``env``: device, versions of what the stages import, the backend ``auto`` resolves to, and the two ceilings
   (device-to-device copy bandwidth, bf16 matmul rate).
@@ -142,13 +143,15 @@ def append_stage_log(log, work: Path, name: str, max_chars: int = 200_000) -> No
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results",
-                   help="directory of gpu_check.{json,md,log} (default bench/results)")
+    default_out = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "results"
+    p.add_argument("--out", type=Path, default=default_out,
+                   help="directory of gpu_check.{json,md,log} (default $OUT when set, else bench/results)")
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, the same entry points and model calls")
-    p.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS))
+    p.add_argument("--steps", nargs="+", choices=list(PARTS), default=list(PARTS), help="the parts to run, in order")
     p.add_argument("--force", action="store_true", help="overwrite an existing result in --out")
     p.add_argument("--work", type=Path, default=None, help="scratch dir for data and runs (default: a new temp dir)")
-    p.add_argument("--keep-work", action="store_true", help="leave the temp scratch dir in place (a --work dir always is)")
+    p.add_argument("--keep-work", action="store_true",
+                   help="leave the temp scratch dir in place (a --work dir is always left)")
     p.add_argument("--run-part", choices=list(PARTS), help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--limit-s", type=float, help=argparse.SUPPRESS)
@@ -168,10 +171,10 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="sambay_gpu_check_", dir=default_work_root(args.dry_run)))
     work.mkdir(parents=True, exist_ok=True)
     results = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-               "work": str(work), "parts": {}}
+               "work": str(work), "steps": {}}
     start = time.perf_counter()
     with open(args.out / f"{stem}.log", "w") as log:
-        for name in args.parts:
+        for name in args.steps:
             limit = PARTS[name].dry_limit_s if args.dry_run else min(
                 PARTS[name].gpu_limit_s, GPU_DEADLINE_S - (time.perf_counter() - start))
             if limit < 5:
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
                 r = (run_part_subprocess(name, work, limit, args.dry_run, log) if PARTS[name].own_process
                      else run_part_here(name, work, limit, args.dry_run))
                 append_stage_log(log, work, name)
-            results["parts"][name] = r
+            results["steps"][name] = r
             results["seconds"] = round(time.perf_counter() - start, 1)
             print(f"[gpu_check] {name}: {r['status']} in {r.get('seconds', 0):.0f} s {r.get('error', '')[:300]}",
                   flush=True)
@@ -189,7 +192,7 @@ def main(argv=None) -> int:
     if args.work is None and not args.keep_work:  # only the scratch dir this run made
         shutil.rmtree(work, ignore_errors=True)
     print(report.markdown(results))
-    return 0 if all(r["status"] != "failed" for r in results["parts"].values()) else 1
+    return 0 if all(r["status"] != "failed" for r in results["steps"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def headline(name: str, r: dict) -> str:
 def markdown(results: dict) -> str:
     kind = "dry run on CPU, toy sizes (no GPU figures)" if results["dry_run"] else "GPU"
     lines = [f"# GPU check ({kind})", "", f"started {results['started']}, {results.get('seconds', 0):.0f} s", "",
-             "| part | status | s | figures |", "| --- | --- | --- | --- |"]
-    for name, r in results["parts"].items():
+             "| step | status | s | figures |", "| --- | --- | --- | --- |"]
+    for name, r in results["steps"].items():
         if r["status"] == "ok":
             try:
                 text = headline(name, r)
@@ -74,7 +74,7 @@ def markdown(results: dict) -> str:
             text = r.get("skipped") or r.get("error", "").splitlines()[0][:200]
         lines.append(f"| {name} | {r['status']} | {r.get('seconds', 0):.0f} | {text} |")
     lines.append("")
-    for name, r in results["parts"].items():
+    for name, r in results["steps"].items():
         lines += [f"## {name}: {r['status']}", "", "```json",
                   json.dumps({k: v for k, v in r.items() if k != "traceback"}, indent=1, default=str), "```", ""]
     return "\n".join(lines)

@@ -35,9 +35,8 @@ class Sizes:
     dpo_max_length: int = 512
     # model-API parts
     parity_seq: int = 2048
-    parity_model: dict = field(default_factory=lambda: {"hidden_size": 512, "intermediate_size": 1536,
-                                                        "num_hidden_layers": 8, "num_attention_heads": 8,
-                                                        "num_key_value_heads": 4})
+    # sambay_1b's widths (the kernels the pretrain part compiled: head_dim, GQA, d_inner, d_state), 4 of its 16 layers
+    parity_model: dict = field(default_factory=lambda: {"num_hidden_layers": 4})
     scan_shape: tuple[int, int, int, int] = (4, 4096, 4096, 16)  # batch, d_inner, time, d_state
     decode_context: int = 32_768
     decode_steps: int = 32

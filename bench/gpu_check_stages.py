@@ -173,28 +173,36 @@ def _flop_figures(export: Path, seq_len: int) -> dict:
             "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_hidden_layers}
 
 
-def pretrain(sz: Sizes, work: Path, limit_s: float) -> dict:
-    """bf16 (``deepspeed.precision=bf16``, ZeRO-2) pretraining of recipes/model/sambay_1b on packed rows."""
-    prepared = data_dir(work)
-    if not (prepared.pretrain / "manifest.json").is_file():
-        return {"skipped": "no pretraining shards (the data part did not finish)"}
-    rd = run_dir(work, "pretrain")
-    backend = "triton" if sz.device == "cuda" else "auto"  # auto is pure PyTorch on CPU
-    args = ["--config-name", "sambay_1b", "run.name=gpu_check_pretrain", f"run.dir={rd}",
-            f"data.sources=[{{path: {prepared.pretrain}, weight: 1.0}}]", f"data.seq_len={sz.pretrain_seq}",
+def backend_for(sz: Sizes) -> str:
+    return "triton" if sz.device == "cuda" else "auto"  # auto is pure PyTorch on CPU
+
+
+def pretrain_args(sz: Sizes, work: Path) -> list[str]:
+    """The Hydra overrides of the pretrain part: the recipe, shrunk only in steps and global batch (and, on CPU, in
+    widths); micro-batch, sequence length and activation checkpointing stay the recipe's."""
+    args = ["--config-name", "sambay_1b", "run.name=gpu_check_pretrain", f"run.dir={run_dir(work, 'pretrain')}",
+            f"data.sources=[{{path: {data_dir(work).pretrain}, weight: 1.0}}]", f"data.seq_len={sz.pretrain_seq}",
             f"data.micro_batch_rows={sz.pretrain_micro_rows}", f"data.global_batch_tokens={sz.pretrain_batch_tokens}",
             f"trainer.max_steps={sz.pretrain_steps}", f"trainer.log_every={sz.pretrain_log_every}",
             "trainer.save_every=0", "trainer.eval_every=0", "trainer.progress_bar=false", "deepspeed=zero2",
-            "deepspeed.precision=bf16", f"model.compute_backend={backend}", "wandb.mode=disabled",
+            "deepspeed.precision=bf16", f"model.compute_backend={backend_for(sz)}", "wandb.mode=disabled",
             *toy_overrides(sz)]
     if sz.device != "cuda":
         args.append("trainer.peak_flops_per_device=1.0e+11")  # a nominal CPU peak, so MFU is a number here too
+    return args
+
+
+def pretrain(sz: Sizes, work: Path, limit_s: float) -> dict:
+    """bf16 (``deepspeed.precision=bf16``, ZeRO-2) pretraining of recipes/model/sambay_1b on packed rows."""
+    if not (data_dir(work).pretrain / "manifest.json").is_file():
+        return {"skipped": "no pretraining shards (the data part did not finish)"}
+    rd, backend, args = run_dir(work, "pretrain"), backend_for(sz), pretrain_args(sz, work)
     probe = work / "probe_pretrain.json"
     text, seconds = run_logged(torchrun(probe, "train.pretrain", args), work / "pretrain.log", limit_s, work)
     out = {"recipe": "recipes/pretrain/sambay_1b.yaml", "compute_backend": backend, "seconds_run": round(seconds, 1),
            "rows_x_seq": [sz.pretrain_batch_tokens // sz.pretrain_seq, sz.pretrain_seq], "steps": sz.pretrain_steps,
            **_window_figures(read_metrics(rd / "metrics.jsonl")), **_flop_figures(rd / "export", sz.pretrain_seq),
-           **probe_figures(probe), "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text}
+           **probe_figures(probe), "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text, "overrides": args}
     precision = re.search(r"precision (torch\.\w+)", text)
     out["precision_logged"] = precision.group(1) if precision else None
     shutil.rmtree(rd / "checkpoints", ignore_errors=True)  # ~17 GB at 1B; the export is what SFT / DPO start from
@@ -202,21 +210,24 @@ def pretrain(sz: Sizes, work: Path, limit_s: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- sft
+def sft_args(sz: Sizes, work: Path) -> list[str]:
+    """The recipe with its stages replaced by its 32K stage on the prepared SFT set, one step of one row."""
+    shards = data_dir(work).sft_shards(SFT_DATA_STAGE)
+    stage = (f"sft.stages=[{{name: {SFT_STAGE}, sources: [{{path: {shards}, weight: 1.0}}], seq_len: {sz.sft_seq}, "
+             f"lr: 5.0e-6, max_steps: 1}}]")
+    return ["--config-name", "phi4_mini_flash_reasoning", "run.name=gpu_check_sft", f"run.dir={run_dir(work, 'sft')}",
+            f"sft.init_from={run_dir(work, 'pretrain') / 'export'}", stage, f"data.global_batch_tokens={sz.sft_seq}",
+            "data.micro_batch_rows=1", "trainer.max_steps=1", "trainer.log_every=1", "trainer.save_every=0",
+            "trainer.export=false", "trainer.progress_bar=false", "deepspeed.precision=bf16",
+            f"model.compute_backend={backend_for(sz)}", "wandb.mode=disabled"]
+
+
 def sft(sz: Sizes, work: Path, limit_s: float) -> dict:
     """One step of recipes/sft/phi4_mini_flash_reasoning.yaml's 32K stage (ZeRO-3, bf16, checkpointing)."""
     export = run_dir(work, "pretrain") / "export"
     if not (export / "config.json").is_file():
         return {"skipped": "no pretrained export to start from (the pretrain part did not finish)"}
-    rd = run_dir(work, "sft")
-    shards = data_dir(work).sft_shards(SFT_DATA_STAGE)
-    stage = (f"sft.stages=[{{name: {SFT_STAGE}, sources: [{{path: {shards}, weight: 1.0}}], seq_len: {sz.sft_seq}, "
-             f"lr: 5.0e-6, max_steps: 1}}]")
-    backend = "triton" if sz.device == "cuda" else "auto"
-    args = ["--config-name", "phi4_mini_flash_reasoning", "run.name=gpu_check_sft", f"run.dir={rd}",
-            f"sft.init_from={export}", stage, f"data.global_batch_tokens={sz.sft_seq}", "data.micro_batch_rows=1",
-            "trainer.max_steps=1", "trainer.log_every=1", "trainer.save_every=0", "trainer.export=false",
-            "trainer.progress_bar=false", "deepspeed.precision=bf16", f"model.compute_backend={backend}",
-            "wandb.mode=disabled"]
+    rd, args = run_dir(work, "sft"), sft_args(sz, work)
     probe = work / "probe_sft.json"
     text, seconds = run_logged(torchrun(probe, "train.sft", args), work / "sft.log", limit_s, work)
     records = [r for r in read_metrics(rd / SFT_STAGE / "metrics.jsonl") if "loss" in r]
@@ -226,24 +237,28 @@ def sft(sz: Sizes, work: Path, limit_s: float) -> dict:
     return {"recipe": "recipes/sft/phi4_mini_flash_reasoning.yaml", "stage": SFT_STAGE, "tokens_per_row": sz.sft_seq,
             "rows": 1, "seconds_run": round(seconds, 1), "loss": round(records[-1]["loss"], 4),
             "step_tokens_per_s": round(records[-1]["tokens_per_s"], 1), **probe_figures(probe),
-            "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text}
+            "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text, "overrides": args}
 
 
 # ------------------------------------------------------------------------------------------------------- dpo
+def dpo_args(sz: Sizes, work: Path) -> list[str]:
+    """The GPU recipe on the prepared offline pairs (no on-policy sampling), a few steps."""
+    n_pairs = sz.dpo_steps * sz.dpo_pairs_per_step
+    return ["--config-name", "gpu", "run.name=gpu_check_dpo", f"run.dir={run_dir(work, 'dpo')}",
+            f"dpo.init_from={run_dir(work, 'pretrain') / 'export'}", f"dpo.data_dir={data_dir(work).root}",
+            "dpo.on_policy.enabled=false", f"trainer.max_steps={sz.dpo_steps}", "trainer.log_every=1",
+            "trainer.save_every=0", "trainer.progress_bar=false", f"dpo.per_device_batch_size={sz.dpo_pairs_per_step}",
+            "dpo.gradient_accumulation_steps=1", f"dpo.train_limit={n_pairs}",
+            f"dpo.heldout_limit={2 * sz.dpo_pairs_per_step}", f"dpo.heldout_batch_size={sz.dpo_pairs_per_step}",
+            f"dpo.max_length={sz.dpo_max_length}", "wandb.mode=disabled"]
+
+
 def dpo(sz: Sizes, work: Path, limit_s: float) -> dict:
     """A few steps of recipes/dpo/gpu.yaml (TRL DPOTrainer, ZeRO-2, bf16, frozen reference) on offline pairs."""
     export = run_dir(work, "pretrain") / "export"
     if not (export / "config.json").is_file():
         return {"skipped": "no pretrained export to start from (the pretrain part did not finish)"}
-    rd = run_dir(work, "dpo")
-    n_pairs = sz.dpo_steps * sz.dpo_pairs_per_step
-    args = ["--config-name", "gpu", "run.name=gpu_check_dpo", f"run.dir={rd}", f"dpo.init_from={export}",
-            f"dpo.data_dir={data_dir(work).root}", "dpo.on_policy.enabled=false", f"trainer.max_steps={sz.dpo_steps}",
-            "trainer.log_every=1", "trainer.save_every=0", "trainer.progress_bar=false",
-            f"dpo.per_device_batch_size={sz.dpo_pairs_per_step}", "dpo.gradient_accumulation_steps=1",
-            f"dpo.train_limit={n_pairs}", f"dpo.heldout_limit={2 * sz.dpo_pairs_per_step}",
-            f"dpo.heldout_batch_size={sz.dpo_pairs_per_step}", f"dpo.max_length={sz.dpo_max_length}",
-            "wandb.mode=disabled"]
+    rd, args = run_dir(work, "dpo"), dpo_args(sz, work)
     probe = work / "probe_dpo.json"
     text, seconds = run_logged(torchrun(probe, "train.dpo", args), work / "dpo.log", limit_s, work)
     records = [r for r in read_metrics(rd / "metrics.jsonl") if "loss" in r]
@@ -261,4 +276,4 @@ def dpo(sz: Sizes, work: Path, limit_s: float) -> dict:
             "losses": [round(r["loss"], 4) for r in records],
             "last_step": {k: records[-1][k] for k in keep if k in records[-1]},
             "heldout": {k: v for k, v in heldout.items() if isinstance(v, (int, float))}, **probe_figures(probe),
-            "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text}
+            "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text, "overrides": args}

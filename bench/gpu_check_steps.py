@@ -158,7 +158,8 @@ def parity(sz: Sizes, work: Path, limit_s: float) -> dict:
     torch16 = _errors(_forward_backward(model, batch, "torch", torch.bfloat16), torch32)
     ok16 = all(triton16[k] <= BF16_SLACK * torch16[k] + BF16_FLOOR for k in ("loss", "logits", "grads"))
     total = sum(1 for _ in model.parameters())
-    return {"seq": sz.parity_seq, "rows": 2, "model": {k: getattr(cfg, k) for k in sz.parity_model},
+    widths = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    return {"seq": sz.parity_seq, "rows": 2, "model": {k: getattr(cfg, k) for k in widths},
             "params_total": total, "fp32_tolerance": FP32_TOLERANCE, "bf16_rule": f"triton error vs fp32 torch <= "
             f"{BF16_SLACK} x torch-bf16 error + {BF16_FLOOR}",
             "fp32_triton_vs_torch": fp32,

@@ -7,7 +7,7 @@
 # gpu_check.{json,md,log} into the output directory.
 #
 #   scripts/gpu_check.sh [--out DIR] [--dry-run] [other bench/gpu_check.py arguments]
-#     --out DIR   output directory (default bench/results)
+#     --out DIR   output directory (default: $OUT when set, else bench/results)
 #     --dry-run   CPU, toy sizes, this checkout's .venv, no wheels: every part through the same code paths
 #                 (writes gpu_check_dryrun.{json,md,log})
 set -euo pipefail
@@ -40,8 +40,10 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   echo "gpu_check: installed $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site in ${SECONDS} s"
 else
-  echo "gpu_check: no wheels in $wheels/ (run 'make gpu-wheels' on a machine with a registry); using what is installed" >&2
+  echo "gpu_check: no wheels in $wheels/ (run 'make gpu-wheels' where a registry is reachable); using what is" \
+    "installed" >&2
 fi
-"$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu_check: no CUDA device visible (use --dry-run on CPU)")'
+"$python" -c 'import torch, sys
+sys.exit(0 if torch.cuda.is_available() else "gpu_check: no CUDA device visible (use --dry-run on CPU)")'
 # Each part has its own limit inside bench/gpu_check.py; this is the hard stop of the whole check.
 exec timeout --signal=TERM --kill-after=10 $((budget_s - SECONDS)) "$python" -m bench.gpu_check "$@"

@@ -41,7 +41,7 @@ def test_dry_run_runs_every_part_to_its_figures(tmp_path):
     proc = _run(out)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check_dryrun.json").read_text())
-    parts = report["parts"]
+    parts = report["steps"]
     assert report["dry_run"] is True and list(parts) == PARTS
     assert {n: r["status"] for n, r in parts.items()} == dict.fromkeys(PARTS, "ok"), proc.stdout[-6000:]
     assert parts["env"]["imports"] == dict.fromkeys(["deepspeed", "trl", "datasets", "hydra", "transformers"], "ok")
@@ -77,7 +77,7 @@ def test_dry_run_runs_every_part_to_its_figures(tmp_path):
 
 def test_existing_results_are_not_overwritten_without_force(tmp_path):
     (tmp_path / "gpu_check_dryrun.json").write_text("{}")
-    proc = _run(tmp_path, "--parts", "env", timeout=300)
+    proc = _run(tmp_path, "--steps", "env", timeout=300)
     assert proc.returncode != 0 and "--force" in proc.stderr
     assert (tmp_path / "gpu_check_dryrun.json").read_text() == "{}"
 
@@ -95,3 +95,27 @@ def test_stages_skip_with_a_reason_when_the_pretrain_export_is_missing(tmp_path)
     for stage in (gpu_check_stages.sft, gpu_check_stages.dpo):
         assert "pretrain" in stage(sizes(True), tmp_path, 10)["skipped"]
     assert "data" in gpu_check_stages.pretrain(sizes(True), tmp_path, 10)["skipped"]
+
+
+def _train_dry_run(module: str, args: list[str]) -> dict:
+    """The entry point's own dry run (``trainer.dry_run=true``): composes the config, validates the batch geometry,
+    builds the model on the meta device and counts FLOPs; no data, nothing trained."""
+    proc = subprocess.run([sys.executable, "-m", module, *args, "trainer.dry_run=true", "model.vocab_size=200064"],
+                          cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith('{"dry_run"')))["dry_run"]
+
+
+@pytest.mark.slow
+def test_gpu_sizes_compose_with_the_recipes(tmp_path):
+    """The overrides the GPU run will pass are accepted by the recipes at the GPU sizes (sambay_1b at 4K x 8 rows in
+    micro-batches of the recipe's 4; the SFT recipe's 32K stage as one row), checked here, not on device time."""
+    gpu_check_stages.data(sizes(True), tmp_path, 600)  # toy shards: the entry points' dry runs check the data too
+    gpu = sizes(False)
+    pre = _train_dry_run("train.pretrain", gpu_check_stages.pretrain_args(gpu, tmp_path))
+    assert pre["batch"] == {"seq_len": 4096, "global_batch_tokens": 32768, "global_batch_rows": 8,
+                            "micro_batch_rows": 4, "world_size": 1, "grad_accum": 2}
+    assert pre["params"] > 1.0e9  # sambay_1b with the 200,064-token vocabulary
+    sft = _train_dry_run("train.sft", gpu_check_stages.sft_args(gpu, tmp_path))
+    assert sft["batch"]["seq_len"] == 32768 and sft["batch"]["global_batch_rows"] == 1
