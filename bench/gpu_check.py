@@ -69,12 +69,12 @@ class Part:
 # GPU limits add up to 435 s; with the wheel install the whole check stays under scripts/gpu_check.sh's 480 s.
 STEPS, STAGES = "bench.gpu_check_steps", "bench.gpu_check_stages"
 PARTS = {
-    "env": Part(STEPS, gpu_limit_s=20, dry_limit_s=60),
+    "env": Part(STEPS, gpu_limit_s=30, dry_limit_s=60),
     "data": Part(STAGES, gpu_limit_s=40, dry_limit_s=120, own_process=False),
     "pretrain": Part(STAGES, gpu_limit_s=150, dry_limit_s=300, own_process=False),
-    "sft": Part(STAGES, gpu_limit_s=65, dry_limit_s=300, own_process=False),
+    "sft": Part(STAGES, gpu_limit_s=60, dry_limit_s=300, own_process=False),
     "dpo": Part(STAGES, gpu_limit_s=75, dry_limit_s=300, own_process=False),
-    "parity": Part(STEPS, gpu_limit_s=40, dry_limit_s=240, interpret_on_cpu=True),
+    "parity": Part(STEPS, gpu_limit_s=35, dry_limit_s=240, interpret_on_cpu=True),
     "scan_bandwidth": Part(STEPS, gpu_limit_s=15, dry_limit_s=120, interpret_on_cpu=True),
     "decode": Part(STEPS, gpu_limit_s=30, dry_limit_s=120),
 }
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             report.write(args.out, stem, results)
     if args.work is None and not args.keep_work:  # only the scratch dir this run made
         shutil.rmtree(work, ignore_errors=True)
-    print(report.markdown(results))
+    print(report.summary(results))
     return 0 if all(r["status"] != "failed" for r in results["steps"].values()) else 1
 
 
