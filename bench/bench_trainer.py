@@ -89,7 +89,7 @@ def main() -> None:
         deepspeed=DeepSpeedConfig(), data=data, model_cfg=mc,
         trainer=TrainerConfig(max_steps=args.steps, save_every=0, log_every=1, export=False, progress_bar=False),
         build_model=lambda device: build_fresh(config, device, 0), tokenizer_dir=tmp / "tokenizer",
-        config_yaml="bench: true\n", config_dict={}, max_steps=args.steps)
+        config_yaml="bench: true\n", config_dict={})
     train(spec, dist_info)
     rows = [json.loads(x) for x in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
     trainer = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]

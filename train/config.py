@@ -255,9 +255,10 @@ class LoopConfig:
 class TrainerConfig(LoopConfig):
     """The DeepSpeed training loop of ``train.pretrain`` and ``train.sft``: :class:`LoopConfig` plus
 
-    epochs: ``train.pretrain`` only: when > 0, max_steps = ceil(epochs * padded_tokens_per_epoch /
-        global_batch_tokens), one pass counted in packed rows (padding included, see
-        ``PackedLoader.padded_tokens_per_epoch``) (default 0.0 = use max_steps). SFT stages set their own
+    epochs: ``train.pretrain`` only: when > 0, the run also ends after ceil(epochs * padded_tokens_per_epoch /
+        global_batch_tokens) steps, one pass counted in packed rows (padding included, see
+        ``PackedLoader.padded_tokens_per_epoch``); with both set, whichever of max_steps (> 0) and epochs (> 0)
+        comes first ends it (default 0.0 = max_steps alone). SFT stages set their own
         (``sft.stages[].epochs``) and ``train.sft`` refuses this key.
     eval_every: validation every N steps; 0 disables (default 0).
     eval_batches: validation batches of ``global_batch_tokens`` each (default 4).

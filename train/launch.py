@@ -16,24 +16,12 @@ from train.distributed import init_distributed
 from train.run_lock import RunDirLockedError
 from train.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
 
-# Hydra creates its run directory (``hydra.run.dir``, ``${run.dir}`` in the recipes) before the task starts.
-# The trainer makes the run directory itself and a dry run must write nothing, so the entry points point
-# Hydra's directory at the working directory unless the command line sets one (Hydra writes no file there:
-# the recipes set ``output_subdir: null`` and console-only logging).
-HYDRA_RUN_DIR = "hydra.run.dir"
-
-
-def hydra_argv(argv: list[str]) -> list[str]:
-    """``argv`` with ``hydra.run.dir=.`` added when it sets no ``hydra.run.dir`` of its own."""
-    if any(a.lstrip("+").startswith(f"{HYDRA_RUN_DIR}=") for a in argv):
-        return list(argv)
-    return [*argv, f"{HYDRA_RUN_DIR}=."]
-
-
 def hydra_entry(hydra_main: Callable[[], None]) -> None:
-    """Run a ``@hydra.main`` function as a training entry point (schemas registered, Hydra kept out of run.dir)."""
+    """Run a ``@hydra.main`` function as a training entry point, with the schemas registered first.
+
+    The recipes set ``hydra.run.dir: .``, ``output_subdir: null`` and console logging, so Hydra creates and writes
+    nothing: the trainer makes ``run.dir`` itself, and a dry run must write nothing at all."""
     register_configs()
-    sys.argv = hydra_argv(sys.argv)
     hydra_main()
 
 
