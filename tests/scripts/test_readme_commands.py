@@ -12,6 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from data.prepare_config import register_configs as register_prepare
+from train.config import register_configs
+from train.dpo_config import register_dpo_config
+from train.eval_config import register_eval_config
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- quickstart -->"
@@ -84,3 +91,33 @@ def test_readme_demo_command_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "stage pretrain: complete" in again.stdout and "stage dpo: complete" in again.stdout
     assert "torch.distributed.run" not in again.stdout
+
+
+# Every stage command the README shows (`-m <entry point> [--config-name=R] overrides...`) composes to its schema:
+# a renamed or removed override key fails here, not on a user's cluster.
+ENTRY_POINTS = {"train.pretrain": "pretrain", "train.sft": "sft", "train.dpo": "dpo", "train.evaluate": "evaluate",
+                "data.prepare": "prepare"}
+
+
+def readme_stage_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            args = shlex.split(line, comments=True)
+            if "-m" in args and args[args.index("-m") + 1] in ENTRY_POINTS:
+                found.append((args[args.index("-m") + 1], args[args.index("-m") + 2:]))
+    return found
+
+
+def test_readme_shows_every_stage_entry_point():
+    assert {module for module, _ in readme_stage_commands()} == set(ENTRY_POINTS)
+
+
+@pytest.mark.parametrize("module,args", readme_stage_commands(), ids=lambda x: x if isinstance(x, str) else None)
+def test_readme_stage_command_composes_to_its_schema(module, args):
+    for register in (register_configs, register_dpo_config, register_eval_config, register_prepare):
+        register()
+    name = next((a.split("=", 1)[1] for a in args if a.startswith("--config-name")), "demo")
+    overrides = [a for a in args if not a.startswith("--")]
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / ENTRY_POINTS[module]), version_base=None):
+        OmegaConf.to_object(compose(config_name=name, overrides=overrides))
