@@ -191,12 +191,22 @@ def test_dry_run_runs_every_stage_dry_and_writes_nothing(tmp_path, monkeypatch):
     assert pipeline.dry_run_command(cfg, "train")[-1] == "trainer.dry_run=true"
     assert pipeline.dry_run_command(cfg, "eval_train")[-1] == "dry_run=true"
     seen = []
-    monkeypatch.setattr(pipeline.subprocess, "run",
-                        lambda cmd, env: seen.append(cmd) or subprocess.CompletedProcess(cmd, 0 if seen[1:] else 3))
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda cmd, env, stdout: seen.append(cmd)
+                        or subprocess.CompletedProcess(cmd, 0 if seen[1:] else 3))
     with pytest.raises(pipeline.PipelineError, match=r"dry run failed for stage\(s\) \['train'\]"):
         pipeline.dry_run_pipeline(cfg)
-    assert [c[-1] for c in seen] == ["trainer.dry_run=true", "dry_run=true"]  # a failure does not stop the others
+    # A failure does not stop the others; eval_train reads train's output, which does not exist yet (train is
+    # pending), so it gets the config check only.
+    assert seen[0][-1] == "trainer.dry_run=true"
+    assert seen[1][-3:] == ["dry_run=true", "--cfg", "job"]
     assert not Path(cfg.run_dir).exists()  # no logs, no report
+    seen.clear()
+    (Path(cfg.run_dir) / "train").mkdir(parents=True)
+    (Path(cfg.run_dir) / "train" / "DONE").write_text("ok")
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda cmd, env, stdout: seen.append(cmd)
+                        or subprocess.CompletedProcess(cmd, 0))
+    pipeline.dry_run_pipeline(cfg)
+    assert [c[-1] for c in seen] == ["trainer.dry_run=true", "dry_run=true"]  # train done: eval's full dry run
     cfg.stages["train"].entry = "fake_stage"
     with pytest.raises(pipeline.PipelineError, match="stages.train.entry: 'fake_stage' has no known dry run"):
         pipeline.dry_run_command(cfg, "train")
