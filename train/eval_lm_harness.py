@@ -35,7 +35,7 @@ from data.jsonl import read_jsonl, write_jsonl
 from data.layout import DEFAULT_DATA_DIR, PreparedData
 from data.reasoning import format_prompt
 from train.eval_io import write_json
-from train.evaluate import require_export
+from train.model_build import require_export
 from train.math_grader import extract_answer
 
 REASONING_TASK = "sambay_reasoning_heldout"

@@ -33,6 +33,7 @@ from train.eval_math import evaluate_math, load_problems, load_samples, score_sa
 from train.eval_perplexity import evaluate_perplexity
 from train.eval_retrieval import evaluate_retrieval
 from train.eval_tokenizer_check import check_same_tokenizer
+from train.model_build import require_export
 
 
 def resolve_device(device: str) -> str:
@@ -42,17 +43,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def require_export(model_path: str | Path, key: str = "model_path") -> Path:
-    """``model_path`` as a Path when it is a Hugging Face export dir, else an error naming ``key`` and the path."""
-    model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"{key} {model_path}: no config.json (expected a Hugging Face export dir)")
-    return model_path
-
-
 def load_model(model_path: str | Path, device: str = "cpu", dtype: str = "float32"):
     """(model, tokenizer) from a local HF export directory; never a hub id."""
-    model_path = require_export(model_path)
+    model_path = require_export(model_path, key="model_path")
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype), local_files_only=True)
     return model.to(resolve_device(device)).eval(), load_tokenizer(model_path)
 
@@ -97,7 +90,7 @@ def check_inputs(cfg: EvalConfig) -> EvalInputs:
     """Check everything an evaluation of ``cfg.model_path`` needs, before minutes of evaluation; write nothing."""
     if not cfg.model_path:
         raise ValueError("set model_path=<export dir> (or score_file=<jsonl> to score completions without a model)")
-    model_path = require_export(cfg.model_path)
+    model_path = require_export(cfg.model_path, key="model_path")
     out_dir = Path(cfg.output_dir) if cfg.output_dir else model_path.resolve().parent / "eval"
     check_writable(out_dir / "eval.json", cfg.overwrite)
     data = PreparedData(cfg.data_dir)

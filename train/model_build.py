@@ -65,16 +65,18 @@ def build_fresh(config: Phi4FlashConfig, device: torch.device | str, seed: int) 
     return model.float()
 
 
-def check_export(path: str | Path) -> Path:
+def require_export(path: str | Path, key: str = "init_from") -> Path:
+    """``path`` as a Path when it is a Hugging Face export dir (``config.json``), else an error naming ``key``."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a model export (no config.json); expected a `train.pretrain` export/ dir")
+        raise FileNotFoundError(f"{key} {path}: not a model export (no config.json); expected a Hugging Face "
+                                "export dir such as a stage's export/")
     return path
 
 
 def load_export(path: str | Path, compute_backend: str | None = None) -> torch.nn.Module:
     """Load an export (``save_pretrained`` layout) in fp32 for further training."""
-    path = check_export(path)
+    path = require_export(path)
     extra = {} if compute_backend is None else {"compute_backend": compute_backend}
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True, **extra)
 
@@ -95,7 +97,7 @@ class ModelBuilder:
 
     @classmethod
     def from_export(cls, path: str | Path, compute_backend: str | None = None) -> "ModelBuilder":
-        path = check_export(path)
+        path = require_export(path)
         return cls(Phi4FlashConfig.from_pretrained(str(path)), init_from=path, compute_backend=compute_backend)
 
     def __call__(self, device: torch.device | str) -> torch.nn.Module:
