@@ -306,11 +306,15 @@ def prepare(cfg: PrepareConfig) -> Path:
 
 
 @hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
     prepare(cfg)
 
 
+def main() -> None:
+    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
+    hydra_main()
+
+
 if __name__ == "__main__":
-    register_configs()  # the recipes' defaults name the schema, so it must exist before Hydra composes
     main()

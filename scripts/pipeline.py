@@ -338,11 +338,8 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     return pipe
 
 
-register_configs()
-
-
 @hydra.main(config_path="../recipes/pipeline", config_name="demo", version_base=None)
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     pipe = to_config(cfg)
     try:
         if pipe.dry_run:
@@ -362,6 +359,11 @@ def main(cfg: DictConfig) -> None:
         print(f"[pipeline] done; no evaluation stage ran, so there is no report in {pipe.run_dir}", flush=True)
     else:
         print(f"[pipeline] done. Report: {report} (plots: {report.with_suffix('.png')})", flush=True)
+
+
+def main() -> None:
+    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -289,11 +289,8 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         return _run_holding(cfg, config_yaml, rd, dist_info, inputs)
 
 
-register_dpo_config()
-
-
 @hydra.main(version_base=None, config_path="../recipes/dpo", config_name="demo")
-def main(dcfg: DictConfig) -> None:
+def hydra_main(dcfg: DictConfig) -> None:
     cfg: DPORunConfig = OmegaConf.to_object(dcfg)  # also runs the dataclasses' validation
     try:
         metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))
@@ -304,5 +301,10 @@ def main(dcfg: DictConfig) -> None:
         print(json.dumps(metrics, sort_keys=True), flush=True)
 
 
+def main() -> None:
+    register_dpo_config()  # the recipes' defaults name the schema: it must exist before Hydra composes
+    hydra_main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -169,15 +169,17 @@ def dry_run(cfg: EvalConfig) -> dict:
             "dtype": cfg.dtype, "output": str(inputs.out_dir / "eval.json"), "evaluations": evaluations}
 
 
-register_eval_config()
-
-
 @hydra.main(version_base=None, config_path="../recipes/evaluate", config_name="demo")
-def main(dcfg: DictConfig) -> None:
+def hydra_main(dcfg: DictConfig) -> None:
     cfg: EvalConfig = OmegaConf.to_object(dcfg)  # runs the dataclasses' own validation
     result = {"dry_run": dry_run(cfg)} if cfg.dry_run else run_evaluation(cfg)
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True), flush=True)  # contract: the metrics are the LAST stdout line
+
+
+def main() -> None:
+    register_eval_config()  # the recipes' defaults name the schema: it must exist before Hydra composes
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -7,22 +7,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch.distributed as dist
 
-from train.config import DeepSpeedConfig, register_configs
+from train.config import DeepSpeedConfig
 from train.distributed import init_distributed
 from train.run_lock import RunDirLockedError
 from train.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
-
-def hydra_entry(hydra_main: Callable[[], None]) -> None:
-    """Run a ``@hydra.main`` function as a training entry point, with the schemas registered first.
-
-    The recipes set ``hydra.run.dir: .``, ``output_subdir: null`` and console logging, so Hydra creates and writes
-    nothing: the trainer makes ``run.dir`` itself, and a dry run must write nothing at all."""
-    register_configs()
-    hydra_main()
 
 
 def run_specs(specs: Iterable[TrainSpec], deepspeed_cfg: DeepSpeedConfig, dry_run: bool) -> int:

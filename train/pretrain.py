@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import PretrainConfig
+from train.config import PretrainConfig, register_configs
 from train.data_sources import check_sources, first_manifest, resolve_tokenizer_dir
-from train.launch import hydra_entry, run_specs
+from train.launch import run_specs
 from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
 from train.trainer import TrainSpec
 
@@ -56,14 +56,15 @@ def run(dcfg: DictConfig) -> int:
 
 
 @hydra.main(version_base=None, config_path="../recipes/pretrain", config_name="demo")
-def _hydra_main(dcfg: DictConfig) -> None:
+def hydra_main(dcfg: DictConfig) -> None:
     code = run(dcfg)
     if code:
         sys.exit(code)
 
 
 def main() -> None:
-    hydra_entry(_hydra_main)
+    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def dry_run(entry: str, dcfg) -> int:
     main = {"prepare": "data.prepare", "dpo": "train.dpo", "evaluate": "train.evaluate"}[entry]
     __import__(main)
     try:
-        sys.modules[main].main(dcfg)  # hydra.main runs the function directly on a given config
+        sys.modules[main].hydra_main(dcfg)  # hydra.main runs the function directly on a given config
     except SystemExit as e:
         return int(e.code or 0)
     return 0
