@@ -22,7 +22,11 @@ HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from train.run_lock imp
 def _holder(lock_file: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), path=str(lock_file))],
                             stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "held"
+    # Importing train.run_lock imports DeepSpeed (train.distributed), whose logger may print to stdout first.
+    seen = []
+    while (line := proc.stdout.readline()) and line.strip() != "held":
+        seen.append(line.strip())
+    assert line.strip() == "held", f"the lock holder exited before taking the lock: {seen}"
     return proc
 
 
