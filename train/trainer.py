@@ -29,7 +29,6 @@ from typing import Any, Callable
 import deepspeed
 import torch
 
-from data.atomic import atomic_write_text
 from data.loader import PackedLoader
 from sambay_model.lm_head_loss import IGNORE_INDEX
 from train import checkpoint
@@ -39,7 +38,7 @@ from train.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, 
 from train.eval_perplexity import mean_loss, perplexity_from_loss, summed_loss, target_count
 from train.export import export_model
 from train.flops import device_peak_flops, flops_per_token, mfu
-from train.metrics import MetricsLogger, truncate_after
+from train.metrics import MetricsLogger, resumable_logger, truncate_after
 from train.optim import build_optimizer, global_lr, group_summary, mup_reinit_hidden
 from train.run_dir import RunDir
 from train.run_lock import hold_run_dir
@@ -261,7 +260,7 @@ class Trainer:
 
     def resume(self) -> str | None:
         """Restore the newest checkpoint (engine, RNGs, step, tokens, loader), else seed this rank; returns the
-        W&B run id to continue (from the checkpoint, else the run directory's ``wandb_id`` file)."""
+        W&B run id kept in the checkpoint (``train.metrics.resumable_logger`` falls back to the run directory's)."""
         state = checkpoint.load(self.engine, self.rd.checkpoints, self.dist)
         wandb_id = None
         if state is not None:
@@ -272,18 +271,13 @@ class Trainer:
             self._say(f"resumed {self.rd.root} at step {self.step}")
         else:
             torch.manual_seed(self.cfg.seed + self.dist.rank)
-        if self.dist.is_main and wandb_id is None and self.rd.wandb_id.exists():
-            wandb_id = self.rd.wandb_id.read_text().strip()
         return wandb_id
 
     def _open_logger(self, wandb_id: str | None) -> MetricsLogger:
         spec = self.spec
-        logger = MetricsLogger(enabled=self.dist.is_main, path=self.rd.metrics, wandb_cfg=spec.wandb,
-                               run_name=spec.run_name, run_dir=self.rd.root, config=spec.config_dict,
-                               wandb_id=wandb_id, total_steps=self.steps, start_step=self.step,
-                               progress_bar=self.cfg.progress_bar)
-        if self.dist.is_main and logger.wandb_id:
-            atomic_write_text(self.rd.wandb_id, logger.wandb_id, overwrite=True)
+        logger = resumable_logger(self.rd, enabled=self.dist.is_main, wandb_cfg=spec.wandb, run_name=spec.run_name,
+                                  config=spec.config_dict, total_steps=self.steps, start_step=self.step,
+                                  progress_bar=self.cfg.progress_bar, wandb_id=wandb_id)
         self._say(f"{spec.run_name}: {self.steps} steps, batch {json.dumps(self.geometry.describe())}, "
                   f"{self.flops.train:.3e} train FLOPs/token, precision {self.dtype}")
         return logger

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from train import checkpoint
-from train.metrics import resolve_wandb_mode, truncate_after
+from train.metrics import resolve_wandb_mode, resumable_logger, truncate_after
 from train.config import WandbConfig
 from train.run_dir import RunDir
 from tests.train.test_trainer_runs import make_data
@@ -149,3 +149,23 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="wandb.mode"):
         monkeypatch.delenv("WANDB_MODE")
         resolve_wandb_mode(WandbConfig(mode="sometimes"))
+
+
+def test_relaunch_continues_the_same_wandb_run(monkeypatch, tmp_path):
+    """Pretraining, SFT and DPO share train.metrics.resumable_logger: a relaunch into a run directory continues the
+    W&B run of the earlier launch (W&B offline here: no network, the run lives under the run dir)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rd = RunDir(tmp_path / "run")
+    rd.create()
+    kw = dict(enabled=True, wandb_cfg=WandbConfig(mode="offline"), run_name="r", config={}, total_steps=2,
+              start_step=0, progress_bar=False)
+    first = resumable_logger(rd, **kw)
+    first.close()
+    assert first.wandb_id and rd.wandb_id.read_text() == first.wandb_id
+    again = resumable_logger(rd, **kw)  # no checkpoint id: the run directory's
+    again.close()
+    assert again.wandb_id == first.wandb_id
+    from_checkpoint = resumable_logger(rd, **kw, wandb_id="ckpt1234")  # a checkpoint's id wins
+    from_checkpoint.close()
+    assert from_checkpoint.wandb_id == "ckpt1234" and rd.wandb_id.read_text() == "ckpt1234"
