@@ -44,7 +44,7 @@ from train.eval_tokenizer_check import check_same_tokenizer
 from train.export import export_model, save_export
 from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
 from train.metrics import MetricsLogger, resumable_logger, truncate_after
-from train.model_build import build_fresh, load_export
+from train.model_build import load_export, meta_model, require_export
 from train.on_policy import load_on_policy_problems, training_pairs
 from train.run_dir import RunDir
 from train.run_lock import RunDirLockedError, hold_run_dir
@@ -73,10 +73,7 @@ def _existing(key: str, value: str | None, default: Path) -> Path:
 def load_inputs(cfg: DPORunConfig) -> DPOInputs:
     """Check and read every input: the init export, the tokenizer it shares with the data, the preference pairs and
     the on-policy problems. A missing or malformed file is an error naming it; nothing is written."""
-    init_from, data = Path(cfg.dpo.init_from), PreparedData(cfg.dpo.data_dir)
-    if not (init_from / "config.json").is_file():
-        raise FileNotFoundError(f"dpo.init_from={init_from}: not a model export (no config.json); expected an SFT "
-                                f"stage's export/ directory")
+    init_from, data = require_export(cfg.dpo.init_from, key="dpo.init_from"), PreparedData(cfg.dpo.data_dir)
     if cfg.dpo.check_tokenizer:
         check_same_tokenizer(init_from, data.tokenizer)
     heldout = load_preference_pairs(_existing("heldout_file", cfg.dpo.heldout_file, data.preference("heldout")),
@@ -123,7 +120,7 @@ def dry_run(cfg: DPORunConfig, inputs: DPOInputs) -> dict:
     tokenizer = load_tokenizer(inputs.init_from)
     longest = max((len(encode_pair_side(tokenizer, p["prompt"], p[side], cfg.dpo.max_length)[0])
                    for p in inputs.heldout for side in ("chosen", "rejected")), default=0)
-    model = build_fresh(Phi4FlashConfig.from_pretrained(str(inputs.init_from)), "meta", cfg.trainer.seed)
+    model = meta_model(Phi4FlashConfig.from_pretrained(str(inputs.init_from)))
     _, device = select_device()
     world_size = launch_world_size()
     args = training_args(cfg, RunDir(Path(cfg.run.dir)), world_size, device, bf16_comm_modules(model))
