@@ -357,11 +357,6 @@ class SFTOptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1
 
-    @property
-    def mup(self) -> MupConfig:
-        """Always off: muP++ is a pretraining parametrisation; SFT continues the exported model as it is."""
-        return MupConfig(enabled=False)
-
     def for_stage(self, stage: SFTStageConfig) -> OptimConfig:
         """The optimizer settings of one stage."""
         return OptimConfig(lr=stage.lr, betas=list(self.betas), eps=self.eps, weight_decay=self.weight_decay,

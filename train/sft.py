@@ -61,18 +61,6 @@ def init_dir_for(cfg: SFTConfig, stage: SFTStageConfig) -> Path:
     return Path(cfg.sft.init_from) if i == 0 else Path(cfg.run.dir) / names[i - 1] / "export"
 
 
-def stage_data(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path) -> DataConfig:
-    data = copy.deepcopy(cfg.data)
-    data.sources = list(stage.sources)
-    data.seq_len = stage.seq_len
-    data.tokenizer = str(init_dir)
-    if stage.global_batch_tokens is not None:
-        data.global_batch_tokens = stage.global_batch_tokens
-    if stage.micro_batch_rows is not None:
-        data.micro_batch_rows = stage.micro_batch_rows
-    return data
-
-
 def check_stage_data(stage: SFTStageConfig, data: DataConfig, tokenizer_dir: Path | None,
                      vocab_size: int | None) -> list[dict]:
     """Every source is an SFT shard set made with the init export's tokenizer (fingerprint) and vocabulary,
@@ -114,19 +102,16 @@ def build_stage_spec(cfg: SFTConfig, stage: SFTStageConfig, config_yaml: str, co
         raise FileNotFoundError(
             f"sft stage {stage.name!r} starts from {init_dir}, which is not a model export (no config.json); "
             f"run the earlier stage or train.pretrain first, or set sft.init_from")
-    data = stage_data(cfg, stage, init_dir)
+    data = cfg.data.for_stage(stage, str(init_dir))
     builder = ModelBuilder.from_export(init_dir, cfg.model.compute_backend) if has_init else None
     tokenizer = init_dir if (init_dir / "tokenizer.json").is_file() else None
     manifests = check_stage_data(stage, data, tokenizer, builder.config.vocab_size if builder else None)
     builder = builder or stand_in_model(cfg, manifests)
-    optim = copy.deepcopy(cfg.optim)
-    optim.lr = stage.lr
-    optim.schedule = copy.deepcopy(stage.schedule)
     wandb = copy.deepcopy(cfg.wandb)
     wandb.name = f"{wandb.name or cfg.run.name}-{stage.name}"
     wandb.tags = list(wandb.tags) + [f"sft:{stage.name}"]
     return TrainSpec(
-        run_name=f"{cfg.run.name}/{stage.name}", run_dir=Path(cfg.run.dir) / stage.name, wandb=wandb, optim=optim,
+        run_name=f"{cfg.run.name}/{stage.name}", run_dir=Path(cfg.run.dir) / stage.name, wandb=wandb, optim=cfg.optim.for_stage(stage),
         deepspeed=cfg.deepspeed, trainer=stage_trainer(cfg, stage), data=data, model_cfg=cfg.model,
         build_model=builder, tokenizer_dir=init_dir, config_yaml=config_yaml + f"# stage: {stage.name}\n",
         config_dict={**config_dict, "stage": stage.name}, split_documents=False, data_manifests=manifests,
@@ -136,8 +121,6 @@ def build_stage_spec(cfg: SFTConfig, stage: SFTStageConfig, config_yaml: str, co
 def run(dcfg: DictConfig) -> int:
     """Run the stages of an SFT recipe in order; returns the process exit code."""
     cfg: SFTConfig = OmegaConf.to_object(dcfg)
-    if cfg.optim.mup.enabled:
-        raise ValueError("optim.mup.enabled=true is a pretraining option; SFT continues the exported model as is")
     config_yaml = OmegaConf.to_yaml(dcfg, resolve=True)
     config_dict = OmegaConf.to_container(dcfg, resolve=True)
     # A generator: stage k+1 is built (and reads stage k's export) only once stage k has run.

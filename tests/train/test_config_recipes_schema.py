@@ -56,12 +56,16 @@ def test_type_error_in_override():
         compose_recipe("pretrain", "demo", ["trainer.max_steps=many"])
 
 
-def test_hydra_writes_nothing_of_its_own():
-    cfg = compose_recipe("pretrain", "demo", ["run.name=abc"], hydra_cfg=True)
-    assert cfg.hydra.run.dir == "runs/abc"
-    assert cfg.hydra.output_subdir is None
-    assert cfg.hydra.job.chdir is False
-    assert "FileHandler" not in str(OmegaConf.to_container(cfg.hydra.job_logging))
+@pytest.mark.parametrize("entry", ["pretrain", "sft", "dpo"])
+def test_hydra_writes_nothing_of_its_own(entry):
+    """Hydra's run dir is the working directory (the trainer makes run.dir itself; a dry run makes nothing), with
+    no .hydra/ folder and no log file."""
+    for name in sorted(p.stem for p in (RECIPES / entry).glob("*.yaml")):
+        cfg = compose_recipe(entry, name, ["run.name=abc"], hydra_cfg=True)
+        assert cfg.hydra.run.dir == ".", name
+        assert cfg.hydra.output_subdir is None, name
+        assert cfg.hydra.job.chdir is False, name
+        assert "FileHandler" not in str(OmegaConf.to_container(cfg.hydra.job_logging)), name
 
 
 def test_official_model_recipe_is_the_config_class_preset():
