@@ -122,10 +122,12 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     assert not (run_dir / "DONE").exists(), "the run finished before it could be signalled; raise max_steps"
     sh("scancel", "--signal=USR1", "--batch", job, env=env)
     wait_for(lambda: job_field(env, job, "Restarts") == "1", 300, f"job {job} to be requeued", interval=1)
-    # Slurm holds a requeued job back for ~2 minutes (BeginTime); release it now.
+    # Slurm holds a requeued job back for ~2 minutes (BeginTime); release it sooner, but not within the second
+    # of the requeue: slurmd refuses a launch whose credential is not newer (in whole seconds) than the one the
+    # requeue revoked ("Job credential revoked"), and the job then ends FAILED without running.
     wait_for(lambda: job_field(env, job, "JobState") in ("PENDING", "RUNNING", "COMPLETED"), 120, "requeued state")
     if job_field(env, job, "JobState") == "PENDING":
-        sh("scontrol", "update", f"JobId={job}", "StartTime=now", env=env)
+        sh("scontrol", "update", f"JobId={job}", "StartTime=now+5", env=env)
     final = wait_for(lambda: finished(env, job), 900, f"job {job} to finish after the requeue", interval=2)
     text = log.read_text()
     assert final == "COMPLETED", text[-6000:]
