@@ -28,6 +28,9 @@ LATEST_VENV ?= .venv-latest
 DEMO_ARGS ?=
 # Arguments for pytest, e.g. make test PYTEST_ARGS="-m 'not slow'"
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test / test-fast / test-latest (0 = one process). 2 halves the suite's time on a
+# 2-core machine: its end-to-end tests leave a core idle while processes start and wait; more is untested here.
+TEST_WORKERS ?= 2
 
 # Nothing reaches a model/dataset hub at run time; W&B logs offline unless a key is configured.
 export HF_HUB_OFFLINE := 1
@@ -94,16 +97,16 @@ test-latest:
 	  echo "the newest allowed versions are the locked ones"; \
 	else echo "drift from $(CONSTRAINTS) ('<' locked, '>' newest allowed):"; \
 	  diff <(grep -v '^#' $(CONSTRAINTS)) $(LATEST_VENV)/freeze.txt | grep '^[<>]' || true; fi
-	$(LATEST_VENV)/bin/python -m pytest -q -m "not slow and not lock" $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) -m "not slow and not lock" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) scripts/pipeline.py $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 # Wheels for scripts/gpu_check.sh on a bare GPU machine without a package registry. Its image brings its own
 # torch, triton, accelerate, tokenizers, safetensors, huggingface-hub, pyarrow, pandas, numpy, ... (never carried:

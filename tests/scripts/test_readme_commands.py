@@ -67,6 +67,7 @@ def test_make_demo_runs_the_pipeline_script():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("demo_data")  # writes artifacts/data/demo, as the Slurm tests do
 def test_readme_demo_command_end_to_end(tmp_path):
     """`make demo` as written in the README, shrunk to the smoke recipe, leaves a report and plots."""
     run_dir = tmp_path / "run"

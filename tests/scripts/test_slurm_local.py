@@ -23,7 +23,8 @@ from train.checkpoint import SLOW_SAVE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "artifacts" / "data" / "demo"
-pytestmark = pytest.mark.slow
+# One local cluster per test session, and the demo data the README demo test writes too: one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_data")]
 
 # A few fast steps of the demo model: 4 rows of 64 tokens per step over 2 ranks.
 SMALL = ["data.seq_len=64", "data.global_batch_tokens=256", "data.micro_batch_rows=2",
