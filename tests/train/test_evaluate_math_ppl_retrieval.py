@@ -311,8 +311,10 @@ def test_every_evaluate_recipe_dry_runs(tiny, tmp_path, recipe):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from train.eval_config import register_eval_config
     from train.evaluate import dry_run
 
+    register_eval_config()  # the recipes' `evaluate_schema` default: registered here, not by whichever test ran before
     data, export = tiny
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "evaluate"), version_base=None):
         dcfg = compose(config_name=recipe, overrides=[f"model_path={export}", f"data_dir={data}",
