@@ -7,6 +7,8 @@ stdlib sources (present on every machine) are the fallback.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import gzip
 import html.parser
@@ -80,41 +82,59 @@ def strip_html(page: str) -> str:
     return "\n".join(out).strip()
 
 
+@contextlib.contextmanager
+def _cache_lock(cache: Path) -> Iterator[None]:
+    """Hold ``cache/.lock`` exclusively, waiting for any other holder. Prepares into different data directories
+    share one cache: one of them downloads and unpacks a package, the others wait and then find its marker (two
+    unpacking at once would share one temp dir, each deleting what the other is copying). The kernel releases
+    an flock when its holder exits, however it exits, so a killed prepare never leaves the cache locked."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_debian_packages(packages: Sequence[str], cache_dir: str | os.PathLike) -> Path:
     """Download (``apt-get download``) and unpack (``dpkg -x``) ``packages`` into ``cache_dir/root``.
 
     Already unpacked packages are skipped (a ``.done`` marker per package). Runs ``apt-get update`` once if
-    the package lists are missing. Raises RuntimeError when apt cannot provide a package.
+    the package lists are missing. Raises RuntimeError when apt cannot provide a package. Concurrent calls on
+    one cache directory (other processes included) take turns.
     """
     cache = Path(cache_dir).resolve()
+    with _cache_lock(cache):
+        for pkg in packages:
+            if not (cache / f"{pkg}.done").exists():
+                _fetch_one(pkg, cache)
+        (cache / "root").mkdir(exist_ok=True)
+    return cache / "root"
+
+
+def _fetch_one(pkg: str, cache: Path) -> None:
+    """Download and unpack one package into ``cache/root``, then write its marker (the caller holds the lock)."""
     debs, root = cache / "debs", cache / "root"
     debs.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    for pkg in packages:
-        marker = cache / f"{pkg}.done"
-        if marker.exists():
-            continue
-        if not shutil.which("apt-get") or not shutil.which("dpkg"):
-            raise RuntimeError("apt-get/dpkg not found: cannot fetch Debian documentation packages")
-        found = list(debs.glob(f"{pkg}_*.deb"))
-        if not found:
+    if not shutil.which("apt-get") or not shutil.which("dpkg"):
+        raise RuntimeError("apt-get/dpkg not found: cannot fetch Debian documentation packages")
+    found = list(debs.glob(f"{pkg}_*.deb"))
+    if not found:
+        r = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True)
+        if r.returncode != 0:
+            log.info("apt-get download %s failed (%s); running apt-get update once", pkg, r.stderr.strip()[-200:])
+            subprocess.run(["apt-get", "update"], capture_output=True, text=True)
             r = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True)
             if r.returncode != 0:
-                log.info("apt-get download %s failed (%s); running apt-get update once", pkg, r.stderr.strip()[-200:])
-                subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-                r = subprocess.run(["apt-get", "download", pkg], cwd=debs, capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-500:]}")
-            found = list(debs.glob(f"{pkg}_*.deb"))
-        # Unpack into a temp root first so an interrupted dpkg never marks a package done.
-        tmp = cache / f"{pkg}.unpack"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for deb in found:
-            subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True, capture_output=True)
-        shutil.copytree(tmp, root, dirs_exist_ok=True, symlinks=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        marker.write_text("ok\n")
-    return root
+                raise RuntimeError(f"apt-get download {pkg} failed: {r.stderr.strip()[-500:]}")
+        found = list(debs.glob(f"{pkg}_*.deb"))
+    # Unpack into a temp root first so an interrupted dpkg never marks a package done.
+    tmp = cache / f"{pkg}.unpack"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for deb in found:
+        subprocess.run(["dpkg", "-x", str(deb), str(tmp)], check=True, capture_output=True)
+    shutil.copytree(tmp, root, dirs_exist_ok=True, symlinks=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (cache / f"{pkg}.done").write_text("ok\n")
 
 
 def _read_text(path: Path) -> str | None:

@@ -1,8 +1,15 @@
 """Demo corpus helpers: HTML stripping, stdlib documents, size caps (no apt access needed)."""
 from __future__ import annotations
 
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
+from data import corpus
 from data.corpus import DEBIAN_TEXT_GLOBS, collect_corpus, iter_debian_documents, iter_stdlib_documents, strip_html
 
 
@@ -35,3 +42,27 @@ def test_unknown_debian_package_is_an_error(tmp_path):
     with pytest.raises(RuntimeError, match="no text files matched"):
         list(iter_debian_documents(["python3.11-doc"], tmp_path))
     assert "python3.11-doc" in DEBIAN_TEXT_GLOBS
+
+
+def test_concurrent_fetches_into_one_cache_download_and_unpack_once(tmp_path, monkeypatch):
+    """Two prepares sharing a cache (two xdist workers, two users): the second waits for the first and reuses its
+    unpacked tree. apt-get and dpkg are stand-ins that take a while, so without the lock both would run."""
+    calls = []
+
+    def fake_run(cmd, cwd=None, **kwargs):
+        calls.append(cmd[:2])
+        time.sleep(0.3)
+        if cmd[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{cmd[2]}_1.0_all.deb").write_bytes(b"deb")
+        elif cmd[:2] == ["dpkg", "-x"]:
+            page = Path(cmd[3]) / "usr/share/doc/pkg/page.txt"
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text("documentation")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(corpus, "subprocess", SimpleNamespace(run=fake_run))
+    monkeypatch.setattr(corpus.shutil, "which", lambda name: f"/usr/bin/{name}")
+    with ThreadPoolExecutor(2) as pool:  # flock locks are per open file, so two threads exclude each other too
+        roots = list(pool.map(lambda _: corpus.fetch_debian_packages(["pkg"], tmp_path / "cache"), range(2)))
+    assert calls == [["apt-get", "download"], ["dpkg", "-x"]]
+    assert roots[0] == roots[1] and (roots[0] / "usr/share/doc/pkg/page.txt").read_text() == "documentation"
