@@ -7,8 +7,6 @@ stdlib sources (present on every machine) are the fallback.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import gzip
 import html.parser
@@ -20,6 +18,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
+
+from data.dir_lock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ def strip_html(page: str) -> str:
     return "\n".join(out).strip()
 
 
-@contextlib.contextmanager
-def _cache_lock(cache: Path) -> Iterator[None]:
-    """Hold ``cache/.lock`` exclusively, waiting for any other holder. Prepares into different data directories
-    share one cache: one of them downloads and unpacks a package, the others wait and then find its marker (two
-    unpacking at once would share one temp dir, each deleting what the other is copying). The kernel releases
-    an flock when its holder exits, however it exits, so a killed prepare never leaves the cache locked."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 def fetch_debian_packages(packages: Sequence[str], cache_dir: str | os.PathLike) -> Path:
     """Download (``apt-get download``) and unpack (``dpkg -x``) ``packages`` into ``cache_dir/root``.
 
@@ -102,7 +90,10 @@ def fetch_debian_packages(packages: Sequence[str], cache_dir: str | os.PathLike)
     one cache directory (other processes included) take turns.
     """
     cache = Path(cache_dir).resolve()
-    with _cache_lock(cache):
+    # Prepares into different data directories share one cache: one downloads and unpacks a package while the
+    # others wait, then find its marker (two unpacking at once would share one temp dir, each deleting what the
+    # other copies). A killed holder's lock dies with it.
+    with RunLock(cache / ".lock", wait=True):
         for pkg in packages:
             if not (cache / f"{pkg}.done").exists():
                 _fetch_one(pkg, cache)

@@ -36,6 +36,11 @@ class PreparedData:
         return self.root / "DONE"
 
     @property
+    def lock(self) -> Path:
+        """Held by the one ``data.prepare`` writing the directory (``data.dir_lock.RunLock``)."""
+        return self.root / "prepare.lock"
+
+    @property
     def tokenizer(self) -> Path:
         return self.root / "tokenizer"
 

@@ -6,13 +6,16 @@
 Writes under ``out_dir`` (the layout is ``data.layout.PreparedData``; docs/design.md): ``tokenizer/``,
 ``pretrain/`` (plus one shard set per ``extra_pretrain`` entry, for mixtures), ``reasoning/{train,heldout}.jsonl``,
 ``sft/<stage>.jsonl`` + ``sft/<stage>/``, ``preference/{train,heldout}.jsonl`` and finally ``DONE``. Each output
-is written atomically, so an existing one is complete: it is kept unless ``overwrite=true``.
+is written atomically, so an existing one is complete: it is kept unless ``overwrite=true``. While it writes, the
+command holds ``prepare.lock`` in ``out_dir``: a second prepare into the same directory is refused, naming the
+holder (exit status 4).
 """
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from data import reasoning
 from data.atomic import atomic_dir, atomic_write_text
 from data.corpus import Document, check_debian_packages, collect_corpus
+from data.dir_lock import RunDirLockedError, RunLock
 from data.documents import check_inputs, check_readable, input_fingerprint, iter_documents
 from data.jsonl import write_jsonl
 from data.layout import RESERVED_NAMES, PreparedData
@@ -294,13 +298,15 @@ def prepare(cfg: PrepareConfig) -> Path:
         return data.root
     if data.done.exists() and not cfg.overwrite:
         log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", data.root)
-        return data.root
+        return data.root  # reading a complete directory takes no lock: it may be read-only, or shared
     check_config(cfg)
     outputs = plan(cfg, data)
-    data.done.unlink(missing_ok=True)  # overwrite=true: the set is incomplete until this run writes DONE again
-    for output in outputs:
-        _run(output, cfg, data)
-    _write_done(cfg, data)
+    # One writer: a second prepare into this directory would resume into the same partial shard files.
+    with RunLock(data.lock, elsewhere="another out_dir"):
+        data.done.unlink(missing_ok=True)  # overwrite=true: the set is incomplete until this run writes DONE again
+        for output in outputs:
+            _run(output, cfg, data)
+        _write_done(cfg, data)
     log.info("done: %s", data.root)
     return data.root
 
@@ -308,7 +314,11 @@ def prepare(cfg: PrepareConfig) -> Path:
 @hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")
 def hydra_main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
-    prepare(cfg)
+    try:
+        prepare(cfg)
+    except RunDirLockedError as e:  # the trainers' exit status for a held directory (train.launch)
+        print(f"[data.prepare] {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from data.dir_lock import RunDirLockedError
 from data.layout import PreparedData
 from data.tokenizer import load_tokenizer
 from sambay_model import Phi4FlashConfig
@@ -47,7 +48,7 @@ from train.metrics import MetricsLogger, resumable_logger, truncate_after
 from train.model_build import load_export, meta_model, require_export
 from train.on_policy import load_on_policy_problems, training_pairs
 from train.run_dir import RunDir
-from train.run_lock import RunDirLockedError, hold_run_dir
+from train.run_lock import hold_run_dir
 
 HELDOUT_FILE = "dpo_heldout.json"  # in the run directory
 
@@ -273,7 +274,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     stopped by a signal), or the dry-run summary.
 
     Every input is checked before the run directory is touched: bad data leaves nothing half-written. Raises
-    :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory."""
+    :class:`data.dir_lock.RunDirLockedError` on every rank when another live run holds the directory."""
     if cfg.trainer.dry_run:
         return dry_run(cfg, load_inputs(cfg))
     rd = RunDir(Path(cfg.run.dir))

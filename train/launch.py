@@ -11,9 +11,9 @@ from typing import Iterable
 
 import torch.distributed as dist
 
+from data.dir_lock import RunDirLockedError
 from train.config import DeepSpeedConfig
 from train.distributed import init_distributed
-from train.run_lock import RunDirLockedError
 from train.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
 
 

@@ -193,7 +193,7 @@ class Trainer:
         self._window_tokens, self._window_start = 0, 0.0  # throughput since the last metrics line
 
     def run(self) -> StopReason:
-        """Raises :class:`train.run_lock.RunDirLockedError` on every rank when another live run holds the directory."""
+        """Raises :class:`data.dir_lock.RunDirLockedError` on every rank when another live run holds the directory."""
         if self.rd.is_done():
             self._say(f"{self.rd.root} is complete (DONE exists); nothing to do")
             return StopReason.already_done

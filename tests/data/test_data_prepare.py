@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from data.dir_lock import RunDirLockedError, RunLock
 from data.jsonl import read_jsonl
 from data.loader import PackedLoader
 from data.shards import check_compatible, read_manifest
@@ -287,3 +288,24 @@ def test_killed_prepare_resumes_to_the_uninterrupted_result(tmp_path, bpe_dir, m
     assert resumed == uninterrupted  # manifest.json included
     splits = read_manifest(out / "pretrain")["splits"]
     assert splits["train"]["documents"] + splits["val"]["documents"] == 400
+
+
+def test_a_held_directory_is_refused_and_left_untouched(tmp_path, sample_texts):
+    """Two prepares into one directory would resume into the same partial shards: the second is refused, naming
+    the holder, before it writes anything; once the holder is gone the directory builds normally."""
+    from data.prepare import prepare
+
+    files = []
+    for i in range(0, len(sample_texts), 20):  # several files, as in the layout test: a val split needs a few
+        files.append(tmp_path / f"doc{i}.txt")
+        files[-1].write_text("\n".join(sample_texts[i:i + 20]))
+    cfg = _cfg(_small(tmp_path, files))
+    out = tmp_path / "out"
+    with RunLock(out / "prepare.lock"):
+        with pytest.raises(RunDirLockedError, match=rf"pid {os.getpid()} .*or use another out_dir"):
+            prepare(cfg)
+        cli = subprocess.run([sys.executable, "-m", "data.prepare", *_small(tmp_path, files)], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        assert cli.returncode == 4 and f"pid {os.getpid()}" in cli.stderr, cli.stderr[-2000:]
+        assert [p.name for p in out.iterdir()] == ["prepare.lock"]
+    _check_layout(prepare(cfg))

@@ -278,7 +278,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
 def test_a_run_directory_held_by_a_live_run_is_refused_and_left_alone(tiny, tmp_path):
     """DPO takes the same one-writer lock as pretraining: a second launch into a held directory names the holder
     and changes nothing there (here the holder is this test process, standing in for a live DPO run)."""
-    from train.run_lock import RunDirLockedError, RunLock
+    from data.dir_lock import RunDirLockedError, RunLock
 
     data, export = tiny
     run_dir = tmp_path / "run"

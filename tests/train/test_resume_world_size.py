@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from train import checkpoint
-from train.run_lock import RunDirLockedError, RunLock
+from data.dir_lock import RunDirLockedError, RunLock
 from tests.train.test_trainer_runs import make_data
 
 REPO = Path(__file__).resolve().parents[2]

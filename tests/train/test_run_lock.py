@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from train.run_lock import RunDirLockedError, RunLock
+from data.dir_lock import RunDirLockedError, RunLock
 from tests.train.test_trainer_runs import make_data
 
 REPO = Path(__file__).resolve().parents[2]
-HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from train.run_lock import RunLock; "
+HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from data.dir_lock import RunLock; "
         "l = RunLock({path!r}); l.acquire(); print('held', flush=True); time.sleep(600)")
 
 
