@@ -90,9 +90,8 @@ def fetch_debian_packages(packages: Sequence[str], cache_dir: str | os.PathLike)
     one cache directory (other processes included) take turns.
     """
     cache = Path(cache_dir).resolve()
-    # Prepares into different data directories share one cache: one downloads and unpacks a package while the
-    # others wait, then find its marker (two unpacking at once would share one temp dir, each deleting what the
-    # other copies). A killed holder's lock dies with it.
+    # Prepares into different data directories share this cache; two unpacking at once would share one temp dir,
+    # each deleting what the other copies.
     with RunLock(cache / ".lock", wait=True):
         for pkg in packages:
             if not (cache / f"{pkg}.done").exists():
@@ -105,7 +104,6 @@ def _fetch_one(pkg: str, cache: Path) -> None:
     """Download and unpack one package into ``cache/root``, then write its marker (the caller holds the lock)."""
     debs, root = cache / "debs", cache / "root"
     debs.mkdir(parents=True, exist_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
     if not shutil.which("apt-get") or not shutil.which("dpkg"):
         raise RuntimeError("apt-get/dpkg not found: cannot fetch Debian documentation packages")
     found = list(debs.glob(f"{pkg}_*.deb"))
