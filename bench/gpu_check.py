@@ -1,32 +1,42 @@
-"""The prepared GPU check (issue 12 item 8, issue 14 item 6): one run of at most 8 minutes on a bare single-GPU
-H100/H200 machine with no package registry, started by ``scripts/gpu_check.sh`` (which first installs the wheels
-that ``make gpu-wheels`` prepared).
+"""The prepared GPU check (issue 12 item 8, issue 14 item 6, issue 20 item 7): one run of at most 8 minutes on a
+bare single-GPU H100/H200 machine with no package registry, started by ``scripts/gpu_check.sh`` (which first installs
+the wheels that ``make gpu-wheels`` prepared).
 
-Steps (parts), in order, each with its own time limit and in a process of its own (for the stage parts: the entry
-point they launch), so an out-of-memory, a hung kernel or a failed run costs that part, not the check; a part whose
-input is missing says so and is skipped:
+Parts, cheapest and most telling first, each with its own time limit and in a process of its own (for the stage
+parts: the entry point they launch), so an out-of-memory, a hung kernel or a failed run costs that part, not the
+check; a part whose input is missing says so and is skipped:
 
-- ``env``: device, versions of what the stages import, the backend ``auto`` resolves to, and the two ceilings
-  (device-to-device copy bandwidth, bf16 matmul rate).
+- ``env``: every module the check runs imports, every carried wheel's declared requirements (and pyproject's) hold
+  for the installed versions (bench/gpu_check_imports.py); when not, the check stops here, in seconds, with the
+  list (``--keep-going`` runs the rest anyway). Then device, versions, the backend ``auto`` resolves to, and the
+  two ceilings (device-to-device copy bandwidth, bf16 matmul rate).
+- ``kernels``: the Triton scan and conv against the PyTorch reference at sambay_1b's widths, forward and every
+  gradient, fp32 and bf16, with resets (chunk edges, first and last token, two in a row) and initial states.
+- ``scan_bandwidth``: the scan's forward and forward + backward bytes / time against the copy bandwidth (goal for
+  forward + backward: >= 0.5).
+- ``flex``: FlexAttention against fp32 PyTorch attention in bf16 (sliding-window and full masks on packed rows).
 - ``data``: ``python -m data.prepare --config-name demo`` on a synthetic corpus made here, with the Phi-4-mini
   tokenizer (vocab 200,064, the real recipes' tokenizer): pretraining shards, a 32K-packable SFT set, preference
   pairs.
 - ``pretrain``: ``torchrun -m train.pretrain --config-name sambay_1b`` (ZeRO-2, ``deepspeed.precision=bf16``,
-  ``model.compute_backend=triton``, packed rows with document ids), a few optimizer steps: tokens/s and MFU from
-  its ``metrics.jsonl`` (train/flops.py's count, attention FLOPs included; goal >= 40%), the dtype the matmuls ran
-  in and the peak memory from bench/gpu_check_probe.py. This is also issue 14's packed bf16 training step.
+  ``model.compute_backend=triton``, packed rows with document ids), 8 optimizer steps, no final checkpoint:
+  tokens/s and MFU from its ``metrics.jsonl`` (train/flops.py's count, attention FLOPs included; goal >= 40%), read
+  even when the run overruns its limit; the dtype the matmuls ran in and the peak memory from
+  bench/gpu_check_probe.py.
 - ``sft``: one step of ``torchrun -m train.sft --config-name phi4_mini_flash_reasoning`` (its 32,768-token stage,
   ZeRO-3) from the pretrain export: peak memory.
 - ``dpo``: a few steps of ``torchrun -m train.dpo --config-name gpu`` (TRL, ZeRO-2, bf16, frozen reference).
-- ``parity``: the model with ``compute_backend="triton"`` vs ``"torch"`` on packed rows, fp32 and bf16: loss,
-  logits and every parameter gradient.
-- ``scan_bandwidth``: the Triton selective scan's achieved bandwidth against the copy bandwidth.
-- ``decode``: decode tokens/s, SambaY vs Transformer++ (sambay_1b widths, bf16) at 32K context.
+- ``decode``: decode tokens/s, SambaY vs Transformer++ (sambay_1b widths, bf16) at 32K context, when time is left.
+
+Every part runs with ``TORCH_LOGS=recompiles`` into a file of its own; ``<stem>_recompiles.log`` collects them and
+each part's result counts its recompiles. Compile time per part: torch.compile's own (``compile`` in the parts
+that compile, from dynamo's metrics), the Triton kernels' first-call seconds, and for the stages an estimate from
+the first logged window's excess over the steady ones.
 
 Results: ``<out>/gpu_check.json`` and ``gpu_check.md`` (rewritten atomically after every part, so a hard stop
-leaves what was measured), ``gpu_check.log`` (every part's output). ``--dry-run`` runs every part on CPU at toy
-sizes through the same entry points and model calls (the triton parts under ``TRITON_INTERPRET=1``) and writes
-``gpu_check_dryrun.{json,md,log}``.
+leaves what was measured), ``gpu_check.log`` (every part's output), ``gpu_check_recompiles.log``. ``--dry-run`` runs
+every part on CPU at toy sizes through the same entry points and model calls (the triton parts under
+``TRITON_INTERPRET=1``) and writes ``gpu_check_dryrun.*``.
 
     scripts/gpu_check.sh --out "$OUT"            # on the GPU machine
     scripts/gpu_check.sh --dry-run --out /tmp/g  # here
@@ -50,6 +60,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import gpu_check_report as report  # noqa: E402
+from bench.gpu_check_run import StageFailed, child_env, recompile_log  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -67,17 +78,20 @@ class Part:
 
 
 # GPU limits add up to 435 s; with the wheel install the whole check stays under scripts/gpu_check.sh's 480 s.
-STEPS, STAGES = "bench.gpu_check_steps", "bench.gpu_check_stages"
+# The order is the order they run in: a hard stop loses the last ones.
+STEPS, KERNELS, STAGES = "bench.gpu_check_steps", "bench.gpu_check_kernels", "bench.gpu_check_stages"
 PARTS = {
-    "env": Part(STEPS, gpu_limit_s=30, dry_limit_s=60),
+    "env": Part(STEPS, gpu_limit_s=25, dry_limit_s=180),
+    "kernels": Part(KERNELS, gpu_limit_s=45, dry_limit_s=400, interpret_on_cpu=True),
+    "scan_bandwidth": Part(KERNELS, gpu_limit_s=25, dry_limit_s=120, interpret_on_cpu=True),
+    "flex": Part(KERNELS, gpu_limit_s=40, dry_limit_s=120, interpret_on_cpu=True),
     "data": Part(STAGES, gpu_limit_s=40, dry_limit_s=120, own_process=False),
-    "pretrain": Part(STAGES, gpu_limit_s=150, dry_limit_s=300, own_process=False),
-    "sft": Part(STAGES, gpu_limit_s=60, dry_limit_s=300, own_process=False),
-    "dpo": Part(STAGES, gpu_limit_s=75, dry_limit_s=300, own_process=False),
-    "parity": Part(STEPS, gpu_limit_s=35, dry_limit_s=240, interpret_on_cpu=True),
-    "scan_bandwidth": Part(STEPS, gpu_limit_s=15, dry_limit_s=120, interpret_on_cpu=True),
-    "decode": Part(STEPS, gpu_limit_s=30, dry_limit_s=120),
+    "pretrain": Part(STAGES, gpu_limit_s=120, dry_limit_s=300, own_process=False),
+    "sft": Part(STAGES, gpu_limit_s=55, dry_limit_s=300, own_process=False),
+    "dpo": Part(STAGES, gpu_limit_s=60, dry_limit_s=300, own_process=False),
+    "decode": Part(STEPS, gpu_limit_s=25, dry_limit_s=120),
 }
+GATE = "env"  # a part whose failure stops the check (unless --keep-going): nothing after it can run
 GPU_DEADLINE_S = 440  # from the driver's start: every part's limit is cut to what is left of it
 GRACE_S = 15  # after a part's limit: its process writes the result of a timed-out inner run, then is killed
 
@@ -94,8 +108,13 @@ def run_part_here(name: str, work: Path, limit_s: float, dry_run: bool) -> dict:
         fn = getattr(importlib.import_module(PARTS[name].module), name)
         result = fn(sizes(dry_run), work, limit_s)
         status = "skipped" if "skipped" in result else "ok"
+    except StageFailed as exc:  # what the run measured before it failed is reported with the failure
+        result = {**exc.figures, "error": f"{type(exc).__name__}: {exc}"}
+        status = "failed"
     except Exception as exc:  # a failed part is reported; the others still run
         result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        status = "failed"
+    if "error" in result:
         status = "failed"
     return {"status": status, "seconds": round(time.perf_counter() - start, 1), "limit_s": round(limit_s), **result}
 
@@ -104,8 +123,7 @@ def run_part_subprocess(name: str, work: Path, limit_s: float, dry_run: bool, lo
     result_path = work / f"result_{name}.json"
     cmd = [sys.executable, "-m", "bench.gpu_check", "--run-part", name, "--result", str(result_path),
            "--work", str(work), "--limit-s", str(limit_s)] + (["--dry-run"] if dry_run else [])
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("TRITON_INTERPRET", None)
+    env = child_env(work, name)
     if dry_run and PARTS[name].interpret_on_cpu:
         env["TRITON_INTERPRET"] = "1"  # before the child imports triton (sambay_model imports it via torch)
     start = time.perf_counter()
@@ -141,6 +159,17 @@ def append_stage_log(log, work: Path, name: str, max_chars: int = 200_000) -> No
         log.flush()
 
 
+def fold_recompiles(work: Path, name: str, out_log: Path) -> dict:
+    """Append the part's recompile log to ``out_log`` (the work dir does not come back); count its recompiles and
+    the times dynamo's recompile limit was hit (after which FlexAttention runs eagerly, materialising the scores)."""
+    path = recompile_log(work, name)
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    with open(out_log, "a") as f:
+        f.write(f"----- {name} -----\n{text}")
+    return {"recompiles": text.count("Recompiling function"),
+            "recompile_limit_hits": text.count("recompile_limit") + text.count("cache_size_limit")}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_out = Path(os.environ["OUT"]) if os.environ.get("OUT") else REPO / "bench" / "results"
@@ -149,6 +178,8 @@ def parse_args(argv):
     p.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, the same entry points and model calls")
     p.add_argument("--steps", nargs="+", choices=list(PARTS), default=list(PARTS), help="the parts to run, in order")
     p.add_argument("--force", action="store_true", help="overwrite an existing result in --out")
+    p.add_argument("--keep-going", action="store_true",
+                   help=f"run the other parts even when {GATE!r} fails (imports or requirements off)")
     p.add_argument("--work", type=Path, default=None, help="scratch dir for data and runs (default: a new temp dir)")
     p.add_argument("--keep-work", action="store_true",
                    help="leave the temp scratch dir in place (a --work dir is always left)")
@@ -156,6 +187,37 @@ def parse_args(argv):
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--limit-s", type=float, help=argparse.SUPPRESS)
     return p, p.parse_args(argv)
+
+
+def part_limit(name: str, dry_run: bool, elapsed_s: float) -> float:
+    return PARTS[name].dry_limit_s if dry_run else min(PARTS[name].gpu_limit_s, GPU_DEADLINE_S - elapsed_s)
+
+
+def run_parts(args, work: Path, stem: str, results: dict) -> None:
+    """Run ``args.steps`` in order, writing the results after each; after a failed :data:`GATE` the rest are
+    skipped with its reason (unless ``--keep-going``)."""
+    start = time.perf_counter()
+    recompiles = args.out / f"{stem}_recompiles.log"
+    recompiles.write_text("")
+    stop = None
+    with open(args.out / f"{stem}.log", "w") as log:
+        for name in args.steps:
+            limit = part_limit(name, args.dry_run, time.perf_counter() - start)
+            if stop or limit < 5:
+                r = {"status": "skipped", "skipped": stop or "no time left in the check's budget", "seconds": 0.0}
+            else:
+                print(f"[gpu_check] ===== {name} (limit {limit:.0f} s) =====", file=log, flush=True)
+                r = (run_part_subprocess(name, work, limit, args.dry_run, log) if PARTS[name].own_process
+                     else run_part_here(name, work, limit, args.dry_run))
+                append_stage_log(log, work, name)
+                r.update(fold_recompiles(work, name, recompiles))
+                if name == GATE and r["status"] == "failed" and not args.keep_going:
+                    stop = f"{GATE} failed: the environment cannot run the stages (--keep-going runs them anyway)"
+            results["steps"][name] = r
+            results["seconds"] = round(time.perf_counter() - start, 1)
+            print(f"[gpu_check] {name}: {r['status']} in {r.get('seconds', 0):.0f} s {r.get('error', '')[:300]}",
+                  flush=True)
+            report.write(args.out, stem, results)
 
 
 def main(argv=None) -> int:
@@ -172,23 +234,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     results = {"dry_run": args.dry_run, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "work": str(work), "steps": {}}
-    start = time.perf_counter()
-    with open(args.out / f"{stem}.log", "w") as log:
-        for name in args.steps:
-            limit = PARTS[name].dry_limit_s if args.dry_run else min(
-                PARTS[name].gpu_limit_s, GPU_DEADLINE_S - (time.perf_counter() - start))
-            if limit < 5:
-                r = {"status": "skipped", "skipped": "no time left in the check's budget", "seconds": 0.0}
-            else:
-                print(f"[gpu_check] ===== {name} (limit {limit:.0f} s) =====", file=log, flush=True)
-                r = (run_part_subprocess(name, work, limit, args.dry_run, log) if PARTS[name].own_process
-                     else run_part_here(name, work, limit, args.dry_run))
-                append_stage_log(log, work, name)
-            results["steps"][name] = r
-            results["seconds"] = round(time.perf_counter() - start, 1)
-            print(f"[gpu_check] {name}: {r['status']} in {r.get('seconds', 0):.0f} s {r.get('error', '')[:300]}",
-                  flush=True)
-            report.write(args.out, stem, results)
+    run_parts(args, work, stem, results)
     if args.work is None and not args.keep_work:  # only the scratch dir this run made
         shutil.rmtree(work, ignore_errors=True)
     print(report.summary(results))

@@ -15,6 +15,7 @@ one global forward hook and, at exit, writes (rank 0 only, atomically) OUT.json 
 - ``kept``: dtype of the SSM / differential-attention parameters that must stay fp32 (A_log, D, lambdas).
 - ``peak_memory_gib`` / ``peak_reserved_gib``: ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` of
   this process (GPU), ``peak_rss_gib``: the process's maximum resident set (any device).
+- ``compile``: :func:`compile_figures`, what torch.compile spent in this process (FlexAttention's graphs).
 
 Unlike tests/train/precision_probe.py this leaves ``torch.is_autocast_enabled`` alone: on a GPU the real
 behaviour is what is measured.
@@ -30,8 +31,22 @@ import sys
 from collections import defaultdict
 
 import torch
+import torch._dynamo.utils as dynamo_utils
 
 FP32_KEPT = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+
+
+def compile_figures() -> dict:
+    """What torch.compile did in this process so far: seconds in dynamo's compile of frames (the backend's compile
+    of the forward included; a backward compiled on its first call is listed under its own metric when torch
+    records one), the number of distinct graphs and of dynamo's calls. Triton kernels of ``sambay_model.ops`` are
+    not torch.compile: their JIT time shows as a first call's excess (the parts report first-call seconds)."""
+    metrics = dynamo_utils.compilation_time_metrics
+    stats = dynamo_utils.counters["stats"]
+    backward = {k: round(sum(v), 3) for k, v in metrics.items() if "bw_compiler" in k or "backward" in k}
+    return {"compile": {"dynamo_compile_s": round(sum(metrics.get("_compile.compile_inner", [])), 3),
+                        "backward_compile_s": backward, "unique_graphs": stats.get("unique_graphs", 0),
+                        "calls_captured": stats.get("calls_captured", 0)}}
 
 
 class Recorder:
@@ -70,7 +85,7 @@ class Recorder:
                "linear_weight_dtypes": sorted(self.weight_dtypes),
                "autocast_enabled_in_linears": sorted(self.autocast_states), "kept": self.kept,
                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-               "device": "cuda" if torch.cuda.is_available() else "cpu"}
+               "device": "cuda" if torch.cuda.is_available() else "cpu", **compile_figures()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             out["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30

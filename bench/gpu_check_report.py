@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 MFU_GOAL = 0.40  # issue 14 item 6: the packed bf16 training step of sambay_1b
+SCAN_GOAL = 0.5  # issue 20 item 7: the scan's forward + backward bytes / time against the copy bandwidth
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -50,19 +51,27 @@ def headline(name: str, r: dict, env: dict | None = None) -> str:
     if name == "pretrain":
         return (f"{r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.3f} (goal >= {MFU_GOAL}: "
                 f"{'met' if r['mfu'] >= MFU_GOAL else 'not met'}; attention {r['attention_core_share_of_flops']:.1%}"
-                f" of the FLOPs){_mfu_vs_measured(r, env)}, {_gib(r)}, {_bf16_share(r)}")
+                f" of the FLOPs){_mfu_vs_measured(r, env)}, {_gib(r)}, {_bf16_share(r)}, first window "
+                f"+{r.get('first_window_excess_s_estimate')} s (compiles and warm-up, estimate)")
     if name == "sft":
         return f"{r['tokens_per_row']} tokens in one row: {_gib(r)}, loss {r['loss']}, {_bf16_share(r)}"
     if name == "dpo":
         return f"{r['steps']} steps, losses {r['losses']}, {_gib(r)}, {_bf16_share(r)}"
-    if name == "parity":
-        f32, b16 = r["fp32_triton_vs_torch"], r["bf16_triton_vs_fp32_torch"]
-        verdict = "ok" if f32["within_tolerance"] and b16["within_tolerance"] and r["all_params_compared"] else "FAIL"
-        return (f"{verdict}: fp32 logits {f32['logits']:.1e} grads {f32['grads']:.1e}; bf16 vs fp32 logits "
-                f"{b16['logits']:.1e} grads {b16['grads']:.1e} (torch bf16: "
-                f"{r['bf16_torch_vs_fp32_torch']['logits']:.1e} / {r['bf16_torch_vs_fp32_torch']['grads']:.1e})")
+    if name == "kernels":
+        worst = max(r["cases"].items(), key=lambda kv: kv[1]["errors"][kv[1]["worst"]])
+        return (f"{'ok' if r['all_ok'] else 'FAIL ' + ', '.join(r['failed'])}: {len(r['cases'])} cases, worst "
+                f"{worst[0]} {worst[1]['worst']} {worst[1]['errors'][worst[1]['worst']]:.1e}; Triton first calls "
+                f"{r['triton_first_calls_s']} s")
     if name == "scan_bandwidth":
-        return f"{r['achieved_gb_s']:.4g} GB/s = {r['fraction_of_copy']:.3g} of copy ({r['copy_gb_s']} GB/s)"
+        fb = r["forward_backward"]
+        return (f"forward {r['forward']['fraction_of_copy']:.3g} of copy, forward + backward {fb['achieved_gb_s']:.4g}"
+                f" GB/s = {fb['fraction_of_copy']:.3g} of copy ({r['copy_gb_s']} GB/s; goal >= {SCAN_GOAL}: "
+                f"{'met' if fb['fraction_of_copy'] >= SCAN_GOAL else 'not met'})")
+    if name == "flex":
+        errs = {f"{c}.{k}": v for c, case in r["cases"].items() for k, v in case["flex_bf16_vs_fp32"].items()}
+        worst = max(errs, key=errs.get)
+        return (f"{'ok' if r['all_ok'] else 'FAIL'}: worst {worst} {errs[worst]:.1e} vs fp32 ({r['rule']}); "
+                f"compile {r['compile']['dynamo_compile_s']} s")
     if name == "decode":
         return (f"SambaY {r['sambay']['tokens_per_s']} tokens/s, Transformer++ {r['transformer++']['tokens_per_s']}"
                 f" tokens/s at {r['context']} context (latency ratio {r['sambay_over_transformer_latency']})")
@@ -81,7 +90,11 @@ def summary(results: dict) -> str:
             except (KeyError, TypeError) as exc:  # a figure missing from a result is itself worth seeing
                 text = f"(headline unavailable: {type(exc).__name__}: {exc})"
         else:
-            text = r.get("skipped") or r.get("error", "").splitlines()[0][:200]
+            text = r.get("skipped") or " / ".join(r.get("error", "").splitlines()[:4])[:400]
+            if r.get("tokens_per_s"):  # a stage past its limit: the windows it logged before
+                text += f" (measured before: {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.3f})"
+        if r.get("recompiles"):
+            text += f"; {r['recompiles']} recompiles ({r.get('recompile_limit_hits', 0)} at the limit)"
         lines.append(f"| {name} | {r['status']} | {r.get('seconds', 0):.0f} | {text} |")
     return "\n".join(lines) + "\n"
 

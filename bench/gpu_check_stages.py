@@ -5,7 +5,9 @@ from bench/gpu_check_probe.py, which wraps the entry point to observe the dtype 
 memory. No trainer internals are imported: these parts check what users run.
 
 Every function takes ``(sz, work, limit_s)`` and returns a JSON-able dict (``{"skipped": why}`` when a part it
-depends on left nothing to start from); a run that fails raises :class:`StageFailed` with its log's tail.
+depends on left nothing to start from); a run that fails raises :class:`StageFailed` with its log's tail and the
+figures it still measured (a pretraining run past its limit keeps its logged windows). The runs write no final
+checkpoint (``trainer.final_checkpoint=false``): only the export the next stage starts from.
 """
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+from bench.gpu_check_run import StageFailed, must_finish, run_logged
 from bench.gpu_check_sizes import Sizes
 from data.layout import PreparedData
 from sambay_model import Phi4FlashConfig
@@ -31,44 +32,12 @@ SFT_STAGE = "long_cot"  # the 32K stage of recipes/sft/phi4_mini_flash_reasoning
 SFT_DATA_STAGE = "math"  # the demo prepare recipe's all-families stage (index 1); stage 0 is kept small
 
 
-class StageFailed(RuntimeError):
-    """An entry point exited non-zero or ran past its limit; the message carries its log's tail."""
-
-
 def data_dir(work: Path) -> PreparedData:
     return PreparedData(work / "data")
 
 
 def run_dir(work: Path, name: str) -> Path:
     return work / "runs" / name
-
-
-def child_env(work: Path) -> dict:
-    """Offline, no W&B (not in the GPU image), caches inside the work dir."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HF_DATASETS_CACHE=str(work / "hf_cache"),
-               TORCH_EXTENSIONS_DIR=str(work / "torch_extensions"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env.pop("TRITON_INTERPRET", None)  # the stages run the real kernels (or pure PyTorch on CPU)
-    return env
-
-
-def run_logged(cmd: list[str], log: Path, limit_s: float, work: Path) -> tuple[str, float]:
-    """Run ``cmd`` from the repo root with its output in ``log`` (named after the part); returns (output, seconds)."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        try:
-            rc = subprocess.run(cmd, cwd=REPO, env=child_env(work), stdout=f, stderr=subprocess.STDOUT,
-                                timeout=max(1.0, limit_s), check=False).returncode
-        except subprocess.TimeoutExpired:
-            rc = None
-    text = log.read_text(errors="replace")
-    if rc != 0:
-        why = f"ran past its {limit_s:.0f} s limit" if rc is None else f"exited with {rc}"
-        raise StageFailed(f"{log.stem} {why}; the end of {log}:\n{text[-3000:]}")
-    return text, time.perf_counter() - start
 
 
 def torchrun(probe_out: Path, module: str, args: list[str]) -> list[str]:
@@ -95,7 +64,7 @@ def probe_figures(probe_path: Path) -> dict:
            "lm_head_flops_by_dtype": probe.get("lm_head_flops_by_dtype"),
            "linear_weight_dtypes": probe.get("linear_weight_dtypes"),
            "autocast_enabled_in_linears": probe.get("autocast_enabled_in_linears"),
-           "fp32_kept_params": sorted(set(probe.get("kept", {}).values())),
+           "fp32_kept_params": sorted(set(probe.get("kept", {}).values())), "compile": probe.get("compile"),
            "peak_rss_gib": round(probe.get("peak_rss_gib", 0.0), 3)}
     for key in ("peak_memory_gib", "peak_reserved_gib"):
         if key in probe:
@@ -141,7 +110,8 @@ def data(sz: Sizes, work: Path, limit_s: float) -> dict:
             "reasoning.n_heldout=32",
             "sft.0.n_examples=16", f"sft.1.n_examples={sz.sft_examples}",
             f"preference.n_train={sz.preference_pairs}", f"preference.n_heldout={sz.preference_pairs}"]
-    _, seconds = run_logged([sys.executable, "-m", "data.prepare", *args], work / "data.log", limit_s, work)
+    _, seconds = must_finish(run_logged([sys.executable, "-m", "data.prepare", *args], work / "data.log", limit_s,
+                                        work))
     manifest = json.loads((out.pretrain / "manifest.json").read_text())
     sft_manifest = json.loads((out.sft_shards(SFT_DATA_STAGE) / "manifest.json").read_text())
     return {"seconds_prepare": round(seconds, 1), "corpus_documents": docs,
@@ -151,13 +121,18 @@ def data(sz: Sizes, work: Path, limit_s: float) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- pretrain
-def _window_figures(records: list[dict]) -> dict:
-    """tokens/s and MFU of the logged windows after the first one (which holds start-up and kernel compiles)."""
+def _window_figures(records: list[dict], window_tokens: int) -> dict:
+    """tokens/s and MFU of the logged windows after the first one (which holds start-up and kernel compiles), and
+    an estimate of what the first window spent beyond a steady one (compiles and warm-up): the difference of
+    their durations, ``window_tokens`` / tokens_per_s each."""
     windows = [r for r in records if "tokens_per_s" in r]
     steady = windows[1:] or windows
     if not steady:
         raise StageFailed("metrics.jsonl has no record with tokens_per_s")
-    return {"tokens_per_s": round(statistics.median(r["tokens_per_s"] for r in steady), 1),
+    steady_tps = statistics.median(r["tokens_per_s"] for r in steady)
+    return {"tokens_per_s": round(steady_tps, 1),
+            "first_window_excess_s_estimate": round(window_tokens / windows[0]["tokens_per_s"]
+                                                    - window_tokens / steady_tps, 2) if len(windows) > 1 else None,
             "mfu": round(statistics.median(r["mfu"] for r in steady), 4),
             "windows": [{"step": r["step"], "tokens_per_s": round(r["tokens_per_s"], 1), "mfu": round(r["mfu"], 4)}
                         for r in windows],
@@ -184,7 +159,8 @@ def pretrain_args(sz: Sizes, work: Path) -> list[str]:
             f"data.sources=[{{path: {data_dir(work).pretrain}, weight: 1.0}}]", f"data.seq_len={sz.pretrain_seq}",
             f"data.micro_batch_rows={sz.pretrain_micro_rows}", f"data.global_batch_tokens={sz.pretrain_batch_tokens}",
             f"trainer.max_steps={sz.pretrain_steps}", f"trainer.log_every={sz.pretrain_log_every}",
-            "trainer.save_every=0", "trainer.eval_every=0", "trainer.progress_bar=false", "deepspeed=zero2",
+            "trainer.save_every=0", "trainer.final_checkpoint=false", "trainer.eval_every=0",
+            "trainer.progress_bar=false", "deepspeed=zero2",
             "deepspeed.precision=bf16", f"model.compute_backend={backend_for(sz)}", "wandb.mode=disabled",
             *toy_overrides(sz)]
     if sz.device != "cuda":
@@ -198,14 +174,22 @@ def pretrain(sz: Sizes, work: Path, limit_s: float) -> dict:
         return {"skipped": "no pretraining shards (the data part did not finish)"}
     rd, backend, args = run_dir(work, "pretrain"), backend_for(sz), pretrain_args(sz, work)
     probe = work / "probe_pretrain.json"
-    text, seconds = run_logged(torchrun(probe, "train.pretrain", args), work / "pretrain.log", limit_s, work)
+    run = run_logged(torchrun(probe, "train.pretrain", args), work / "pretrain.log", limit_s, work)
+    text, seconds, why = run
+    records = read_metrics(rd / "metrics.jsonl")
     out = {"recipe": "recipes/pretrain/sambay_1b.yaml", "compute_backend": backend, "seconds_run": round(seconds, 1),
            "rows_x_seq": [sz.pretrain_batch_tokens // sz.pretrain_seq, sz.pretrain_seq], "steps": sz.pretrain_steps,
-           **_window_figures(read_metrics(rd / "metrics.jsonl")), **_flop_figures(rd / "export", sz.pretrain_seq),
-           **probe_figures(probe), "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text, "overrides": args}
+           "nested_autocast_warning": NESTED_AUTOCAST_WARNING in text, "overrides": args}
+    if any("tokens_per_s" in r for r in records):  # read even when the run overran: its windows were measured
+        out.update(_window_figures(records, sz.pretrain_batch_tokens * sz.pretrain_log_every))
     precision = re.search(r"precision (torch\.\w+)", text)
     out["precision_logged"] = precision.group(1) if precision else None
-    shutil.rmtree(rd / "checkpoints", ignore_errors=True)  # ~17 GB at 1B; the export is what SFT / DPO start from
+    must_finish(run, out)
+    out.update(_flop_figures(rd / "export", sz.pretrain_seq), **probe_figures(probe))
+    out["checkpoints_written"] = sorted(c.name for c in (rd / "checkpoints").glob("*"))  # none is expected
+    shutil.rmtree(rd / "checkpoints", ignore_errors=True)
+    if "tokens_per_s" not in out:
+        raise StageFailed("metrics.jsonl has no record with tokens_per_s", out)
     return out
 
 
@@ -218,7 +202,8 @@ def sft_args(sz: Sizes, work: Path) -> list[str]:
     return ["--config-name", "phi4_mini_flash_reasoning", "run.name=gpu_check_sft", f"run.dir={run_dir(work, 'sft')}",
             f"sft.init_from={run_dir(work, 'pretrain') / 'export'}", stage, f"data.global_batch_tokens={sz.sft_seq}",
             "data.micro_batch_rows=1", "trainer.max_steps=1", "trainer.log_every=1", "trainer.save_every=0",
-            "trainer.export=false", "trainer.progress_bar=false", "deepspeed.precision=bf16",
+            "trainer.final_checkpoint=false", "trainer.export=false", "trainer.progress_bar=false",
+            "deepspeed.precision=bf16",
             f"model.compute_backend={backend_for(sz)}", "wandb.mode=disabled"]
 
 
@@ -229,7 +214,7 @@ def sft(sz: Sizes, work: Path, limit_s: float) -> dict:
         return {"skipped": "no pretrained export to start from (the pretrain part did not finish)"}
     rd, args = run_dir(work, "sft"), sft_args(sz, work)
     probe = work / "probe_sft.json"
-    text, seconds = run_logged(torchrun(probe, "train.sft", args), work / "sft.log", limit_s, work)
+    text, seconds = must_finish(run_logged(torchrun(probe, "train.sft", args), work / "sft.log", limit_s, work))
     records = [r for r in read_metrics(rd / SFT_STAGE / "metrics.jsonl") if "loss" in r]
     if not records:
         raise StageFailed(f"{rd / SFT_STAGE / 'metrics.jsonl'} has no step record")
@@ -247,7 +232,8 @@ def dpo_args(sz: Sizes, work: Path) -> list[str]:
     return ["--config-name", "gpu", "run.name=gpu_check_dpo", f"run.dir={run_dir(work, 'dpo')}",
             f"dpo.init_from={run_dir(work, 'pretrain') / 'export'}", f"dpo.data_dir={data_dir(work).root}",
             "dpo.on_policy.enabled=false", f"trainer.max_steps={sz.dpo_steps}", "trainer.log_every=1",
-            "trainer.save_every=0", "trainer.progress_bar=false", f"dpo.per_device_batch_size={sz.dpo_pairs_per_step}",
+            "trainer.save_every=0", "trainer.final_checkpoint=false", "trainer.progress_bar=false",
+            f"dpo.per_device_batch_size={sz.dpo_pairs_per_step}",
             "dpo.gradient_accumulation_steps=1", f"dpo.train_limit={n_pairs}",
             f"dpo.heldout_limit={2 * sz.dpo_pairs_per_step}", f"dpo.heldout_batch_size={sz.dpo_pairs_per_step}",
             f"dpo.max_length={sz.dpo_max_length}", "wandb.mode=disabled"]
@@ -260,8 +246,10 @@ def dpo(sz: Sizes, work: Path, limit_s: float) -> dict:
         return {"skipped": "no pretrained export to start from (the pretrain part did not finish)"}
     rd, args = run_dir(work, "dpo"), dpo_args(sz, work)
     probe = work / "probe_dpo.json"
-    text, seconds = run_logged(torchrun(probe, "train.dpo", args), work / "dpo.log", limit_s, work)
+    text, seconds, why = run_logged(torchrun(probe, "train.dpo", args), work / "dpo.log", limit_s, work)
     records = [r for r in read_metrics(rd / "metrics.jsonl") if "loss" in r]
+    if why:
+        raise StageFailed(why, {"steps_logged": len(records), "losses": [round(r["loss"], 4) for r in records]})
     if len(records) < sz.dpo_steps:
         raise StageFailed(f"{rd / 'metrics.jsonl'}: {len(records)} step records, expected {sz.dpo_steps}")
     heldout = json.loads((rd / "dpo_heldout.json").read_text())

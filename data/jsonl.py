@@ -13,9 +13,12 @@ import os
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Sequence
 
-import zstandard
-
 from data.atomic import atomic_write_text
+
+try:  # optional: only ``.zst`` inputs need it, and the GPU image lacks it (bench/gpu_image_packages.txt)
+    import zstandard
+except ImportError:
+    zstandard = None
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 
@@ -35,6 +38,9 @@ def open_binary(path: str | os.PathLike) -> Iterator[IO[bytes]]:
         with gzip.open(path, "rb") as f:
             yield f
     elif suffix == ".zst":
+        if zstandard is None:
+            raise ModuleNotFoundError(f"{path}: reading a .zst file needs the zstandard package (pip install "
+                                      "zstandard), which is not installed", name="zstandard")
         with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as f:
             yield io.BufferedReader(f, buffer_size=1 << 20)
     else:

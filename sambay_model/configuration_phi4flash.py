@@ -7,6 +7,7 @@ import math
 
 from transformers import PretrainedConfig
 
+from .lm_head_loss import HEAD_PRECISIONS
 from .ops.backend import BACKENDS as COMPUTE_BACKENDS
 
 BACKBONES = ("sambay", "transformer")
@@ -59,6 +60,15 @@ class Phi4FlashConfig(PretrainedConfig):
     - ``compute_backend="auto"``: ``"torch"`` forces the pure-PyTorch ops, ``"triton"`` the Triton kernels (CUDA, or
       CPU under ``TRITON_INTERPRET=1``), ``"cuda"`` requires the CUDA kernel packages; ``"auto"`` is triton on
       CUDA when Triton imports, else cuda when its packages import, else torch.
+    - ``lm_head_precision="tf32"``: how the LM head's GEMMs run on CUDA (``sambay_model.lm_head_loss``; the
+      log-sum-exp, the loss and the gradient accumulation are fp32 in every mode, and other devices always run
+      the head in fp32): ``"fp32"`` IEEE fp32 GEMMs (~60 TFLOP/s on an H100), ``"tf32"`` the same tensors on the
+      tensor cores with operands rounded to a 10-bit mantissa (~495 TFLOP/s), ``"bf16"`` bf16 operands and fp32
+      accumulation with the logits tile stored in bf16 (~990 TFLOP/s). tf32 is the default because it keeps fp32
+      logits and range at 8x the fp32 rate, with operand rounding 2**-11: at a 200,064 vocabulary the loss moves
+      by ~1e-4 and the gradients by ~3e-4 relative against fp32 (``tests/sambay_model/test_lm_head_precision.py``),
+      about 10x less than bf16; and bf16 logits are the "bf16 head" with which the published Phi-4-mini-flash
+      recipe saw growing gradient-norm spikes (it trains with an fp32 head). bf16 halves the head's time again.
     - muP++ multipliers (docs/architecture.md §14; the defaults are the standard parametrisation of the official
       model): ``residual_multiplier=1.0`` scales every mixer and MLP branch before it joins the residual stream,
       ``logits_multiplier=1.0`` scales the LM-head logits, ``attention_multiplier=None`` is the softmax scale
@@ -107,6 +117,7 @@ class Phi4FlashConfig(PretrainedConfig):
     use_gmu: bool = True
     backbone: str = "sambay"
     compute_backend: str = "auto"
+    lm_head_precision: str = "tf32"
     residual_multiplier: float = 1.0
     logits_multiplier: float = 1.0
     attention_multiplier: float | None = None
@@ -145,6 +156,8 @@ class Phi4FlashConfig(PretrainedConfig):
             raise bad("backbone", f"expected one of {BACKBONES}")
         if self.compute_backend not in COMPUTE_BACKENDS:
             raise bad("compute_backend", f"expected one of {COMPUTE_BACKENDS}")
+        if self.lm_head_precision not in HEAD_PRECISIONS:
+            raise bad("lm_head_precision", f"expected one of {HEAD_PRECISIONS}")
         if self.num_hidden_layers % 4 != 0:
             raise bad("num_hidden_layers", "SambaY needs a multiple of 4")
         if self.mb_per_layer != 2:

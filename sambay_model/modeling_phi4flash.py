@@ -9,7 +9,7 @@ Every layer is ``h = x + mixer(LN1(x)); out = h + MLP(LN2(h))`` with the residua
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,9 @@ class ForwardContext:
     backend: ``config.compute_backend``.
     last_visible: ``[B, past + T]`` True at the keys the last position may see (its own segment), or None (all):
         the mask of a single-query (decode) attention, built once per forward instead of once per layer.
+    masks: the attention masks of this forward (``ops.MaskCache``, empty at first): the triton backend builds one
+        FlexAttention block mask per distinct window and shares it across layers, both differential-attention
+        halves and the activation-checkpointed recompute (which runs with this same context).
     """
 
     doc_ids: torch.Tensor | None
@@ -64,6 +67,7 @@ class ForwardContext:
     positions: torch.Tensor
     backend: str
     last_visible: torch.Tensor | None = None
+    masks: ops.MaskCache = field(default_factory=ops.MaskCache)
 
     def key_doc_ids(self, num_keys: int) -> torch.Tensor | None:
         return None if self.doc_ids is None else self.doc_ids[:, -num_keys:]
@@ -298,7 +302,7 @@ class Phi4FlashAttention(nn.Module):
             o = self._attend_last_query(q, k, v, ctx)
         else:
             attn_kwargs = dict(causal=True, window=self.window, doc_ids=ctx.key_doc_ids(k.shape[2]),
-                               scale=self.softmax_scale, backend=ctx.backend)
+                               scale=self.softmax_scale, backend=ctx.backend, masks=ctx.masks)
             if self.inner_cross_attn is not None:
                 o = self.inner_cross_attn(q, k, v, **attn_kwargs)
             else:
@@ -651,7 +655,8 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         """Hugging Face causal-LM forward. ``labels`` are shifted inside (``IGNORE_INDEX`` ignored); the loss is the
         fp32 token cross-entropy summed and divided by ``num_items_in_batch`` when given, else averaged over targets,
-        computed in fp32 vocabulary tiles from the hidden states (``lm_head_loss``) so no ``[B, T, vocab]`` tensor
+        computed in vocabulary tiles from the hidden states (``lm_head_loss``, GEMMs at ``config.lm_head_precision``,
+        log-sum-exp and loss in fp32) so no ``[B, T, vocab]`` tensor
         exists. With ``labels`` the output has logits only where asked: ``logits_to_keep`` positions (int > 0: the
         last that many; a tensor: those indices) or all of them with ``return_logits=True``; otherwise ``logits`` is
         None. Without ``labels`` logits come as usual (all positions, or ``logits_to_keep``). The cache may come as
@@ -671,7 +676,7 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
         logits = None
         if labels is not None:
             loss = chunked_causal_lm_loss(hidden, self.lm_head.weight, labels, self.config.logits_multiplier,
-                                          num_items_in_batch)
+                                          num_items_in_batch, self.config.lm_head_precision)
         if isinstance(logits_to_keep, torch.Tensor):
             logits = self._logits(hidden[:, logits_to_keep])
         elif logits_to_keep > 0:

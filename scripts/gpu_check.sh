@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 12 item 8, issue 14 item 6): at most 8 minutes on a bare single-GPU H100/H200
-# machine with no package registry. It keeps the machine's own torch and triton, installs the wheels that
-# `make gpu-wheels` put in .whl/ (deepspeed, trl, datasets, hydra-core, transformers, ...: what such an image lacks)
-# into a private target with --no-index --no-deps, and runs bench/gpu_check.py, which runs the real entry points
-# (data.prepare, train.pretrain / sft / dpo under torchrun) and the model-API checks, and writes
-# gpu_check.{json,md,log} into the output directory.
+# The prepared GPU check (issue 12 item 8, issue 14 item 6, issue 20 items 1 and 7): at most 8 minutes on a bare
+# single-GPU H100/H200 machine with no package registry. It keeps the machine's own torch and triton, installs the
+# wheels that `make gpu-wheels` put in .whl/ (deepspeed, trl, datasets, hydra-core, transformers, ...: what such an
+# image lacks) into a private target with --no-index --no-deps, and runs bench/gpu_check.py: the environment,
+# kernel and attention checks first, then the real entry points (data.prepare, train.pretrain / sft / dpo under
+# torchrun); it writes gpu_check.{json,md,log} and gpu_check_recompiles.log into the output directory.
 #
 #   scripts/gpu_check.sh [--out DIR] [--dry-run] [other bench/gpu_check.py arguments]
 #     --out DIR   output directory (default: $OUT when set, else bench/results)
@@ -37,7 +37,8 @@ if compgen -G "$wheels/*.whl" >/dev/null; then
   site=/tmp/sambay-gpu-site
   "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
     "$wheels"/*.whl
-  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  # SAMBAY_GPU_SITE: the env part checks the requirements of what is installed there against the image.
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" SAMBAY_GPU_SITE="$site"
   echo "gpu_check: installed $(ls "$wheels"/*.whl | wc -l) wheels from $wheels into $site in ${SECONDS} s"
 else
   echo "gpu_check: no wheels in $wheels/ (run 'make gpu-wheels' where a registry is reachable); using what is" \

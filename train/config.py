@@ -98,8 +98,9 @@ class ModelConfig:
     hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, mb_per_layer,
     sliding_window, max_position_embeddings, hidden_act, layer_norm_eps, initializer_range, attention_dropout,
     resid_pdrop, embd_pdrop, tie_word_embeddings, mamba_d_state, mamba_d_conv, mamba_expand, mamba_dt_rank,
-    mamba_conv_bias, mamba_proj_bias, use_diff_attn, use_gmu, backbone, compute_backend: default
-        ``Phi4FlashConfig``'s (see its docstring for each value and meaning).
+    mamba_conv_bias, mamba_proj_bias, use_diff_attn, use_gmu, backbone, compute_backend, lm_head_precision:
+        default ``Phi4FlashConfig``'s (see its docstring for each value and meaning; ``lm_head_precision``: the LM
+        head's GEMMs on CUDA, ``fp32``, ``tf32`` (the default) or ``bf16``).
     gradient_checkpointing: activation checkpointing of every decoder layer (default False).
     init_from: ``train.pretrain`` only: a Hugging Face export directory to load weights from instead of a fresh
         init (default ``None``; ``train.sft`` starts from ``sft.init_from`` and refuses this key).
@@ -132,6 +133,7 @@ class ModelConfig:
     use_gmu: bool = OFFICIAL["use_gmu"]
     backbone: str = OFFICIAL["backbone"]
     compute_backend: str = OFFICIAL["compute_backend"]
+    lm_head_precision: str = OFFICIAL["lm_head_precision"]
     gradient_checkpointing: bool = False
     init_from: Optional[str] = None
 
@@ -235,6 +237,9 @@ class LoopConfig:
 
     max_steps: optimizer steps (default 100).
     save_every: checkpoint every N steps; 0 = only at the end (default 100).
+    final_checkpoint: checkpoint at the end of the run (default True); False for a run that only measures
+        (bench/gpu_check.py: a 1B checkpoint with optimizer states is ~17 GB): it still writes ``export/`` and
+        ``DONE`` but cannot be resumed. With ``save_every`` > 0 TRL's trainer (``train.dpo``) still saves at the end.
     keep_last: checkpoints kept (default 2).
     log_every: log metrics every N steps (default 10).
     seed: seed of the init, the loader order and all RNGs (default 1234).
@@ -244,6 +249,7 @@ class LoopConfig:
 
     max_steps: int = 100
     save_every: int = 100
+    final_checkpoint: bool = True
     keep_last: int = 2
     log_every: int = 10
     seed: int = 1234

@@ -35,7 +35,8 @@ from data.dir_lock import RunDirLockedError
 from data.layout import PreparedData
 from data.tokenizer import load_tokenizer
 from sambay_model import Phi4FlashConfig
-from sambay_model.lm_head_loss import fp32_trl_head
+from sambay_model.length_buckets import pad_multiple
+from sambay_model.lm_head_loss import precision_trl_head
 from train.distributed import (DistInfo, autocast_weight_cache, barrier, bf16_comm_modules, hf_trainer_deepspeed_json,
                                init_distributed_if_needed, launch_world_size, resolve_precision, select_device)
 from train.dpo_config import DPORunConfig, register_dpo_config
@@ -104,13 +105,16 @@ def training_args(cfg: DPORunConfig, rd: RunDir, world_size: int, device: torch.
         max_grad_norm=cfg.deepspeed.grad_clip, beta=cfg.dpo.beta, loss_type=list(cfg.dpo.loss_type),
         loss_weights=list(cfg.dpo.loss_weights) if cfg.dpo.loss_weights else None,
         precompute_ref_log_probs=cfg.dpo.reference == "precomputed", max_length=cfg.dpo.max_length,
-        truncation_mode=cfg.dpo.truncation_mode, logging_steps=cfg.trainer.log_every, save_strategy="steps",
+        truncation_mode=cfg.dpo.truncation_mode, logging_steps=cfg.trainer.log_every,
+        save_strategy="steps" if cfg.trainer.save_every or cfg.trainer.final_checkpoint else "no",
         save_steps=cfg.trainer.save_every or steps, save_total_limit=cfg.trainer.keep_last, seed=cfg.trainer.seed,
         data_seed=cfg.trainer.seed, report_to="none", use_cpu=device.type != "cuda", bf16=hf_bf16,
         # TRL defaults to activation checkpointing on and bf16 on: both set explicitly from the recipe
         # (``activation_checkpointing``: transformers 5's name for ``gradient_checkpointing``).
         activation_checkpointing=cfg.dpo.gradient_checkpointing, disable_tqdm=not cfg.trainer.progress_bar,
         deepspeed=ds_json, dataloader_num_workers=0,
+        # Batches padded to a length bucket on CUDA, so compiled attention sees few shapes (length_buckets).
+        pad_to_multiple_of=pad_multiple(device),
     )
 
 
@@ -193,10 +197,11 @@ def build_trainer(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Di
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                          train_dataset=shared_train_dataset(pairs, rd.root, dist_info.rank), processing_class=tokenizer,
                          callbacks=[LogToRunDir(logger), MarkCompleteCheckpoints(rd.checkpoints, is_main), stop])
-    # TRL's fused head already scores completions in bounded tiles; make it fp32 like our own loss (lm_head_loss).
+    # TRL's fused head already scores completions in bounded tiles; run it at the model's lm_head_precision (fp32
+    # log-sum-exp) like our own loss (lm_head_loss) instead of in whatever dtype autocast gives.
     for scorer in (trainer.model, trainer.ref_model):
         if scorer is not None:
-            fp32_trl_head(scorer)
+            precision_trl_head(scorer)
     return _Training(trainer, stop, logger, resume_from)
 
 

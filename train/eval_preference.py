@@ -14,9 +14,9 @@ with the assistant header, then the rest of the rendered conversation as the com
 
 Precision and memory: the reference (the init model, before training) and the trained policy are scored under the
 same rule as the training forward, ``torch.autocast(compute_dtype)`` over fp32 weights (see
-``train.distributed.deepspeed_json``), and the head projects the hidden states in fp32 vocabulary tiles
-(``sambay_model.lm_head_loss``), so no ``[rows, tokens, vocab]`` logits exist and the margin compares two
-log-probs computed alike.
+``train.distributed.deepspeed_json``), and the head projects the hidden states in vocabulary tiles at the model's
+``lm_head_precision`` with an fp32 log-sum-exp (``sambay_model.lm_head_loss``), as the training loss does, so no
+``[rows, tokens, vocab]`` logits exist and the margin compares two log-probs computed alike.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from data.preference import FIELDS, read_preference_jsonl
+from sambay_model.length_buckets import bucket_length
 from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
 
 
@@ -54,7 +55,8 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
     """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N].
 
     ``compute_dtype`` (``train.distributed.resolve_precision``): bf16 runs the backbone under bf16 autocast as
-    training does; fp32 (the default) runs without autocast. The head is fp32 either way."""
+    training does; fp32 (the default) runs without autocast. The head runs at the model's ``lm_head_precision``
+    either way (fp32 log-sum-exp; fp32 GEMMs off CUDA)."""
     rows = []
     for p in pairs:
         rows.append(encode_pair_side(tokenizer, p["prompt"], p["chosen"], max_length))
@@ -67,8 +69,9 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            # Right padding: padded positions come after every real token, so a causal model never sees them.
+            # Right padding, to a length bucket on CUDA (sambay_model.length_buckets): padded positions come after
+            # every real token, so a causal model never sees them.
+            width = bucket_length(max(len(ids) for ids, _ in batch), device)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
             for r, (ids, n_prompt) in enumerate(batch):
@@ -84,13 +87,13 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
 
 def _summed_logps(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row sum (float64) of the next-token log-probs of the non-ignored ``labels``: the backbone's hidden states
-    go through the head in fp32 vocabulary tiles (``lm_head_loss``), never as ``[rows, tokens, vocab]`` logits,
-    with the model's muP++ logits multiplier applied as in its own forward. A wrapped model (DeepSpeed engine, DDP)
-    is read through its ``module``."""
+    go through the head in vocabulary tiles at the model's ``lm_head_precision`` (``lm_head_loss``), never as
+    ``[rows, tokens, vocab]`` logits, with the model's muP++ logits multiplier applied as in its own forward. A
+    wrapped model (DeepSpeed engine, DDP) is read through its ``module``."""
     core = getattr(model, "module", model)
     hidden = core.base_model(input_ids=input_ids, use_cache=False).last_hidden_state
     logps, _ = shifted_token_logprobs(hidden, core.get_output_embeddings().weight, labels,
-                                      core.config.logits_multiplier)
+                                      core.config.logits_multiplier, core.config.lm_head_precision)
     return logps.double().sum(-1)
 
 

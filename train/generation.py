@@ -1,8 +1,10 @@
 """Batched sampling from a chat model: chat-template prompts, left padding, ``model.generate``, decoding.
 
 Prompts are sorted by length before batching (less padding, so fewer wasted tokens on CPU) and the
-completions are returned in the caller's order. Generation stops at the model's stop ids (``<|end|>``
-and ``<|endoftext|>`` by the data contract) and completions are decoded without special tokens.
+completions are returned in the caller's order; on CUDA a batch's width is rounded up to a length bucket
+(``sambay_model.length_buckets``), so compiled attention sees few prefill shapes. Generation stops at the model's
+stop ids (``<|end|>`` and ``<|endoftext|>`` by the data contract) and completions are decoded without special
+tokens.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from data.tokenizer import stop_token_ids as data_stop_token_ids
+from sambay_model.length_buckets import bucket_length
 
 
 @dataclass
@@ -82,7 +85,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress
         batches = tqdm(batches, desc="generate", unit="batch")
     try:
         for batch in batches:
-            width = max(len(encoded[i]) for i in batch)
+            width = bucket_length(max(len(encoded[i]) for i in batch), device)
             # Left padding keeps every prompt's last token in the final column, where decoding continues.
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -406,7 +406,8 @@ class Trainer:
 
     def finish(self) -> None:
         """The last checkpoint, a final evaluation (unless the last step had one), ``export/``, then ``DONE``."""
-        if checkpoint.latest_tag_or_none(self.rd.checkpoints) != checkpoint.tag_for(self.step):
+        if self.cfg.final_checkpoint and checkpoint.latest_tag_or_none(self.rd.checkpoints) != checkpoint.tag_for(
+                self.step):
             self.save()
         final = {}
         if self.eval_every > 0 and self.step % self.eval_every != 0:

@@ -13,6 +13,8 @@ can see, so memory is O(T * w) instead of O(T^2); long masked full attention als
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,35 @@ BLOCKWISE_MIN_WINDOWS = 4
 # Masked attention without a window runs in query blocks once one [B, Tq, Tk] mask would exceed this many entries
 # (the additive fp32 mask of a 16K-token packed row would otherwise take 1 GiB per batch row).
 MAX_MASK_ELEMENTS = 1 << 24
+
+
+class MaskCache:
+    """Attention masks of one forward pass, built on first use and shared by every later call that attends with
+    the same visibility: every layer with the same window, both halves of a differential-attention layer, and the
+    recompute of an activation-checkpointed layer (it runs with the same forward context, so it finds the masks of
+    the first pass instead of building them again).
+
+    Keys are built by the kernel adapter that owns the mask type (``triton_attention.mask_key``); a mask that
+    depends on document ids is keyed on the ids' tensor identity (storage address, offset, shape and strides), which
+    the cached mask keeps alive, so one cache must not outlive an in-place change of those ids (the model builds a
+    new cache for every forward). Pure PyTorch attention builds its masks per call and ignores the cache.
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """The mask under ``key``, from ``build()`` the first time."""
+        if key not in self._masks:
+            self._masks[key] = build()
+        return self._masks[key]
+
+
+def tensor_identity(t: torch.Tensor | None) -> tuple | None:
+    """What identifies an unmodified tensor's values without reading them (a ``MaskCache`` key part)."""
+    if t is None:
+        return None
+    return (t.device, t.dtype, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def check_attention_args(q, k, v, window, doc_ids, causal) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 from . import cuda_kernels
-from .attention import attention_torch
+from .attention import MaskCache, attention_torch
 from .backend import cuda_fallback, resolve_backend
 from .conv import causal_conv1d_torch, causal_conv1d_update_torch
 from .selective_scan import selective_scan_torch, selective_state_update_torch
@@ -77,16 +77,18 @@ def causal_conv1d_update(x_t, conv_state, weight, bias=None, activation="silu", 
     return causal_conv1d_update_torch(x_t, conv_state, weight, bias, activation)
 
 
-def attention(q, k, v, *, causal=True, window=None, doc_ids=None, scale=None, backend: str = "auto"):
+def attention(q, k, v, *, causal=True, window=None, doc_ids=None, scale=None, backend: str = "auto",
+              masks: MaskCache | None = None):
     """Attention with GQA and causal / window / document masks; contract of ``attention.attention_torch``. The
     cuda backend (flash-attn, its varlen kernel for documents) takes fp16/bf16; the triton backend uses
-    FlexAttention for masked calls."""
+    FlexAttention for masked calls, building each block mask once per ``masks`` (the forward's ``MaskCache``;
+    None: once per call). The other backends build their masks per call."""
     kwargs = dict(causal=causal, window=window, doc_ids=doc_ids, scale=scale)
     chosen = resolve_backend(backend, q.device)
     if chosen == "cuda" and not cuda_kernels.attention_is_exact(q, v):
         chosen = cuda_fallback()
     if chosen == "triton":
-        return _triton("attention").attention_flex(q, k, v, **kwargs)
+        return _triton("attention").attention_flex(q, k, v, **kwargs, masks=masks)
     if chosen == "cuda":
         return cuda_kernels.attention_flash(q, k, v, **kwargs)
     return attention_torch(q, k, v, **kwargs)

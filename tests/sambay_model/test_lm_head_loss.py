@@ -1,5 +1,6 @@
 """The LM-head loss in fp32 vocabulary tiles (sambay_model.lm_head_loss): equal to the full-logits loss, fp32
-under autocast, and bounded in memory at the Phi-4-mini vocabulary."""
+under autocast, and bounded in memory at the Phi-4-mini vocabulary. These run on CPU, where the head is fp32
+whatever ``lm_head_precision`` says; its CUDA modes (tf32, bf16) are tested in test_lm_head_precision.py."""
 import json
 import os
 import subprocess

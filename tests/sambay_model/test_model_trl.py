@@ -84,7 +84,7 @@ def test_trl_fused_head_scores_a_mup_model_like_the_model_itself():
 def test_fp32_trl_head_keeps_dpo_log_probs_fp32_under_autocast():
     from trl.trainer.utils import add_fused_lm_head
 
-    from sambay_model.lm_head_loss import fp32_trl_head, shifted_token_logprobs
+    from sambay_model.lm_head_loss import precision_trl_head, shifted_token_logprobs
 
     model, ids = _tiny_mup_model_and_ids()
     labels = ids.masked_fill(torch.arange(14) < 6, -100)
@@ -97,7 +97,7 @@ def test_fp32_trl_head_keeps_dpo_log_probs_fp32_under_autocast():
     # The reference: the same (autocast) backbone output through an fp32 head.
     exact, _ = shifted_token_logprobs(hidden, model.lm_head.weight.detach(), labels, model.config.logits_multiplier)
     assert (before - exact).abs().max() > 1e-3  # TRL's head as DPOTrainer adds it runs in bf16 under autocast
-    fp32_trl_head(model)
+    precision_trl_head(model)  # on CPU the head runs in fp32 whatever lm_head_precision says
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         after = model(**kwargs).log_probs
     torch.testing.assert_close(after, exact, rtol=1e-5, atol=1e-5)

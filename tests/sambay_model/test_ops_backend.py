@@ -176,7 +176,9 @@ def triton_standins(monkeypatch):
                                 selective_state_update_triton=standin("selective_state_update_triton",
                                                                       selective_state_update_torch)),
         "conv": SimpleNamespace(causal_conv1d_triton=standin("causal_conv1d_triton", causal_conv1d_torch)),
-        "attention": SimpleNamespace(attention_flex=standin("attention_flex", attention_torch)),
+        # FlexAttention's own argument (the forward's mask cache) has no PyTorch counterpart: not passed on.
+        "attention": SimpleNamespace(attention_flex=standin("attention_flex",
+                                                            lambda *a, masks=None, **k: attention_torch(*a, **k))),
     }
     monkeypatch.setattr(backend_mod, "triton_importable", lambda: True)
     monkeypatch.setattr(dispatch_mod, "_triton", modules.__getitem__)

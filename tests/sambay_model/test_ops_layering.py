@@ -8,7 +8,7 @@ OPS_DIR = Path(sambay_model.ops.__file__).parent
 
 # A module may import only modules of a strictly lower layer.
 LAYERS = {
-    "linear_scan": 0, "backend": 0,
+    "linear_scan": 0, "backend": 0, "kernel_launch": 0,
     "selective_scan": 1, "conv": 1, "attention": 1,
     "cuda_kernels": 2, "triton_scan": 2, "triton_conv": 2, "triton_attention": 2,
     "dispatch": 3,

@@ -14,6 +14,8 @@ emulate the GPU condition, where the same call runs compiled; the mask (our code
 The interpreter runs every tl op in NumPy, so sizes are tiny and the kernels' block sizes are shrunk until
 every kernel crosses channel-block, chunk and tile edges.
 """
+import dataclasses
+import functools
 import os
 
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -82,68 +84,101 @@ def test_kernels_are_interpreted_here():
 # ----------------------------------------------------------------------------------------- selective scan
 
 T_ODD = 11  # odd, and not a multiple of the chunk (4): the last chunk is partial
+# Tiles shrunk to cross every edge at D = 5 channels: forward programs of 2 blocks of 2 channels (the second has a
+# partial block and an empty one), carry programs of 2 channels, backward tiles of 2 channels.
+SMALL = triton_scan.ScanTiling(chunk=4, block_d=2, channel_blocks=2, carry_block_d=2, bwd_block_d=2)
+# The whole-model tests' scans (d_inner 64, T <= 10): chunks of 4 tokens, wide tiles, few programs.
+MODEL_TILING = triton_scan.ScanTiling(chunk=4, block_d=8, channel_blocks=8, carry_block_d=64, bwd_block_d=8,
+                                      bwd_programs=1)
 
 
 def _resets(kind, Bsz, T):
     r = torch.zeros(Bsz, T, dtype=torch.bool)
     if kind == "packed":
         r[0, 0] = True  # first position: the initial state must be dropped
-        r[0, 4] = r[0, 5] = True  # consecutive resets: a one-token document
+        r[0, 4] = r[0, 5] = True  # a chunk's first token (chunk = 4), then a consecutive reset: a one-token document
         r[1, T - 1] = True  # last position
-        r[1, 3] = True  # a reset that is also a chunk start (chunk = 4)
+        r[1, 3] = True  # a chunk's last token
+        if T > 8:
+            r[1, 8] = True  # the third chunk's first token
     return None if kind == "none" else r
 
 
 def _scan_leaves(Bsz, Dch, T, N, dtype, seed):
     g = _gen(seed)
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    delta = rnd(Bsz, Dch, T) * 0.5
+    delta[0, 1, 2] = 25.0  # above F.softplus's threshold (20): the identity branch and its gradient
     return dict(
-        u=rnd(Bsz, Dch, T).to(dtype), delta=(rnd(Bsz, Dch, T) * 0.5).to(dtype),
+        u=rnd(Bsz, Dch, T).to(dtype), delta=delta.to(dtype),
         A=-(torch.rand(Dch, N, generator=g) + 0.2), B=rnd(Bsz, N, T).to(dtype), C=rnd(Bsz, N, T).to(dtype),
         D=rnd(Dch), delta_bias=rnd(Dch) * 0.1, initial_state=rnd(Bsz, Dch, N),
     )
 
 
+# bwd_programs sets the backward kernel's channel loop at B = 2, 3 chunks, 3 blocks of 2 channels: 1024 -> one
+# block per program; 12 -> 2 programs of 2 blocks (the last block past D); 6 -> one program looping over all 3.
 @pytest.mark.parametrize(
-    "resets, with_state, dtype, T",
+    "resets, with_state, optional, dtype, T, bwd_programs",
     [
-        pytest.param("packed", True, torch.float32, T_ODD, id="packed-initial-last-fp32"),
-        pytest.param("none", False, torch.float32, T_ODD, id="no-resets-fp32"),
-        pytest.param("packed", True, torch.bfloat16, T_ODD, id="packed-bf16"),
-        pytest.param("none", True, torch.float32, 3, id="shorter-than-a-chunk"),
+        pytest.param("packed", True, True, torch.float32, T_ODD, 1024, id="packed-initial-last-fp32"),
+        pytest.param("packed", True, True, torch.float32, T_ODD, 12, id="packed-bwd-loop-past-D"),
+        pytest.param("none", False, True, torch.float32, T_ODD, 6, id="no-resets-bwd-loop-all"),
+        pytest.param("packed", True, False, torch.float32, T_ODD, 1024, id="no-D-no-bias-no-softplus"),
+        pytest.param("packed", True, True, torch.bfloat16, T_ODD, 12, id="packed-bf16"),
+        pytest.param("none", True, True, torch.float32, 3, 1024, id="shorter-than-a-chunk"),
+        pytest.param("packed", True, True, torch.float32, 12, 1024, id="whole-chunks"),
     ],
 )
-def test_selective_scan_matches_torch(resets, with_state, dtype, T):
-    # D = 5 channels in blocks of 2 (a partial block); N = 3 states (not a power of two: a masked block of 4).
+def test_selective_scan_matches_torch(resets, with_state, optional, dtype, T, bwd_programs):
+    # D = 5 channels (partial blocks); N = 3 states (not a power of two: a masked block of 4).
     Bsz, Dch, N = 2, 5, 3
     leaves = _scan_leaves(Bsz, Dch, T, N, dtype, seed=1)
     if not with_state:
         leaves["initial_state"] = None
+    if not optional:
+        leaves["D"] = leaves["delta_bias"] = None
     r = _resets(resets, Bsz, T)
+    tiling = dataclasses.replace(SMALL, bwd_programs=bwd_programs)
+    kw = dict(resets=r, return_last_state=with_state, delta_softplus=optional)
 
-    def run_triton(**kw):
-        return triton_scan.selective_scan_triton(**kw, resets=r, return_last_state=with_state, block_d=2, chunk=4)
+    def run_triton(**leaves):
+        return triton_scan.selective_scan_triton(**leaves, **kw, tiling=tiling)
 
-    def run_torch(**kw):
-        return selective_scan_torch(**kw, resets=r, return_last_state=with_state)
+    def run_torch(**leaves):
+        return selective_scan_torch(**leaves, **kw)
 
     results = _grad_pair(run_triton, run_torch, leaves, seed=2)
     tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     _assert_same(results, **tol)
+    assert results[0][0][0].dtype == dtype
     if with_state and resets == "packed":
         # Row 0 resets at its first token: the initial state cannot matter there.
         assert torch.count_nonzero(results[0][1]["initial_state"][0]) == 0
         assert torch.count_nonzero(results[0][1]["initial_state"][1]) > 0
 
 
+def test_selective_scan_only_the_last_state_has_a_gradient():
+    """Backward with no gradient for y (None): only the last state's gradient flows back."""
+    leaves = _scan_leaves(1, 3, 6, 2, torch.float32, seed=13)
+    kw = dict(resets=_resets("packed", 2, 6)[1:], return_last_state=True)
+    (outs, grads), (outs_ref, grads_ref) = _grad_pair(
+        lambda **x: triton_scan.selective_scan_triton(**x, **kw, tiling=SMALL)[1],
+        lambda **x: selective_scan_torch(**x, **kw)[1], leaves, seed=14)
+    torch.testing.assert_close(outs[0], outs_ref[0], rtol=1e-4, atol=1e-5)
+    assert set(grads) - set(grads_ref) == {"D"}  # D reaches only y: autograd leaves it out of the reference
+    assert not grads["D"].any() and not grads["C"].any()
+    for name, ref in grads_ref.items():
+        torch.testing.assert_close(grads[name], ref, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_selective_scan_default_blocks_and_dispatch():
-    """The default geometry (one chunk, one channel block here) through ``ops.selective_scan``'s dispatch."""
+    """The default tiling (one chunk, one channel block here) through ``ops.selective_scan``'s dispatch."""
     leaves = _scan_leaves(1, 6, 7, 4, torch.float32, seed=3)
     r = _resets("packed", 2, 7)[1:]
-    y, last = ops.selective_scan(**leaves, resets=r, return_last_state=True, backend="triton")
-    y_ref, last_ref = selective_scan_torch(**leaves, resets=r, return_last_state=True)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-6)
+    results = _grad_pair(lambda **x: ops.selective_scan(**x, resets=r, return_last_state=True, backend="triton"),
+                         lambda **x: selective_scan_torch(**x, resets=r, return_last_state=True), leaves, seed=4)
+    _assert_same(results, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_optional", [True, False], ids=["D-bias-softplus", "bare"])
@@ -165,7 +200,8 @@ def test_state_update_matches_torch_and_the_scan(with_optional):
         state = new_state
     y_scan, last = triton_scan.selective_scan_triton(
         leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], opt["D"], opt["dt_bias"],
-        opt["dt_softplus"], initial_state=leaves["initial_state"], return_last_state=True, block_d=2, chunk=2)
+        opt["dt_softplus"], initial_state=leaves["initial_state"], return_last_state=True,
+        tiling=dataclasses.replace(SMALL, chunk=2))
     torch.testing.assert_close(torch.stack(ys, -1), y_scan, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state, last, rtol=1e-5, atol=1e-6)
 
@@ -271,6 +307,8 @@ def triton_calls(monkeypatch):
     for module, name in ((triton_scan, "selective_scan_triton"), (triton_scan, "selective_state_update_triton"),
                          (triton_conv, "causal_conv1d_triton"), (triton_attention, "attention_flex")):
         original = getattr(module, name)
+        if name == "selective_scan_triton":  # the interpreter scans element by element: no chunk of 64 for T = 10
+            original = functools.partial(original, tiling=MODEL_TILING)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     return calls
 
