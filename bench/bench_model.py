@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM  # noqa: E402
+from sambay_model import LayerRole, Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM  # noqa: E402
 
 MODELS = {  # name -> config overrides
     "sambay_da": dict(backbone="sambay", use_diff_attn=True),
@@ -56,8 +56,8 @@ BASELINE = "transformer++"
 # bound by memory traffic cannot meet together (docs/results.md derives it); those two ratios are still reported.
 GOALS = {"decode_over_bytes_ratio": 1.15, "budget_tokens_per_s_ratio": 5.0, "prefill_16k_over_1k": 20.0}
 BYTES_GOAL_CONTEXTS = (16384, 32768)  # where the decode ratio is held to its bytes ratio (1K is latency-bound)
-MAMBA_ROLES = ("mamba", "memory_mamba")
-KV_READ_ROLES = ("full_attn", "cross_attn")  # attend over every cached token (swa: over its window)
+# Attend over every cached token (LayerRole.SWA: over its window).
+KV_READ_ROLES = (LayerRole.FULL_ATTN, LayerRole.CROSS_ATTN)
 LIMITS = """What these figures cannot tell:
 - They are CPU figures (fp32, compute_backend=torch, the threads above), not GPU ones: the floor is this machine's
   copy rate; a decode / floor well above 1 means the step is held by something else (per-operation overhead,
@@ -76,14 +76,14 @@ def bench_config(overrides: dict, args) -> Phi4FlashConfig:
     )
 
 
-def _roles(cfg: Phi4FlashConfig) -> list[str]:
+def _roles(cfg: Phi4FlashConfig) -> list[LayerRole]:
     return [cfg.layer_role(i) for i in range(cfg.num_hidden_layers)]
 
 
 def _mamba_state_elements(cfg: Phi4FlashConfig) -> int:
     """Per sequence: every Mamba layer's conv state (d_conv - 1 inputs) and SSM state."""
     per_layer = cfg.mamba_d_inner * (cfg.mamba_d_conv - 1 + cfg.mamba_d_state)
-    return sum(r in MAMBA_ROLES for r in _roles(cfg)) * per_layer
+    return sum(r.is_mamba for r in _roles(cfg)) * per_layer
 
 
 def theory_cache_bytes(cfg: Phi4FlashConfig, tokens: int, elem: int = 4) -> int:
@@ -91,8 +91,8 @@ def theory_cache_bytes(cfg: Phi4FlashConfig, tokens: int, elem: int = 4) -> int:
     tokens), and full K,V of every token in each full-attention layer (1 in SambaY, every layer in Transformer++)."""
     kv = 2 * cfg.num_key_value_heads * cfg.head_dim
     roles = _roles(cfg)
-    swa = sum(min(cfg.sliding_window[i], tokens) for i, r in enumerate(roles) if r == "swa") * kv
-    return (_mamba_state_elements(cfg) + swa + roles.count("full_attn") * kv * tokens) * elem
+    swa = sum(min(cfg.sliding_window[i], tokens) for i, r in enumerate(roles) if r == LayerRole.SWA) * kv
+    return (_mamba_state_elements(cfg) + swa + roles.count(LayerRole.FULL_ATTN) * kv * tokens) * elem
 
 
 def bytes_read_per_step(cfg: Phi4FlashConfig, params: int, tokens: int, elem: int = 4) -> int:
@@ -101,7 +101,7 @@ def bytes_read_per_step(cfg: Phi4FlashConfig, params: int, tokens: int, elem: in
     the window for SWA; SambaY's shared K,V is read by each of its L/4 readers)."""
     kv = 2 * cfg.num_key_value_heads * cfg.head_dim
     keys = sum(tokens if r in KV_READ_ROLES else min(cfg.sliding_window[i], tokens)
-               for i, r in enumerate(_roles(cfg)) if r in (*KV_READ_ROLES, "swa"))
+               for i, r in enumerate(_roles(cfg)) if r in (*KV_READ_ROLES, LayerRole.SWA))
     return (params + kv * keys + _mamba_state_elements(cfg)) * elem
 
 
@@ -119,7 +119,7 @@ def filled_cache(model: Phi4FlashForCausalLM, context: int, prompt: int = 64,
     cache = Phi4FlashCache(cfg)
     ids = torch.randint(0, cfg.vocab_size, (batch, prompt), device=weight.device)
     logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-    layers = [layer.attn for layer in model.model.layers if layer.role in ("swa", "full_attn")]
+    layers = [layer.attn for layer in model.model.layers if layer.role in (LayerRole.SWA, LayerRole.FULL_ATTN)]
     for start in range(prompt, context, 4096):
         n = min(4096, context - start)
         for attn in layers:

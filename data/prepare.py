@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from data import reasoning
@@ -32,12 +31,13 @@ from data.documents import check_inputs, check_readable, input_fingerprint, iter
 from data.jsonl import write_jsonl
 from data.layout import RESERVED_NAMES, PreparedData
 from data.preference import pairs_from_corruptions
-from data.prepare_config import PrepareConfig, register_configs
+from data.prepare_config import PrepareConfig, register_prepare_schema
 from data.pretrain_shards import write_pretrain_shards
 from data.sft_shards import read_chat_jsonl, reasoning_to_chat, write_sft_shards
 from data.shards import check_compatible
 from data.tokenizer import (build_phi4mini_tokenizer, fingerprint, load_tokenizer, save_generation_config,
                             train_bpe_tokenizer)
+from recipes.entry import hydra_main
 
 log = logging.getLogger("data.prepare")
 
@@ -311,19 +311,18 @@ def prepare(cfg: PrepareConfig) -> Path:
     return data.root
 
 
-@hydra.main(version_base=None, config_path="../recipes/prepare", config_name="demo")
-def hydra_main(cfg: DictConfig) -> None:
+def run_recipe(cfg: DictConfig) -> int:
+    """Prepare the data a composed recipe describes; returns the process exit status."""
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
     try:
         prepare(cfg)
     except RunDirLockedError as e:  # the trainers' exit status for a held directory (train.launch)
         print(f"[data.prepare] {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
+    return 0
 
 
-def main() -> None:
-    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("prepare", register_prepare_schema, run_recipe)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,6 @@ class PrepareConfig:
     preference: PreferenceDataConfig = field(default_factory=PreferenceDataConfig)
 
 
-def register_configs() -> None:
-    """Register the schema as ``prepare_schema`` (idempotent)."""
+def register_prepare_schema() -> None:
+    """Register :class:`PrepareConfig` with Hydra's ConfigStore as ``prepare_schema`` (idempotent)."""
     ConfigStore.instance().store(name="prepare_schema", node=PrepareConfig)

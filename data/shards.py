@@ -18,7 +18,7 @@ import numpy as np
 
 from data.atomic import atomic_dir, atomic_file, atomic_write_text, check_writable, publish_dir
 from data.jsonl import DataFormatError
-from data.tokenizer import fingerprint, load_tokenizer, special_token_ids
+from data.tokenizer import check_fingerprint, fingerprint, load_tokenizer, special_token_ids
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -355,11 +355,8 @@ def check_compatible(shard_dir: str | os.PathLike, tokenizer_dir: str | os.PathL
     m = read_manifest(shard_dir)
     tok = m["tokenizer"]
     if tokenizer_dir is not None:
-        fp = fingerprint(tokenizer_dir)
-        if fp != tok["fingerprint"]:
-            raise IncompatibleShardsError(
-                f"{shard_dir}: shards were tokenized with tokenizer {tok['fingerprint'][:12]} ({tok.get('path')}), "
-                f"but the run uses {fp[:12]} ({tokenizer_dir}); re-run data.prepare with this tokenizer")
+        check_fingerprint(tokenizer_dir, tok["fingerprint"], f"the shard set {shard_dir} (from {tok.get('path')})",
+                          "re-run data.prepare with the run's tokenizer", error=IncompatibleShardsError)
     if vocab_size is not None and tok["vocab_size"] > vocab_size:
         raise IncompatibleShardsError(
             f"{shard_dir}: shard tokenizer has {tok['vocab_size']} ids but the model's vocab_size is {vocab_size}")

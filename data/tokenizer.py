@@ -70,10 +70,16 @@ def o200k_pattern() -> str:
     ])
 
 
-def save_generation_config(tok, directory: str | os.PathLike) -> None:
-    """``generation_config.json`` in ``directory``: stop at :func:`stop_token_ids` (else the EOS), pad id."""
-    GenerationConfig(eos_token_id=stop_token_ids(tok) or [tok.eos_token_id],
-                     pad_token_id=tok.pad_token_id).save_pretrained(directory)
+def save_generation_config(tok, directory: str | os.PathLike, bos_token_id: int | None = None) -> None:
+    """``generation_config.json`` in ``directory`` (a tokenizer directory, or a model export with the model's
+    ``bos_token_id``): stop at :func:`stop_token_ids`; pad with the tokenizer's pad id, else its EOS.
+
+    The EOS fallback is deliberate: left without a pad id, ``generate`` would pad with the first stop id
+    (``<|end|>``), unlike the model config, whose pad is ``<|endoftext|>`` (``train.model_build.hf_config``).
+    """
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    GenerationConfig(bos_token_id=bos_token_id, eos_token_id=stop_token_ids(tok),
+                     pad_token_id=pad).save_pretrained(directory)
 
 
 def _wrap_and_save(tk, out_dir: str | os.PathLike, overwrite: bool) -> Path:
@@ -172,7 +178,36 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return {n: int(vocab[n]) for n in names if n in vocab}
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Generation stops at ``<|end|>`` or ``<|endoftext|>``."""
-    ids = special_token_ids(tokenizer)
-    return [ids[t] for t in (END_OF_TURN, END_OF_TEXT) if t in ids]
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Ids that end a completion, without repeats: ``generation_config``'s EOS ids (a model's; None: none),
+    then ``<|end|>`` and ``<|endoftext|>`` (the data contract) where the tokenizer has them, then its EOS."""
+    gen_eos = getattr(generation_config, "eos_token_id", None)
+    ids = list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]
+    specials = special_token_ids(tokenizer)
+    ids += [specials[t] for t in (END_OF_TURN, END_OF_TEXT) if t in specials]
+    ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+class TokenizerMismatchError(ValueError):
+    """Two things that must share a tokenizer were made with different ones (ids would mean different strings)."""
+
+
+def check_fingerprint(tokenizer_dir: str | os.PathLike, expected: str, made_with: str, remedy: str,
+                      error: type[ValueError] = TokenizerMismatchError) -> str:
+    """The one tokenizer comparison: :func:`fingerprint` of ``tokenizer_dir``, checked equal to ``expected``,
+    the fingerprint of the tokenizer ``made_with`` (a phrase naming what, and where) was made with.
+
+    A mismatch raises ``error`` naming both tokenizers and ``remedy``.
+    """
+    fp = fingerprint(tokenizer_dir)
+    if fp != expected:
+        raise error(f"tokenizer mismatch: {made_with} was tokenized with tokenizer {expected[:12]}, but "
+                    f"{tokenizer_dir} holds tokenizer {fp[:12]}; {remedy}")
+    return fp
+
+
+def check_same_tokenizer(model_dir: str | os.PathLike, data_tokenizer_dir: str | os.PathLike) -> str:
+    """Refuse to pair the model export ``model_dir`` with data made by another tokenizer; return the fingerprint."""
+    return check_fingerprint(model_dir, fingerprint(data_tokenizer_dir), f"the data of {data_tokenizer_dir}",
+                             "use a model and data made with the same tokenizer")

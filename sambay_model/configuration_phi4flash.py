@@ -4,6 +4,7 @@ switches. Its field defaults are the one place the official architecture is writ
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 from transformers import PretrainedConfig
 
@@ -14,9 +15,36 @@ BACKBONES = ("sambay", "transformer")
 # Keys of the official config.json that this implementation drops: ``auto_map`` points at the remote code this
 # package replaces, ``_attn_implementation`` names flash_attention_2, which this model does not dispatch through.
 DROPPED_KEYS = ("auto_map", "_attn_implementation", "attn_implementation")
-# The official ``layers_block_type`` label of each SambaY layer role (see ``Phi4FlashConfig.layer_role``).
-OFFICIAL_BLOCK_LABELS = {"mamba": "mamba", "memory_mamba": "mamba", "gmu": "mamba", "swa": "attention",
-                         "full_attn": "attention", "cross_attn": "shared_attention"}
+
+
+class LayerRole(str, Enum):
+    """What a layer is in SambaY (docs/architecture.md §1; :meth:`Phi4FlashConfig.layer_role` assigns them).
+
+    A str-valued enum: a role equals, hashes and prints as its value (``LayerRole.SWA == "swa"``), so code and
+    files that hold the plain names keep working.
+    """
+
+    MAMBA = "mamba"  # Mamba-1 mixer of the self-decoder
+    SWA = "swa"  # sliding-window causal self-attention
+    MEMORY_MAMBA = "memory_mamba"  # Mamba-1 whose pre-gate scan output is the GMU memory (layer L/2)
+    FULL_ATTN = "full_attn"  # full causal self-attention; in SambaY its K,V are the shared KV (layer L/2+1)
+    GMU = "gmu"  # Gated Memory Unit reading the memory
+    CROSS_ATTN = "cross_attn"  # own queries over the shared K,V
+
+    # str() and f-strings give the value, as they would for the plain name (Enum's own is "LayerRole.SWA").
+    __str__ = str.__str__
+
+    @property
+    def is_mamba(self) -> bool:
+        """Whether the layer's mixer is a Mamba (with its conv and SSM state)."""
+        return self in (LayerRole.MAMBA, LayerRole.MEMORY_MAMBA)
+
+
+# The official ``layers_block_type`` label of each layer role (the official code implements the GMU inside its Mamba
+# class, hence "mamba").
+OFFICIAL_BLOCK_LABELS = {LayerRole.MAMBA: "mamba", LayerRole.MEMORY_MAMBA: "mamba", LayerRole.GMU: "mamba",
+                         LayerRole.SWA: "attention", LayerRole.FULL_ATTN: "attention",
+                         LayerRole.CROSS_ATTN: "shared_attention"}
 # The released checkpoint's special-token ids (``<|endoftext|>`` is BOS, EOS and padding). They belong to its
 # tokenizer, not to the architecture: training sets them from its own tokenizer.
 RELEASED_TOKEN_IDS = {"bos_token_id": 199999, "eos_token_id": 199999, "pad_token_id": 199999}
@@ -186,21 +214,21 @@ class Phi4FlashConfig(PretrainedConfig):
     def mamba_d_inner(self) -> int:
         return self.mamba_expand * self.hidden_size
 
-    def layer_role(self, i: int) -> str:
+    def layer_role(self, i: int) -> LayerRole:
         """SambaY role of layer ``i`` (docs/architecture.md §1), the project's one table of layer roles: below L/2
-        ``mamba`` (even) and ``swa`` (odd); at L/2 ``memory_mamba`` (its scan output is the GMU memory); at L/2+1
-        ``full_attn`` (its K,V serve every cross-attention layer); above, ``gmu`` (even; ``cross_attn`` without
-        GMU) and ``cross_attn`` (odd). Every layer of the Transformer++ baseline is ``full_attn``."""
+        ``MAMBA`` (even) and ``SWA`` (odd); at L/2 ``MEMORY_MAMBA`` (its scan output is the GMU memory); at L/2+1
+        ``FULL_ATTN`` (its K,V serve every cross-attention layer); above, ``GMU`` (even; ``CROSS_ATTN`` without
+        GMU) and ``CROSS_ATTN`` (odd). Every layer of the Transformer++ baseline is ``FULL_ATTN``."""
         half = self.num_hidden_layers // 2
         if self.backbone == "transformer":
-            return "full_attn"
+            return LayerRole.FULL_ATTN
         if i < half:
-            return "mamba" if i % 2 == 0 else "swa"
+            return LayerRole.MAMBA if i % 2 == 0 else LayerRole.SWA
         if i == half:
-            return "memory_mamba"
+            return LayerRole.MEMORY_MAMBA
         if i == half + 1:
-            return "full_attn"
-        return "gmu" if i % 2 == 0 and self.use_gmu else "cross_attn"
+            return LayerRole.FULL_ATTN
+        return LayerRole.GMU if i % 2 == 0 and self.use_gmu else LayerRole.CROSS_ATTN
 
     @property
     def layers_block_type(self) -> list[str]:

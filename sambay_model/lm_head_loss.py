@@ -167,7 +167,7 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: t
                            logits_multiplier: float = 1.0,
                            num_items_in_batch: int | torch.Tensor | None = None,
                            precision: str = "fp32") -> torch.Tensor:
-    """The same fp32 loss as ``causal_lm_loss`` on the full logits (sum over targets / ``num_items_in_batch`` when
+    """The fp32 next-token cross-entropy of the full logits (sum over targets / ``num_items_in_batch`` when
     given, else the mean over non-ignored targets), from the final hidden states and the head weight, with the
     head's GEMMs at ``precision`` (``lm_head_precision``)."""
     logps, mask = shifted_token_logprobs(hidden, weight, labels, logits_multiplier, precision)

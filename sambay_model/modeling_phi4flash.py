@@ -1,15 +1,17 @@
 """SambaY / Phi-4-mini-flash causal LM (docs/architecture.md §1-§9, §11-§13), with the Transformer++ baseline as a
 config option.
 
-Layer roles by index i of L layers (``Phi4FlashConfig.layer_role``): i < L/2 even: Mamba; i < L/2 odd: sliding-window
-attention; i = L/2: Mamba that also exports its pre-gate scan output as the GMU memory; i = L/2+1: the one full
-attention layer, whose K,V every cross-attention layer reuses; i >= L/2+2: GMU (even) / cross-attention (odd).
+Layer roles (``LayerRole``) by index i of L layers (``Phi4FlashConfig.layer_role``): i < L/2 even: Mamba; i < L/2
+odd: sliding-window attention; i = L/2: Mamba that also exports its pre-gate scan output as the GMU memory;
+i = L/2+1: the one full attention layer, whose K,V every cross-attention layer reuses; i >= L/2+2: GMU (even) /
+cross-attention (odd).
 Every layer is ``h = x + mixer(LN1(x)); out = h + MLP(LN2(h))`` with the residual stream kept in fp32.
+What a forward's layers share beyond their input (segment plan from documents, padding and the cache; positions;
+attention masks) is the ``ForwardContext`` of ``forward_context.py``, built once per forward by the backbone.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -22,9 +24,10 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from . import ops
 from .cache import Phi4FlashCache
 from .cache_names import CACHE_FIELD, cache_in, check_left_padded, pick_cache
-from .configuration_phi4flash import Phi4FlashConfig
+from .configuration_phi4flash import LayerRole, Phi4FlashConfig
 from .decode_attention import last_query_attention, last_query_probs
-from .lm_head_loss import IGNORE_INDEX, chunked_causal_lm_loss
+from .forward_context import ForwardContext, build_forward_context
+from .lm_head_loss import chunked_causal_lm_loss
 
 
 def _keep_fp32_params(module: nn.Module, names: tuple[str, ...]) -> None:
@@ -39,41 +42,6 @@ def _keep_fp32_params(module: nn.Module, names: tuple[str, ...]) -> None:
 def residual_dtype(dtype: torch.dtype) -> torch.dtype:
     """The residual stream is at least fp32 (docs/architecture.md §2: "reduce error accumulation")."""
     return torch.promote_types(dtype, torch.float32)
-
-
-@dataclass
-class ForwardContext:
-    """Per-forward facts every layer needs, computed once by the backbone.
-
-    doc_ids: ``[B, past + T]`` segment ids over every key position (padding forms its own segments), or None when
-        each row is a single document without padding.
-    resets: ``[B, T]`` True where a new segment starts in the current chunk (Mamba conv/scan reset), or None.
-    real: ``[B, T]`` 1 for real tokens, 0 for padding in the current chunk, or None (no padding).
-    keep_last: when > 0, the cross-decoder (and the full-attention layer's output) runs only on the last
-        ``keep_last`` positions: the linear prefill of docs/architecture.md §8.
-    positions: ``[T]`` absolute positions of the chunk (RoPE of the Transformer++ baseline only).
-    backend: ``config.compute_backend``.
-    last_visible: ``[B, past + T]`` True at the keys the last position may see (its own segment), or None (all):
-        the mask of a single-query (decode) attention, built once per forward instead of once per layer.
-    masks: the attention masks of this forward (``ops.MaskCache``, empty at first): the triton backend builds one
-        FlexAttention block mask per distinct window and shares it across layers, both differential-attention
-        halves and the activation-checkpointed recompute (which runs with this same context).
-    """
-
-    doc_ids: torch.Tensor | None
-    resets: torch.Tensor | None
-    real: torch.Tensor | None
-    keep_last: int
-    positions: torch.Tensor
-    backend: str
-    last_visible: torch.Tensor | None = None
-    masks: ops.MaskCache = field(default_factory=ops.MaskCache)
-
-    def key_doc_ids(self, num_keys: int) -> torch.Tensor | None:
-        return None if self.doc_ids is None else self.doc_ids[:, -num_keys:]
-
-    def last_query_visible(self, num_keys: int) -> torch.Tensor | None:
-        return None if self.last_visible is None else self.last_visible[:, -num_keys:]
 
 
 class OutProj(nn.Linear):
@@ -250,18 +218,18 @@ class Phi4FlashAttention(nn.Module):
     """Sliding-window, full or cross attention (docs/architecture.md §5). Self-attention layers own a fused ``Wqkv``
     laid out ``[Q | K | V]``; cross-attention layers project queries only and read the shared K,V of layer L/2+1."""
 
-    def __init__(self, config: Phi4FlashConfig, layer_idx: int, role: str):
+    def __init__(self, config: Phi4FlashConfig, layer_idx: int, role: LayerRole):
         super().__init__()
         self.layer_idx = layer_idx
         self.role = role
         self.num_heads, self.num_kv_heads, self.head_dim = (
             config.num_attention_heads, config.num_key_value_heads, config.head_dim)
-        self.window = config.sliding_window[layer_idx] if role == "swa" else None
+        self.window = config.sliding_window[layer_idx] if role == LayerRole.SWA else None
         self.rope_theta = config.rope_theta if config.backbone == "transformer" else None
         self.softmax_scale = (config.attention_multiplier if config.attention_multiplier is not None
                               else self.head_dim ** -0.5)
         q_width = self.num_heads * self.head_dim
-        kv_width = 0 if role == "cross_attn" else 2 * self.num_kv_heads * self.head_dim
+        kv_width = 0 if role == LayerRole.CROSS_ATTN else 2 * self.num_kv_heads * self.head_dim
         # SambaY (ArchScale attn_bias / attn_out_bias) has biases on both projections; Transformer++ has none.
         bias = config.backbone == "sambay"
         self.Wqkv = nn.Linear(config.hidden_size, q_width + kv_width, bias=bias)
@@ -283,7 +251,7 @@ class Phi4FlashAttention(nn.Module):
         """Returns the mixer output (only the last ``keep_last`` positions when > 0) and the K,V attended over."""
         qkv = self.Wqkv(x)
         q_width = self.num_heads * self.head_dim
-        if self.role == "cross_attn":
+        if self.role == LayerRole.CROSS_ATTN:
             q = self._heads(qkv, self.num_heads)
             k, v = shared_kv
         else:
@@ -347,11 +315,11 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
         self.role = config.layer_role(layer_idx)
         # In SambaY, the full-attention layer's K,V are shared with the cross-decoder and its output is the first
         # place where the linear prefill may drop positions.
-        self.is_shared_kv_layer = config.backbone == "sambay" and self.role == "full_attn"
+        self.is_shared_kv_layer = config.backbone == "sambay" and self.role == LayerRole.FULL_ATTN
         self.input_layernorm = block_norm(config)
-        if self.role in ("mamba", "memory_mamba"):
-            self.attn = Phi4FlashMamba(config, layer_idx, exports_memory=self.role == "memory_mamba")
-        elif self.role == "gmu":
+        if self.role.is_mamba:
+            self.attn = Phi4FlashMamba(config, layer_idx, exports_memory=self.role == LayerRole.MEMORY_MAMBA)
+        elif self.role == LayerRole.GMU:
             self.attn = Phi4FlashGMU(config)
         else:
             self.attn = Phi4FlashAttention(config, layer_idx, self.role)
@@ -372,13 +340,13 @@ class Phi4FlashDecoderLayer(GradientCheckpointingLayer):
         """hidden: residual stream (fp32 or wider). Returns (hidden, memory, shared_k, shared_v)."""
         dtype = self.input_layernorm.weight.dtype
         x = self.input_layernorm(hidden.to(dtype))
-        if self.role in ("mamba", "memory_mamba"):
+        if self.role.is_mamba:
             out, new_memory = self.attn(x, ctx, past_key_values)
             if new_memory is not None:
                 memory = new_memory
-        elif self.role == "gmu":
+        elif self.role == LayerRole.GMU:
             out = self.attn(x, memory)
-        elif self.role == "cross_attn":
+        elif self.role == LayerRole.CROSS_ATTN:
             out, _ = self.attn(x, ctx, past_key_values, shared_kv=(shared_k, shared_v))
         else:
             keep = ctx.keep_last if self.is_shared_kv_layer else 0
@@ -445,35 +413,6 @@ class Phi4FlashPreTrainedModel(PreTrainedModel):
                 init.normal_(p, mean=0.0, std=0.1)
 
 
-def _segments_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    starts = position_ids == 0
-    starts[:, 0] = True
-    return starts.long().cumsum(dim=1)
-
-
-def _boundaries(seg: torch.Tensor) -> torch.Tensor:
-    resets = torch.zeros_like(seg, dtype=torch.bool)
-    resets[:, 1:] = seg[:, 1:] != seg[:, :-1]
-    return resets
-
-
-def _chunk_segments(doc, real, batch: int, length: int, device, past: int, cache: Phi4FlashCache | None):
-    """(resets ``[B, T]``, segment ids ``[B, T]``) of a chunk: a segment starts wherever the document or the
-    real/padding state changes, also against the last cached token (whose segment and state the cache keeps)."""
-    doc = torch.zeros(batch, length, dtype=torch.long, device=device) if doc is None else doc.long()
-    real_now = torch.ones(batch, length, dtype=torch.bool, device=device) if real is None else real.bool()
-    resets = _boundaries(doc) | _boundaries(real_now.long())
-    base = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    if past:
-        prior = cache.segments() if cache is not None else None
-        if prior is not None:
-            base = prior[:, -1:].to(device)
-            resets[:, 0] = real_now[:, 0] != cache.last_real().to(device)
-        else:  # every cached token is real, one segment (id 0)
-            resets[:, 0] = ~real_now[:, 0]
-    return resets, base + resets.long().cumsum(dim=1)
-
-
 class Phi4FlashModel(Phi4FlashPreTrainedModel):
     """The backbone: embeddings, decoder layers, final LayerNorm."""
 
@@ -492,47 +431,6 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
-
-    def _context(
-        self, batch: int, length: int, past: int, device: torch.device, attention_mask, position_ids, doc_ids,
-        keep_last: int, cache: Phi4FlashCache | None,
-    ) -> ForwardContext:
-        """The chunk's segment plan: documents (``doc_ids`` / restarting ``position_ids``) and padding
-        (``attention_mask``) become segment ids. With a cache the plan of the cached tokens is the cache's (built
-        when they were processed; their mask columns are not read again), so a decode step costs O(new tokens)."""
-        doc = None
-        if doc_ids is not None:
-            if past:
-                raise ValueError("doc_ids (packed documents) cannot be combined with a non-empty cache")
-            if doc_ids.shape != (batch, length):
-                raise ValueError(f"doc_ids must have shape {(batch, length)}, got {tuple(doc_ids.shape)}")
-            doc = doc_ids.to(device)
-        elif position_ids is not None and not past and length > 1:
-            position_ids = position_ids.to(device).expand(batch, length)
-            if bool((position_ids[:, 1:] == 0).any()):
-                doc = _segments_from_position_ids(position_ids)
-        real = None
-        if attention_mask is not None:
-            if attention_mask.dim() != 2 or tuple(attention_mask.shape) != (batch, past + length):
-                raise ValueError(
-                    f"attention_mask must be 2D [batch, past + new tokens] = [{batch}, {past + length}], "
-                    f"got {tuple(attention_mask.shape)}")
-            new_mask = attention_mask[:, past:]
-            if not bool(new_mask.all()):
-                real = new_mask.to(device).long()
-        prior = cache.segments() if cache is not None and past else None
-        positions = torch.arange(past, past + length, device=device)
-        plain = dict(keep_last=keep_last, positions=positions, backend=self.config.compute_backend)
-        if doc is None and real is None and prior is None:
-            return ForwardContext(doc_ids=None, resets=None, real=None, **plain)
-        resets, chunk_seg = _chunk_segments(doc, real, batch, length, device, past, cache)
-        if cache is not None:
-            last_real = torch.ones(batch, dtype=torch.bool, device=device) if real is None else real[:, -1].bool()
-            cache.record_segments(chunk_seg, last_real)
-            seg = cache.segments()
-        else:
-            seg = chunk_seg
-        return ForwardContext(doc_ids=seg, resets=resets, real=real, last_visible=seg == seg[:, -1:], **plain)
 
     def forward(
         self,
@@ -572,8 +470,10 @@ class Phi4FlashModel(Phi4FlashPreTrainedModel):
         keep_last = keep_last_positions if 0 < keep_last_positions < length else 0
         # The Transformer++ baseline needs every position in every layer (each layer's K,V depend on them).
         keep_last_layers = 0 if self.config.backbone == "transformer" else keep_last
-        ctx = self._context(batch, length, past, inputs_embeds.device, attention_mask, position_ids, doc_ids,
-                            keep_last_layers, past_key_values)
+        ctx = build_forward_context(
+            batch=batch, length=length, past=past, device=inputs_embeds.device, attention_mask=attention_mask,
+            position_ids=position_ids, doc_ids=doc_ids, keep_last=keep_last_layers, cache=past_key_values,
+            backend=self.config.compute_backend)
 
         hidden = inputs_embeds.to(residual_dtype(inputs_embeds.dtype))
         memory = shared_k = shared_v = None
@@ -685,19 +585,3 @@ class Phi4FlashForCausalLM(Phi4FlashPreTrainedModel, GenerationMixin):
             logits = self._logits(hidden)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)})
 
-
-def causal_lm_loss(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
-) -> torch.Tensor:
-    """Next-token cross-entropy in fp32 on full logits: sum / num_items_in_batch when given, else mean over
-    non-ignored targets. The model's forward computes the same from hidden states in tiles
-    (``lm_head_loss.chunked_causal_lm_loss``); this is the direct form, for logits already at hand."""
-    targets = labels[:, 1:].to(logits.device)
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
-    flat = flat.to(residual_dtype(flat.dtype))
-    total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-    if num_items_in_batch is None:
-        denom = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    else:
-        denom = torch.as_tensor(num_items_in_batch, device=total.device)
-    return total / denom.to(total.dtype)

@@ -1,11 +1,6 @@
-"""DPO with TRL (under torchrun for several ranks).
-
-Same as `python -m train.dpo`, with the same arguments, e.g. `python scripts/dpo.py --help`.
-"""
-import runpy
+"""Moved: this shim became the console script `sambay-dpo` (pyproject.toml [project.scripts], installed by
+`make install`); `python -m train.dpo` takes the same arguments."""
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-    runpy.run_module("train.dpo", run_name="__main__", alter_sys=True)
+sys.exit("scripts/dpo.py was replaced by the console script `sambay-dpo` (installed by make install; "
+         "arguments unchanged), or run `python -m train.dpo` with the same arguments")

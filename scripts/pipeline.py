@@ -24,10 +24,10 @@ from pathlib import Path
 if not __package__:  # run as a file: make the checkout's packages importable without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from scripts.pipeline_config import PipelineConfig, register_configs
+from recipes.entry import hydra_main
+from scripts.pipeline_config import PipelineConfig, register_pipeline_schema
 from train.gates import Gate, GateFailed, check_gate
 from train.report import load_stage
 from train.report import write_report as write_stage_report
@@ -338,32 +338,31 @@ def to_config(cfg: DictConfig) -> PipelineConfig:
     return pipe
 
 
-@hydra.main(config_path="../recipes/pipeline", config_name="demo", version_base=None)
-def hydra_main(cfg: DictConfig) -> None:
+def run_recipe(cfg: DictConfig) -> int:
+    """Run (or dry-run, or plan) a composed pipeline recipe; returns the process exit status."""
     pipe = to_config(cfg)
     try:
         if pipe.dry_run:
             dry_run_pipeline(pipe)
             print("[pipeline] dry run done, nothing written", flush=True)
-            return
+            return 0
         if pipe.plan:
             validate(pipe)
             for line in write_plan(pipe):
                 print(line)
-            return
+            return 0
         report = run_pipeline(pipe)
     except (PipelineError, GateFailed) as err:
         print(f"[pipeline] error: {err}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        return 1
     if report is None:
         print(f"[pipeline] done; no evaluation stage ran, so there is no report in {pipe.run_dir}", flush=True)
     else:
         print(f"[pipeline] done. Report: {report} (plots: {report.with_suffix('.png')})", flush=True)
+    return 0
 
 
-def main() -> None:
-    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("pipeline", register_pipeline_schema, run_recipe)
 
 
 if __name__ == "__main__":

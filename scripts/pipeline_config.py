@@ -81,6 +81,6 @@ class PipelineConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
-def register_configs() -> None:
-    """Register the schema as ``pipeline_schema`` (idempotent)."""
+def register_pipeline_schema() -> None:
+    """Register :class:`PipelineConfig` with Hydra's ConfigStore as ``pipeline_schema`` (idempotent)."""
     ConfigStore.instance().store(name="pipeline_schema", node=PipelineConfig)

@@ -1,11 +1,6 @@
-"""Prepare the corpus, tokenizer and SFT/DPO/eval data.
-
-Same as `python -m data.prepare`, with the same arguments, e.g. `python scripts/prepare.py --help`.
-"""
-import runpy
+"""Moved: this shim became the console script `sambay-prepare` (pyproject.toml [project.scripts], installed by
+`make install`); `python -m data.prepare` takes the same arguments."""
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-    runpy.run_module("data.prepare", run_name="__main__", alter_sys=True)
+sys.exit("scripts/prepare.py was replaced by the console script `sambay-prepare` (installed by make install; "
+         "arguments unchanged), or run `python -m data.prepare` with the same arguments")

@@ -1,11 +1,6 @@
-"""Pretrain a SambaY model (under torchrun for several ranks).
-
-Same as `python -m train.pretrain`, with the same arguments, e.g. `python scripts/pretrain.py --help`.
-"""
-import runpy
+"""Moved: this shim became the console script `sambay-pretrain` (pyproject.toml [project.scripts], installed by
+`make install`); `python -m train.pretrain` takes the same arguments."""
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-    runpy.run_module("train.pretrain", run_name="__main__", alter_sys=True)
+sys.exit("scripts/pretrain.py was replaced by the console script `sambay-pretrain` (installed by make install; "
+         "arguments unchanged), or run `python -m train.pretrain` with the same arguments")

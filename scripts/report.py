@@ -1,11 +1,6 @@
-"""Rebuild a pipeline's report.md / report.png from its stage directories.
-
-Same as `python -m train.report`, with the same arguments, e.g. `python scripts/report.py --help`.
-"""
-import runpy
+"""Moved: this shim became the console script `sambay-report` (pyproject.toml [project.scripts], installed by
+`make install`); `python -m train.report` takes the same arguments."""
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-    runpy.run_module("train.report", run_name="__main__", alter_sys=True)
+sys.exit("scripts/report.py was replaced by the console script `sambay-report` (installed by make install; "
+         "arguments unchanged), or run `python -m train.report` with the same arguments")

@@ -1,11 +1,6 @@
-"""Run the SFT stages of a recipe (under torchrun for several ranks).
-
-Same as `python -m train.sft`, with the same arguments, e.g. `python scripts/sft.py --help`.
-"""
-import runpy
+"""Moved: this shim became the console script `sambay-sft` (pyproject.toml [project.scripts], installed by
+`make install`); `python -m train.sft` takes the same arguments."""
 import sys
-from pathlib import Path
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when not pip-installed
-    runpy.run_module("train.sft", run_name="__main__", alter_sys=True)
+sys.exit("scripts/sft.py was replaced by the console script `sambay-sft` (installed by make install; "
+         "arguments unchanged), or run `python -m train.sft` with the same arguments")

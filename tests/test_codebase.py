@@ -3,8 +3,9 @@
 - no function longer than 80 lines in the product packages;
 - the project's modules import one another at module level, and the module-level import graph has no cycle;
 - a function-level import names only an optional or heavy third-party module (listed below with the reason);
-- library module basenames are unique across `sambay_model/`, `data/` and `train/` (the `scripts/` files are
-  the documented entry-point paths, `python scripts/<stage>.py`, and keep their stage names).
+- library module basenames are unique across `sambay_model/`, `data/` and `train/` (the `scripts/` files keep
+  their stage names: `python scripts/pipeline.py` is the driver, the others say which console script replaced them);
+- the package layers (MAY_IMPORT) and the Hydra entry boilerplate written once (recipes/entry.py).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sambay_model", "data", "train", "scripts")
+PACKAGES = ("sambay_model", "recipes", "data", "train", "scripts")
 LIBRARIES = ("sambay_model", "data", "train")
 MAX_FUNCTION_LINES = 80
 # Third-party modules a function may import locally, and why.
@@ -134,10 +135,11 @@ def test_library_module_basenames_are_unique():
     assert not {k: v for k, v in seen.items() if len(v) > 1}
 
 
-# Which packages each package may import (docs/design.md, "Layout"): the model stands alone, data never reaches
-# into training, nothing imports the entry-point scripts.
-MAY_IMPORT = {"sambay_model": {"sambay_model"}, "data": {"data", "sambay_model"},
-              "train": {"train", "data", "sambay_model"}, "scripts": set(PACKAGES)}
+# Which packages each package may import (docs/design.md, "Layout"): the model stands alone, the recipes package
+# (the Hydra config tree and the one entry-point helper, recipes/entry.py) imports no project code, data never
+# reaches into training, nothing imports the entry-point scripts.
+MAY_IMPORT = {"sambay_model": {"sambay_model"}, "recipes": {"recipes"}, "data": {"data", "sambay_model", "recipes"},
+              "train": {"train", "data", "sambay_model", "recipes"}, "scripts": set(PACKAGES)}
 
 
 def test_packages_import_only_the_layers_below():
@@ -149,3 +151,12 @@ def test_packages_import_only_the_layers_below():
                 bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {t}" for t in _project_target(node, m)
                         if t.split(".")[0] not in MAY_IMPORT[pkg]]
     assert not bad, "\n".join(bad)
+
+
+def test_hydra_entry_boilerplate_is_written_once():
+    """Every entry point builds its main() with recipes.entry.hydra_main; no other module decorates with
+    hydra.main (the schema registration, recipe folder and exit-status handling live in one place)."""
+    own = [str(path.relative_to(ROOT)) for m, path in MODULES.items() if m != "recipes.entry"
+           and any(isinstance(n, ast.Attribute) and n.attr == "main" and isinstance(n.value, ast.Name)
+                   and n.value.id == "hydra" for n in ast.walk(ast.parse(path.read_text())))]
+    assert not own, "use recipes.entry.hydra_main instead of hydra.main in: " + ", ".join(own)

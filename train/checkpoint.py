@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ from train.distributed import DistInfo, any_rank, barrier
 
 _TAG_RE = re.compile(r"^step(\d{8})$")
 UNIVERSAL = "universal"  # the subdirectory of a tag that holds its DeepSpeed universal-checkpoint copy
-
-
-# Test hook (tests/scripts/test_slurm_local.py): seconds a pre-emption save sleeps first, to emulate the
-# minutes a multi-GB ZeRO save takes and show that the Slurm template gives it that time. Unset in real runs.
-SLOW_SAVE_ENV = "SAMBAY_TEST_SLOW_PREEMPT_SAVE_S"
-
-
-def emulated_slow_save() -> None:
-    delay = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
-    if delay > 0:
-        print(f"[checkpoint] {SLOW_SAVE_ENV}={delay:g}: emulating a slow save", flush=True)
-        time.sleep(delay)
 
 
 def tag_for(step: int) -> str:

@@ -1,7 +1,8 @@
 """Typed configuration schemas shared by the training entry points.
 
 Every recipe in ``recipes/`` is merged onto one of these dataclasses (registered in Hydra's ConfigStore by
-:func:`register_configs`), so an override of a key that does not exist fails with an error naming the key.
+:func:`register_pretrain_schema` / :func:`register_sft_schema`), so an override of a key that does not exist
+fails with an error naming the key.
 Defaults are stated in each class docstring; recipes override them.
 """
 from __future__ import annotations
@@ -62,7 +63,8 @@ class DeepSpeedConfig:
     offload_optimizer: ZeRO-offload optimizer states to CPU (stage >= 1; default False). DeepSpeed then
         JIT-builds its ``cpu_adam`` op the first time (about 70 s).
     offload_param: offload parameters to CPU (stage 3 only; default False).
-    precision: ``auto`` (default: bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``.
+    precision: ``auto`` (default: bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``. How bf16 runs (autocast over
+        fp32 weights) and why: ``train.distributed.deepspeed_json``, the one place that explains it.
     grad_clip: global gradient-norm clipping threshold, 0 disables (default 1.0).
     overlap_comm: overlap gradient reduction with backward (default False: deterministic order on CPU).
     reduce_bucket_size: ZeRO reduce bucket size in elements (default 5e8).
@@ -410,8 +412,11 @@ class SFTConfig:
                              f"sft.stages[].epochs (trainer.max_steps > 0 caps every stage)")
 
 
-def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="pretrain_schema", node=PretrainConfig)
-    cs.store(name="sft_schema", node=SFTConfig)
+def register_pretrain_schema() -> None:
+    """Register :class:`PretrainConfig` with Hydra's ConfigStore as ``pretrain_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+
+
+def register_sft_schema() -> None:
+    """Register :class:`SFTConfig` with Hydra's ConfigStore as ``sft_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="sft_schema", node=SFTConfig)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data.inputs import require_input
 from data.layout import PreparedData
-from data.shards import IncompatibleShardsError, check_compatible, read_manifest
+from data.shards import MANIFEST, IncompatibleShardsError, check_compatible, read_manifest
 from train.config import DataConfig, DataSource
 
 
@@ -22,7 +23,7 @@ def check_sources(sources: list[DataSource], where: str, tokenizer_dir: Path | N
     out = []
     for i, src in enumerate(sources):
         at = f"{where}[{i}].path={src.path}"
-        _require(Path(src.path), at)
+        _require_shards(src.path, f"{where}[{i}].path")
         try:
             manifest = check_compatible(src.path, tokenizer_dir, vocab_size)
         except IncompatibleShardsError as e:
@@ -36,19 +37,15 @@ def check_sources(sources: list[DataSource], where: str, tokenizer_dir: Path | N
     return out
 
 
-def _require(path: Path, at: str) -> None:
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(f"{at}: no shard set there (no {path / 'manifest.json'}); "
-                                f"run `python -m data.prepare` first")
+def _require_shards(path: str | Path, key: str) -> Path:
+    return require_input(path, key, marker=MANIFEST, what="a shard set")
 
 
 def first_manifest(data: DataConfig, where: str = "data.sources") -> dict:
     """The manifest of the mixture's first source (its tokenizer sizes the model); missing: an error naming it."""
     if not data.sources:
         raise ValueError(f"{where} is empty: the recipe must list at least one shard set")
-    path = Path(data.sources[0].path)
-    _require(path, f"{where}[0].path={data.sources[0].path}")
-    return read_manifest(path)
+    return read_manifest(_require_shards(data.sources[0].path, f"{where}[0].path"))
 
 
 def resolve_tokenizer_dir(data: DataConfig, manifest: dict) -> Path | None:

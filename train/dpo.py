@@ -24,7 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from datasets import Dataset, load_from_disk
 from omegaconf import DictConfig, OmegaConf
@@ -32,17 +31,18 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from data.dir_lock import RunDirLockedError
+from data.inputs import require_input
 from data.layout import PreparedData
-from data.tokenizer import load_tokenizer
+from data.tokenizer import check_same_tokenizer, load_tokenizer
+from recipes.entry import hydra_main
 from sambay_model import Phi4FlashConfig
 from sambay_model.length_buckets import pad_multiple
 from sambay_model.lm_head_loss import precision_trl_head
 from train.distributed import (DistInfo, autocast_weight_cache, barrier, bf16_comm_modules, hf_trainer_deepspeed_json,
                                init_distributed_if_needed, launch_world_size, resolve_precision, select_device)
-from train.dpo_config import DPORunConfig, register_dpo_config
+from train.dpo_config import DPORunConfig, register_dpo_schema
 from train.eval_io import write_json
 from train.eval_preference import completion_logps, encode_pair_side, load_preference_pairs, preference_metrics
-from train.eval_tokenizer_check import check_same_tokenizer
 from train.export import export_model, save_export
 from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
 from train.metrics import MetricsLogger, resumable_logger, truncate_after
@@ -65,24 +65,18 @@ class DPOInputs:
     on_policy_problems: int  # problems on-policy pairs are sampled on (0: none)
 
 
-def _existing(key: str, value: str | None, default: Path) -> Path:
-    path = Path(value) if value else default
-    if not path.is_file():
-        raise FileNotFoundError(f"dpo.{key}: {path} does not exist (run `python -m data.prepare` or set dpo.{key})")
-    return path
-
-
 def load_inputs(cfg: DPORunConfig) -> DPOInputs:
     """Check and read every input: the init export, the tokenizer it shares with the data, the preference pairs and
     the on-policy problems. A missing or malformed file is an error naming it; nothing is written."""
     init_from, data = require_export(cfg.dpo.init_from, key="dpo.init_from"), PreparedData(cfg.dpo.data_dir)
     if cfg.dpo.check_tokenizer:
         check_same_tokenizer(init_from, data.tokenizer)
-    heldout = load_preference_pairs(_existing("heldout_file", cfg.dpo.heldout_file, data.preference("heldout")),
-                                    limit=cfg.dpo.heldout_limit or None)
+    heldout_file = require_input(cfg.dpo.heldout_file or data.preference("heldout"), "dpo.heldout_file")
+    heldout = load_preference_pairs(heldout_file, limit=cfg.dpo.heldout_limit or None)
     on_policy = cfg.dpo.on_policy
     offline = [] if on_policy.enabled and on_policy.mix == "replace" else load_preference_pairs(
-        _existing("train_file", cfg.dpo.train_file, data.preference("train")), limit=cfg.dpo.train_limit or None)
+        require_input(cfg.dpo.train_file or data.preference("train"), "dpo.train_file"),
+        limit=cfg.dpo.train_limit or None)
     problems = len(load_on_policy_problems(cfg)) if on_policy.enabled else 0
     return DPOInputs(init_from, data, heldout, offline, problems)
 
@@ -292,21 +286,20 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         return _run_holding(cfg, config_yaml, rd, dist_info, inputs)
 
 
-@hydra.main(version_base=None, config_path="../recipes/dpo", config_name="demo")
-def hydra_main(dcfg: DictConfig) -> None:
+def run_recipe(dcfg: DictConfig) -> int:
+    """Run a composed DPO recipe; returns the process exit status."""
     cfg: DPORunConfig = OmegaConf.to_object(dcfg)  # also runs the dataclasses' validation
     try:
         metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))
     except RunDirLockedError as e:  # the same exit status as pretraining's (train.launch)
         print(f"[dpo] {e}", file=sys.stderr, flush=True)
-        sys.exit(RunDirLockedError.exit_code)
+        return RunDirLockedError.exit_code
     if metrics is not None and not cfg.trainer.dry_run:
         print(json.dumps(metrics, sort_keys=True), flush=True)
+    return 0
 
 
-def main() -> None:
-    register_dpo_config()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("dpo", register_dpo_schema, run_recipe)
 
 
 if __name__ == "__main__":

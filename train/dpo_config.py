@@ -119,7 +119,6 @@ class DPORunConfig:
                              "(see train/hf_resume.py)")
 
 
-def register_dpo_config() -> None:
-    """Register the schema with Hydra's ConfigStore (idempotent)."""
-    cs = ConfigStore.instance()
-    cs.store(name="dpo_schema", node=DPORunConfig)
+def register_dpo_schema() -> None:
+    """Register :class:`DPORunConfig` with Hydra's ConfigStore as ``dpo_schema`` (idempotent)."""
+    ConfigStore.instance().store(name="dpo_schema", node=DPORunConfig)

@@ -71,6 +71,6 @@ class EvalConfig:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
 
-def register_eval_config() -> None:
-    """Register the schema with Hydra's ConfigStore (idempotent)."""
+def register_evaluate_schema() -> None:
+    """Register :class:`EvalConfig` with Hydra's ConfigStore as ``evaluate_schema`` (idempotent)."""
     ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)

@@ -14,6 +14,7 @@ import torch
 
 from data.loader import PackedLoader
 from sambay_model.lm_head_loss import IGNORE_INDEX
+from train.model_mode import eval_mode
 
 
 @dataclass
@@ -72,12 +73,8 @@ def evaluate_perplexity(model, shard_dir: str, cfg: PerplexityConfig) -> dict:
     # The loader cycles; stop after one pass over the split so no token is counted twice.
     batches = max(1, min(cfg.max_batches, math.ceil(loader.tokens_per_epoch / (cfg.seq_len * cfg.batch_rows))))
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         total = sum(summed_loss(model, loader.next_batch(), cfg.batch_rows, device) for _ in range(batches))
-    finally:
-        model.train(was_training)
     val_loss = mean_loss(total, f"{shard_dir}: split {cfg.split!r}")
     return {"perplexity": perplexity_from_loss(val_loss), "val_loss": val_loss, "val_tokens": int(total[1].item())}
 

@@ -28,6 +28,7 @@ import torch
 from data.preference import FIELDS, read_preference_jsonl
 from sambay_model.length_buckets import bucket_length
 from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
+from train.model_mode import eval_mode
 
 
 def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -63,10 +64,8 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
         rows.append(encode_pair_side(tokenizer, p["prompt"], p["rejected"], max_length))
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]
             # Right padding, to a length bucket on CUDA (sambay_model.length_buckets): padded positions come after
@@ -79,8 +78,6 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
                 labels[r, n_prompt:len(ids)] = input_ids[r, n_prompt:len(ids)]
             with torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
                 out.append(_summed_logps(model, input_ids.to(device), labels.to(device)).cpu())
-    finally:
-        model.train(was_training)
     both = torch.cat(out)
     return both[0::2], both[1::2]
 

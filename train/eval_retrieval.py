@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from train.model_mode import eval_mode
+
 _FIRST = ["Ada", "Bruno", "Chen", "Dara", "Elif", "Femi", "Gita", "Hugo", "Iris", "Jonas", "Kira", "Luca", "Mira",
           "Nils", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Vik", "Wren", "Yara", "Zeno"]
 _LAST = ["Abbott", "Baker", "Costa", "Diaz", "Evans", "Fischer", "Garcia", "Haas", "Ito", "Jensen", "Khan", "Lopez",
@@ -67,10 +69,8 @@ def evaluate_retrieval(model, tokenizer, cfg: RetrievalConfig) -> dict:
     """{retrieval_accuracy, retrieval: {length: {accuracy, answer_logprob, tokens}}}."""
     rng = random.Random(cfg.seed)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     per_length = {}
-    try:
+    with eval_mode(model):
         for length in cfg.context_lengths:
             hits, logprob, tokens = 0, 0.0, 0
             for _ in range(cfg.num_queries):
@@ -85,7 +85,5 @@ def evaluate_retrieval(model, tokenizer, cfg: RetrievalConfig) -> dict:
             per_length[str(length)] = {"accuracy": hits / cfg.num_queries,
                                        "answer_logprob": logprob / cfg.num_queries,
                                        "tokens": tokens / cfg.num_queries}
-    finally:
-        model.train(was_training)
     overall = sum(v["accuracy"] for v in per_length.values()) / max(len(per_length), 1)
     return {"retrieval_accuracy": overall, "retrieval": per_length}

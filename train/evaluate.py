@@ -16,24 +16,27 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 import sambay_model  # noqa: F401  (registers Phi4Flash with the Auto classes)
 from data.atomic import check_writable
+from data.inputs import require_input
 from data.jsonl import write_jsonl
 from data.layout import PreparedData
 from data.shards import check_compatible
-from data.tokenizer import load_tokenizer
-from train.eval_config import EvalConfig, register_eval_config
+from data.tokenizer import check_same_tokenizer, load_tokenizer
+from recipes.entry import hydra_main
+from train.eval_config import EvalConfig, register_evaluate_schema
 from train.eval_io import write_json
 from train.eval_math import evaluate_math, load_problems, load_samples, score_samples
 from train.eval_perplexity import evaluate_perplexity
 from train.eval_retrieval import evaluate_retrieval
-from train.eval_tokenizer_check import check_same_tokenizer
 from train.model_build import require_export
+
+# How to get a missing evaluation input (after "<key>: <path> does not exist; ").
+_REMEDY = "run `python -m data.prepare` for data_dir, point the setting at existing data, or disable that evaluation"
 
 
 def resolve_device(device: str) -> str:
@@ -48,15 +51,6 @@ def load_model(model_path: str | Path, device: str = "cpu", dtype: str = "float3
     model_path = require_export(model_path, key="model_path")
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype), local_files_only=True)
     return model.to(resolve_device(device)).eval(), load_tokenizer(model_path)
-
-
-def _require(path: str | Path, key: str) -> Path:
-    """``path`` if it exists, else an error naming the setting it came from and the missing path."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{key}: {path} does not exist; run `python -m data.prepare` for data_dir, "
-                                f"point {key} at existing data, or disable that evaluation")
-    return path
 
 
 @dataclass(frozen=True)
@@ -78,7 +72,7 @@ class EvalInputs:
 
 def _check_shards(cfg: EvalConfig, data: PreparedData, model_config: PretrainedConfig) -> str:
     """The perplexity shard set, checked against the model's tokenizer and vocabulary and for its split."""
-    shard_dir = str(_require(cfg.perplexity.shard_dir or data.pretrain, "perplexity.shard_dir"))
+    shard_dir = str(require_input(cfg.perplexity.shard_dir or data.pretrain, "perplexity.shard_dir", _REMEDY))
     manifest = check_compatible(shard_dir, cfg.model_path if cfg.check_tokenizer else None, model_config.vocab_size)
     if cfg.perplexity.split not in manifest["splits"]:
         raise ValueError(f"perplexity.split: {shard_dir} has no split {cfg.perplexity.split!r} "
@@ -99,7 +93,7 @@ def check_inputs(cfg: EvalConfig) -> EvalInputs:
     model_config = AutoConfig.from_pretrained(str(model_path), local_files_only=True)
     problems_path = problems = shard_dir = None
     if cfg.math.enabled:
-        problems_path = _require(cfg.math.problems or data.reasoning("heldout"), "math.problems")
+        problems_path = require_input(cfg.math.problems or data.reasoning("heldout"), "math.problems", _REMEDY)
         problems = load_problems(problems_path, limit=cfg.math.limit or None)
     if cfg.perplexity.enabled:
         shard_dir = _check_shards(cfg, data, model_config)
@@ -108,7 +102,8 @@ def check_inputs(cfg: EvalConfig) -> EvalInputs:
 
 def _score_file_inputs(cfg: EvalConfig) -> tuple[list[dict], Path | None]:
     """Score-file mode: (samples, eval.json path or None), checked before grading."""
-    samples = load_samples(_require(cfg.score_file, "score_file"))
+    samples = load_samples(require_input(cfg.score_file, "score_file",
+                                         "set score_file to a JSONL of {completion, answer} records"))
     out = Path(cfg.output_dir) / "eval.json" if cfg.output_dir else None
     if out is not None:
         check_writable(out, cfg.overwrite)
@@ -169,17 +164,16 @@ def dry_run(cfg: EvalConfig) -> dict:
             "dtype": cfg.dtype, "output": str(inputs.out_dir / "eval.json"), "evaluations": evaluations}
 
 
-@hydra.main(version_base=None, config_path="../recipes/evaluate", config_name="demo")
-def hydra_main(dcfg: DictConfig) -> None:
+def run_recipe(dcfg: DictConfig) -> int:
+    """Run a composed evaluation recipe; returns the process exit status."""
     cfg: EvalConfig = OmegaConf.to_object(dcfg)  # runs the dataclasses' own validation
     result = {"dry_run": dry_run(cfg)} if cfg.dry_run else run_evaluation(cfg)
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True), flush=True)  # contract: the metrics are the LAST stdout line
+    return 0
 
 
-def main() -> None:
-    register_eval_config()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("evaluate", register_evaluate_schema, run_recipe)
 
 
 if __name__ == "__main__":

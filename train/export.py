@@ -10,18 +10,10 @@ from pathlib import Path
 
 import deepspeed
 import torch
-from transformers import GenerationConfig
 
 from data.atomic import atomic_dir
-from data.tokenizer import load_tokenizer, stop_token_ids
+from data.tokenizer import load_tokenizer, save_generation_config
 from train.distributed import DistInfo, barrier
-
-
-def generation_config_for(model_config, tokenizer):
-    """Stop at ``<|end|>`` or ``<|endoftext|>`` (design.md); pad with the tokenizer's pad (else EOS) id."""
-    stops = stop_token_ids(tokenizer) or [model_config.eos_token_id]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return GenerationConfig(bos_token_id=model_config.bos_token_id, eos_token_id=stops, pad_token_id=pad)
 
 
 def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path) -> None:
@@ -32,7 +24,7 @@ def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path) -> N
     with atomic_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        generation_config_for(model.config, tokenizer).save_pretrained(str(tmp))
+        save_generation_config(tokenizer, tmp, bos_token_id=model.config.bos_token_id)
 
 
 def export_model(engine, tokenizer_dir: Path, out_dir: Path, dist_info: DistInfo, zero_stage: int) -> None:

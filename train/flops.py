@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sambay_model.configuration_phi4flash import Phi4FlashConfig
+from sambay_model.configuration_phi4flash import LayerRole, Phi4FlashConfig
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets (SXM parts).
 PEAK_BF16_FLOPS = (
@@ -74,16 +74,16 @@ def flops_per_token(cfg: Phi4FlashConfig, seq_len: int, vocab_size: int | None =
     for i in range(cfg.num_hidden_layers):
         role = cfg.layer_role(i)
         mlp += 2 * d * 2 * inter + 2 * inter * d
-        if role in ("mamba", "memory_mamba"):
+        if role.is_mamba:
             mamba += (2 * d * 2 * di + 2 * di * k + 2 * di * (r + 2 * n_state) + 2 * r * di + 2 * di * d
                       + 9 * di * n_state)
-        elif role in ("swa", "full_attn"):
+        elif role in (LayerRole.SWA, LayerRole.FULL_ATTN):
             proj += 2 * d * (d + 2 * kv * hd) + 2 * d * d
-            core += mean_keys(seq_len, cfg.sliding_window[i] if role == "swa" else None) * core_per_key
-        elif role == "cross_attn":
+            core += mean_keys(seq_len, cfg.sliding_window[i] if role == LayerRole.SWA else None) * core_per_key
+        elif role == LayerRole.CROSS_ATTN:
             proj += 2 * d * d + 2 * d * d
             core += mean_keys(seq_len, None) * core_per_key
-        else:  # gmu
+        else:  # LayerRole.GMU
             gmu += 2 * d * di + 2 * di * d
     return FlopsBreakdown(mlp=mlp, mamba=mamba, attention_proj=proj, attention_core=core, gmu=gmu,
                           lm_head=2 * d * vocab)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from data.tokenizer import stop_token_ids as data_stop_token_ids
+from data.tokenizer import stop_token_ids
 from sambay_model.length_buckets import bucket_length
+from train.model_mode import eval_mode
 
 
 @dataclass
@@ -56,26 +57,12 @@ def chat_prompt(tokenizer, user_text: str) -> str:
                                          add_generation_prompt=True)
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """Ids that end a completion: the generation config's EOS ids, ``<|end|>`` and the tokenizer's EOS."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if gen_eos is not None:
-        ids += list(gen_eos) if isinstance(gen_eos, (list, tuple)) else [gen_eos]
-    ids += data_stop_token_ids(tokenizer)
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))
-
-
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress: bool = False) -> list[list[str]]:
     """``cfg.num_samples`` completions for each prompt (already chat-formatted text), in prompt order."""
-    stops = stop_token_ids(model, tokenizer)
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[-1]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[list[str]] = [[] for _ in prompts]
@@ -83,7 +70,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     if progress:
         batches = tqdm(batches, desc="generate", unit="batch")
-    try:
+    with eval_mode(model):
         for batch in batches:
             width = bucket_length(max(len(encoded[i]) for i in batch), device)
             # Left padding keeps every prompt's last token in the final column, where decoding continues.
@@ -106,6 +93,4 @@ def generate(model, tokenizer, prompts: list[str], cfg: SamplingConfig, progress
                 cut = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
                 text = tokenizer.decode(tokens[:cut], skip_special_tokens=True)
                 results[batch[row // cfg.num_samples]].append(text)
-    finally:
-        model.train(was_training)
     return results

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from data.inputs import require_input
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from train.config import ModelConfig
 
@@ -65,13 +66,10 @@ def build_fresh(config: Phi4FlashConfig, device: torch.device | str, seed: int) 
     return model.float()
 
 
-def require_export(path: str | Path, key: str = "init_from") -> Path:
+def require_export(path: str | Path, key: str = "init_from",
+                   remedy: str = "expected a Hugging Face export dir such as a stage's export/") -> Path:
     """``path`` as a Path when it is a Hugging Face export dir (``config.json``), else an error naming ``key``."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{key} {path}: not a model export (no config.json); expected a Hugging Face "
-                                "export dir such as a stage's export/")
-    return path
+    return require_input(path, key, remedy, marker="config.json", what="a model export")
 
 
 def load_export(path: str | Path, compute_backend: str | None = None) -> torch.nn.Module:

@@ -11,6 +11,7 @@ import copy
 import time
 from pathlib import Path
 
+from data.inputs import require_input
 from data.jsonl import read_jsonl, write_jsonl
 from data.layout import PreparedData
 from data.preference import FIELDS, pairs_from_samples
@@ -31,10 +32,7 @@ def problems_file(cfg: DPORunConfig) -> Path:
 
 def load_on_policy_problems(cfg: DPORunConfig) -> list[dict]:
     """The problems to sample on (first ``num_problems``); a missing or malformed file is an error naming it."""
-    path = problems_file(cfg)
-    if not path.is_file():
-        raise FileNotFoundError(f"dpo.on_policy.problems: {path} does not exist (run `python -m data.prepare` "
-                                f"or set dpo.on_policy.problems)")
+    path = require_input(problems_file(cfg), "dpo.on_policy.problems")
     return load_problems(path, limit=cfg.dpo.on_policy.num_problems or None)
 
 

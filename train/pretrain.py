@@ -12,13 +12,12 @@ run.dir (see train/run_lock.py); 1 = any other error.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.config import PretrainConfig, register_configs
+from recipes.entry import hydra_main
+from train.config import PretrainConfig, register_pretrain_schema
 from train.data_sources import check_sources, first_manifest, resolve_tokenizer_dir
 from train.launch import run_specs
 from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
@@ -55,16 +54,7 @@ def run(dcfg: DictConfig) -> int:
     return run_specs([spec], cfg.deepspeed, cfg.trainer.dry_run)
 
 
-@hydra.main(version_base=None, config_path="../recipes/pretrain", config_name="demo")
-def hydra_main(dcfg: DictConfig) -> None:
-    code = run(dcfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("pretrain", register_pretrain_schema, run)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from data.sft_shards import check_overlong
 from data.shards import IncompatibleShardsError
-from train.config import DataConfig, SFTConfig, SFTStageConfig, TrainerConfig, register_configs
+from recipes.entry import hydra_main
+from train.config import DataConfig, SFTConfig, SFTStageConfig, TrainerConfig, register_sft_schema
 from train.data_sources import check_sources
 from train.launch import run_specs
-from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
+from train.model_build import ModelBuilder, hf_config, require_export, resolve_vocab_size
 from train.trainer import TrainSpec
 
 
@@ -99,9 +98,8 @@ def build_stage_spec(cfg: SFTConfig, stage: SFTStageConfig, config_yaml: str, co
     init_dir = init_dir_for(cfg, stage)
     has_init = (init_dir / "config.json").is_file()
     if not has_init and not dry_run:
-        raise FileNotFoundError(
-            f"sft stage {stage.name!r} starts from {init_dir}, which is not a model export (no config.json); "
-            f"run the earlier stage or train.pretrain first, or set sft.init_from")
+        require_export(init_dir, f"the init export of sft stage {stage.name!r}",
+                       "run the earlier stage or train.pretrain first, or set sft.init_from")
     data = cfg.data.for_stage(stage, str(init_dir))
     builder = ModelBuilder.from_export(init_dir, cfg.model.compute_backend) if has_init else None
     tokenizer = init_dir if (init_dir / "tokenizer.json").is_file() else None
@@ -128,16 +126,7 @@ def run(dcfg: DictConfig) -> int:
     return run_specs(specs, cfg.deepspeed, cfg.trainer.dry_run)
 
 
-@hydra.main(version_base=None, config_path="../recipes/sft", config_name="demo")
-def hydra_main(dcfg: DictConfig) -> None:
-    code = run(dcfg)
-    if code:
-        sys.exit(code)
-
-
-def main() -> None:
-    register_configs()  # the recipes' defaults name the schema: it must exist before Hydra composes
-    hydra_main()
+main = hydra_main("sft", register_sft_schema, run)
 
 
 if __name__ == "__main__":

@@ -400,7 +400,6 @@ class Trainer:
         checkpoint.save(self.engine, self.rd.checkpoints, self.step, state, self.dist, self.cfg.keep_last)
 
     def _save_on_signal(self) -> None:
-        checkpoint.emulated_slow_save()  # a test hook; no-op unless its variable is set
         self.save()
         self._say(f"stop signal: saved step {self.step} in {self.rd.checkpoints}; relaunch to resume")
 

@@ -8,7 +8,7 @@ import pytest
 from data.jsonl import DataFormatError
 from data.preference import pairs_from_corruptions, pairs_from_samples, read_preference_jsonl, validate_pair
 from data.reasoning import format_prompt, generate_problems, generate_problems_with_values
-from tests.data.test_data_reasoning import is_correct
+from tests.data.answer_check import is_correct
 
 
 def test_corruption_pairs_are_valid_dpo_records(tmp_path):

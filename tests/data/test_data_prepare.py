@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from data.dir_lock import RunDirLockedError, RunLock
-from data.jsonl import read_jsonl
 from data.loader import PackedLoader
 from data.shards import check_compatible, read_manifest
+from tests.data.builders import check_prepared_layout
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "prepare"
@@ -21,9 +21,9 @@ RECIPES = REPO / "recipes" / "prepare"
 def _cfg(overrides, config_name="demo"):
     from hydra import compose, initialize_config_dir
 
-    from data.prepare_config import register_configs
+    from data.prepare_config import register_prepare_schema
 
-    register_configs()
+    register_prepare_schema()
     with initialize_config_dir(config_dir=str(RECIPES), version_base=None):
         return compose(config_name=config_name, overrides=overrides)
 
@@ -33,31 +33,6 @@ def _small(tmp_path, corpus_files, extra=()):
             "tokenizer.vocab_size=320", "reasoning.n_train=60", "reasoning.n_heldout=20",
             "sft.0.n_examples=40", "sft.1.n_examples=50", "preference.n_train=30", "preference.n_heldout=10",
             "num_proc=1", "pretrain.val_fraction=0.2", *extra]
-
-
-def _check_layout(out: Path, n_stages=("basic", "math")):
-    tok = out / "tokenizer"
-    assert (tok / "tokenizer.json").is_file() and (tok / "generation_config.json").is_file()
-    m = check_compatible(out / "pretrain", tok, None)
-    assert m["kind"] == "pretrain" and set(m["splits"]) == {"train", "val"}
-    for stage in n_stages:
-        sm = check_compatible(out / "sft" / stage, tok, None)
-        assert sm["kind"] == "sft"
-        chats = read_jsonl(out / "sft" / f"{stage}.jsonl", required=("messages",))
-        assert chats[0]["messages"][0]["role"] == "user"
-    train = read_jsonl(out / "reasoning" / "train.jsonl", required=("id", "template_id", "question", "solution", "answer"))
-    held = read_jsonl(out / "reasoning" / "heldout.jsonl", required=("id", "template_id", "question", "solution", "answer"))
-    assert {r["template_id"] for r in train}.isdisjoint({r["template_id"] for r in held})
-    # No held-out question (nor template) reaches SFT: user prompts are format_prompt(question) = question + "\n...".
-    held_questions = {r["question"] for r in held}
-    for stage in n_stages:
-        for rec in read_jsonl(out / "sft" / f"{stage}.jsonl"):
-            assert rec["messages"][0]["content"].split("\n")[0] not in held_questions
-    for split in ("train", "heldout"):
-        pairs = read_jsonl(out / "preference" / f"{split}.jsonl", required=("prompt", "chosen", "rejected"))
-        assert pairs[0]["prompt"][0]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
-    assert (out / "DONE").is_file()
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
 def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
@@ -70,7 +45,7 @@ def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
         files.append(f)
     cfg = _cfg(_small(tmp_path, files))
     out = prepare(cfg)
-    _check_layout(out)
+    check_prepared_layout(out)
     assert read_manifest(out / "pretrain")["sources"] == [str(f) for f in files]
     loader = PackedLoader([(out / "sft" / "math", 1.0)], seq_len=128, global_batch_rows=2, split_documents=False)
     assert loader.next_batch()["input_ids"].shape == (2, 128)
@@ -85,7 +60,7 @@ def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
     assert (out / "pretrain" / "manifest.json").stat().st_mtime_ns == stamp[out / "pretrain" / "manifest.json"]
     prepare(_cfg(_small(tmp_path, files, ["overwrite=true"])))
     assert (out / "pretrain" / "manifest.json").stat().st_mtime_ns != stamp[out / "pretrain" / "manifest.json"]
-    _check_layout(out)
+    check_prepared_layout(out)
 
 
 def test_extra_pretrain_set_for_a_mixture(tmp_path, sample_texts):
@@ -213,20 +188,6 @@ def test_unknown_override_key_is_an_error_naming_it():
     assert "vocab_sise" in r.stderr + r.stdout
 
 
-@pytest.mark.slow
-def test_demo_recipe_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "data.prepare", "--config-name", "demo", f"out_dir={out}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=240, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    _check_layout(out)
-    m = read_manifest(out / "pretrain")
-    assert m["tokenizer"]["vocab_size"] == 4096 and m["dtype"] == "uint16" and m["splits"]["train"]["tokens"] > 1_000_000
-    r2 = subprocess.run([sys.executable, "-m", "data.prepare", "--config-name", "demo", f"out_dir={out}"], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
-    assert r2.returncode == 0 and "nothing to do" in r2.stderr + r2.stdout
-
-
 def test_full_recipe_composes_against_the_schema():
     cfg = _cfg([], config_name="full")
     assert cfg.tokenizer.kind == "phi4mini" and cfg.reasoning.source == "gsm_symbolic" and [s.name for s in cfg.sft] == ["distill", "long_cot"]
@@ -308,4 +269,4 @@ def test_a_held_directory_is_refused_and_left_untouched(tmp_path, sample_texts):
                              capture_output=True, text=True, timeout=300)
         assert cli.returncode == 4 and f"pid {os.getpid()}" in cli.stderr, cli.stderr[-2000:]
         assert [p.name for p in out.iterdir()] == ["prepare.lock"]
-    _check_layout(prepare(cfg))
+    check_prepared_layout(prepare(cfg))

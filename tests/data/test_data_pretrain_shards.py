@@ -2,13 +2,6 @@
 flight, resume after a crash (simulated and a real SIGKILL) gives the uninterrupted run's files."""
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,39 +11,16 @@ from data.pretrain_shards import streaming_split, write_pretrain_shards
 from data.shards import PARTIAL_SUFFIX, PROGRESS, open_split, read_manifest
 from data.tokenize_pool import tokenize_chunks
 from data.tokenizer import backend_json
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _random_corpus(path: Path, n_docs: int, seed: int = 0) -> Path:
-    """Random-word documents of very different lengths (not the demo corpus)."""
-    rng = np.random.default_rng(seed)
-    letters = np.array(list("abcdefghijklmnopqrstuvwxyzéß数"))
-    vocab = ["".join(rng.choice(letters, size=rng.integers(1, 10))) for _ in range(2000)]
-    with open(path, "w") as f:
-        for _ in range(n_docs):
-            words = rng.choice(vocab, size=int(rng.integers(1, 300)))
-            f.write(json.dumps({"text": " ".join(words) + rng.choice(["", ".", "\n\n12 345"])}) + "\n")
-    return path
-
-
-def _files_of(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
-
-
-def _write(files, tok, out, num_proc=1, resumable=True, **kw):
-    kw = {"val_fraction": 0.1, "seed": 3, "shard_tokens": 3000, "chunk_chars": 20_000, **kw}
-    return write_pretrain_shards(lambda skip: iter_documents(files, "text", skip), tok, out, [str(f) for f in files],
-                                 num_proc=num_proc, input_id=input_fingerprint(files, "text") if resumable else None, **kw)
+from tests.data.builders import files_of, random_corpus, write_shards
 
 
 def test_workers_do_not_change_a_byte_and_ids_match_the_tokenizer(tmp_path, bpe_dir):
     from data.tokenizer import load_tokenizer
 
-    files = [_random_corpus(tmp_path / "a.jsonl", 150), _random_corpus(tmp_path / "b.jsonl", 100, seed=1)]
-    one = _write(files, bpe_dir, tmp_path / "one", num_proc=1)
-    two = _write(files, bpe_dir, tmp_path / "two", num_proc=2, resumable=False)
-    assert _files_of(one) == _files_of(two)
+    files = [random_corpus(tmp_path / "a.jsonl", 150), random_corpus(tmp_path / "b.jsonl", 100, seed=1)]
+    one = write_shards(files, bpe_dir, tmp_path / "one", num_proc=1)
+    two = write_shards(files, bpe_dir, tmp_path / "two", num_proc=2, resumable=False)
+    assert files_of(one) == files_of(two)
     m = read_manifest(one)
     assert len(m["splits"]["train"]["shards"]) > 3 and m["splits"]["val"]["documents"] > 5
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 250
@@ -103,8 +73,8 @@ class _Crash(Exception):
 
 
 def test_resume_after_a_crash_gives_the_uninterrupted_files(tmp_path, bpe_dir):
-    files = [_random_corpus(tmp_path / "c.jsonl", 400)]
-    reference = _files_of(_write(files, bpe_dir, tmp_path / "ref", resumable=False))
+    files = [random_corpus(tmp_path / "c.jsonl", 400)]
+    reference = files_of(write_shards(files, bpe_dir, tmp_path / "ref", resumable=False))
     out, skips = tmp_path / "out", []
 
     def crashing(skip):
@@ -122,53 +92,20 @@ def test_resume_after_a_crash_gives_the_uninterrupted_files(tmp_path, bpe_dir):
     assert not out.exists() and (partial / PROGRESS).is_file()  # nothing half-written under the final name
     write_pretrain_shards(crashing, bpe_dir, out, [str(files[0])], num_proc=2, **kw)
     assert 0 < skips[1] <= 250  # resumed after the last complete shard, not from zero
-    assert _files_of(out) == reference and not partial.exists()
+    assert files_of(out) == reference and not partial.exists()
 
 
 def test_changed_input_starts_afresh(tmp_path, bpe_dir):
-    f = _random_corpus(tmp_path / "c.jsonl", 200)
+    f = random_corpus(tmp_path / "c.jsonl", 200)
     with pytest.raises(_Crash):
         def crashing(skip):
             yield from list(iter_documents([f], "text", skip))[:150]
             raise _Crash
         write_pretrain_shards(crashing, bpe_dir, tmp_path / "out", [str(f)], shard_tokens=3000, chunk_chars=20_000,
                               input_id=input_fingerprint([f], "text"))
-    _random_corpus(f, 120, seed=5)  # the user replaced the file: the partial run must not be reused
-    out = _write([f], bpe_dir, tmp_path / "out", val_fraction=0.01, seed=0)
-    ref = _write([f], bpe_dir, tmp_path / "ref", val_fraction=0.01, seed=0, resumable=False)
-    assert _files_of(out) == _files_of(ref)
+    random_corpus(f, 120, seed=5)  # the user replaced the file: the partial run must not be reused
+    out = write_shards([f], bpe_dir, tmp_path / "out", val_fraction=0.01, seed=0)
+    ref = write_shards([f], bpe_dir, tmp_path / "ref", val_fraction=0.01, seed=0, resumable=False)
+    assert files_of(out) == files_of(ref)
 
 
-_KILLED_RUN = """
-import sys
-from data.documents import input_fingerprint, iter_documents
-from data.pretrain_shards import write_pretrain_shards
-files, tok, out = [sys.argv[1]], sys.argv[2], sys.argv[3]
-write_pretrain_shards(lambda s: iter_documents(files, "text", s), tok, out, files, val_fraction=0.1, seed=3,
-                      shard_tokens=3000, num_proc=int(sys.argv[4]), input_id=input_fingerprint(files, "text"),
-                      chunk_chars=20_000)
-"""
-
-
-@pytest.mark.slow  # three processes that each import transformers: ~30 s on 2 cores
-def test_sigkill_mid_run_then_rerun_resumes(tmp_path, bpe_dir):
-    f = _random_corpus(tmp_path / "big.jsonl", 2000)
-    out = tmp_path / "out"
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    cmd = [sys.executable, "-c", _KILLED_RUN, str(f), str(bpe_dir), str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd + ["2"], env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (partial / PROGRESS).exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed; make the corpus bigger"
-        time.sleep(0.3)
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: parent and tokenizer workers
-    finally:
-        proc.wait()
-    progress = json.loads((partial / PROGRESS).read_text())
-    assert progress["position"]["documents"] > 0 and not out.exists()
-    subprocess.run(cmd + ["1"], env=env, check=True, timeout=300)
-    ref = _write([f], bpe_dir, tmp_path / "ref", resumable=False, num_proc=2)
-    assert _files_of(out) == _files_of(ref)

@@ -8,13 +8,7 @@ import pytest
 
 from data.reasoning import (FAMILIES, corrupt_solution, extract_boxed, format_prompt, generate_gsm_symbolic,
                             generate_problems, generate_problems_with_values, normalize_answer, template_ids)
-
-
-def is_correct(completion: str, answer: str) -> bool:
-    """The tests' answer check: the completion's last ``\\boxed{}`` equals ``answer`` after normalisation
-    (the product grades with ``train.math_grader``)."""
-    got = extract_boxed(completion)
-    return got is not None and normalize_answer(got) == normalize_answer(str(answer))
+from tests.data.answer_check import is_correct
 
 
 def test_template_split_is_disjoint_and_covers_every_family():

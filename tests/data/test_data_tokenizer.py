@@ -1,4 +1,4 @@
-"""Tokenizers: o200k equivalence, specials, chat template masks, stop ids, fingerprints."""
+"""Tokenizers: o200k equivalence, specials, chat template masks, stop ids, generation config, fingerprints."""
 from __future__ import annotations
 
 import gzip
@@ -10,7 +10,10 @@ import shutil
 import pytest
 
 from data.chat_template import CHAT_TEMPLATE
-from data.tokenizer import (PHI4MINI_VOCAB_SIZE, fingerprint, load_tokenizer, o200k_pattern, special_token_ids,
+from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+from data.tokenizer import (PHI4MINI_VOCAB_SIZE, TokenizerMismatchError, check_fingerprint, check_same_tokenizer,
+                            fingerprint, load_tokenizer, o200k_pattern, save_generation_config, special_token_ids,
                             stop_token_ids)
 
 VARIED_TEXTS = [
@@ -77,8 +80,6 @@ def test_bpe_specials_template_and_stop_ids(bpe_dir):
     assert set(ids) == {"<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"}
     assert tok.chat_template == CHAT_TEMPLATE
     assert stop_token_ids(tok) == [ids["<|end|>"], ids["<|endoftext|>"]]
-    from transformers import GenerationConfig
-
     assert GenerationConfig.from_pretrained(bpe_dir).eos_token_id == [ids["<|end|>"], ids["<|endoftext|>"]]
     # Any byte sequence encodes and round-trips (byte-level alphabet).
     text = "zebra ∑ 🙂 \x01"
@@ -129,3 +130,40 @@ def test_existing_tokenizer_dir_not_overwritten(bpe_dir, sample_texts):
 
     with pytest.raises(OutputExistsError, match="already exists"):
         train_bpe_tokenizer(sample_texts, 300, bpe_dir)
+
+
+def test_stop_ids_put_a_models_generation_config_first_without_repeats(bpe_dir):
+    tok = load_tokenizer(bpe_dir)
+    end, eot = special_token_ids(tok)["<|end|>"], special_token_ids(tok)["<|endoftext|>"]
+    assert stop_token_ids(tok, GenerationConfig(eos_token_id=[eot, 7])) == [eot, 7, end]
+    assert stop_token_ids(tok, GenerationConfig(eos_token_id=9)) == [9, end, eot]
+    assert stop_token_ids(tok, GenerationConfig()) == [end, eot]
+
+
+def test_generation_config_of_an_export_and_of_a_tokenizer_without_pad(bpe_dir, tmp_path):
+    tok = load_tokenizer(bpe_dir)
+    end, eot = special_token_ids(tok)["<|end|>"], special_token_ids(tok)["<|endoftext|>"]
+    save_generation_config(tok, tmp_path / "export", bos_token_id=eot)
+    written = json.loads((tmp_path / "export" / "generation_config.json").read_text())
+    assert {k: v for k, v in written.items() if k != "transformers_version"} == {
+        "bos_token_id": eot, "eos_token_id": [end, eot], "pad_token_id": eot}
+    # A tokenizer without a pad id pads with its EOS, like the model config, not with generate's first stop id.
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, eos_token="<|endoftext|>")
+    assert no_pad.pad_token_id is None
+    save_generation_config(no_pad, tmp_path / "tok")
+    written = GenerationConfig.from_pretrained(tmp_path / "tok")
+    assert written.pad_token_id == eot and written.eos_token_id == [end, eot] and written.bos_token_id is None
+
+
+def test_tokenizer_check_names_both_sides(bpe_dir, bpe_dir_other):
+    assert check_same_tokenizer(bpe_dir, bpe_dir) == fingerprint(bpe_dir)
+    with pytest.raises(TokenizerMismatchError, match=rf"tokenizer mismatch: the data of {bpe_dir_other} was "
+                                                     rf"tokenized with tokenizer {fingerprint(bpe_dir_other)[:12]}, "
+                                                     rf"but {bpe_dir} holds tokenizer {fingerprint(bpe_dir)[:12]}"):
+        check_same_tokenizer(bpe_dir, bpe_dir_other)
+
+    class OtherError(ValueError):
+        pass
+
+    with pytest.raises(OtherError, match="rebuild it"):
+        check_fingerprint(bpe_dir, "0" * 64, "x", "rebuild it", error=OtherError)

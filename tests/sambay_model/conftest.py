@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+
+from sambay_model.lm_head_loss import IGNORE_INDEX
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,3 +38,25 @@ def run_interpreted():
         return proc.stdout
 
     return run
+
+
+def _full_logits_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+    targets = labels[:, 1:].to(logits.device)
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
+    total = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    if num_items_in_batch is None:
+        denom = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    else:
+        denom = torch.as_tensor(num_items_in_batch, device=total.device)
+    return total / denom.to(total.dtype)
+
+
+@pytest.fixture
+def causal_lm_loss():
+    """``loss(logits, labels, num_items_in_batch=None)``: the next-token cross-entropy on full logits, in fp32 (or
+    wider), summed over targets and divided by ``num_items_in_batch`` when given, else averaged over non-ignored
+    targets. The direct form of what the model computes from hidden states in vocabulary tiles
+    (``lm_head_loss.chunked_causal_lm_loss``): the reference the model's loss is checked against."""
+    return _full_logits_loss

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import sambay_model  # noqa: F401
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, causal_lm_loss
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from sambay_model.lm_head_loss import VOCAB_TILE, chunked_causal_lm_loss, shifted_token_logprobs
 
 # More than two vocabulary tiles, the last one partial, so the tiling itself is exercised.
@@ -34,7 +34,7 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("logits_multiplier", [1.0, 0.37])
 @pytest.mark.parametrize("num_items", [None, 50])
-def test_chunked_loss_and_gradients_equal_the_full_logits_computation(logits_multiplier, num_items):
+def test_chunked_loss_and_gradients_equal_the_full_logits_computation(logits_multiplier, num_items, causal_lm_loss):
     model = build(logits_multiplier=logits_multiplier)
     ids = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
     labels = ids.clone()

@@ -6,7 +6,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import sambay_model  # noqa: F401
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
+from sambay_model import LayerRole, Phi4FlashConfig, Phi4FlashForCausalLM
 
 
 def test_class_defaults_are_the_released_architecture():
@@ -36,8 +36,19 @@ def test_released_phi4_mini_flash_config():
     assert c.max_position_embeddings == 262144 and c.tie_word_embeddings
     assert (c.bos_token_id, c.eos_token_id, c.pad_token_id) == (199999, 199999, 199999)
     roles = [c.layer_role(i) for i in range(32)]
-    assert roles == ["mamba", "swa"] * 8 + ["memory_mamba", "full_attn"] + ["gmu", "cross_attn"] * 7
+    R = LayerRole
+    assert roles == [R.MAMBA, R.SWA] * 8 + [R.MEMORY_MAMBA, R.FULL_ATTN] + [R.GMU, R.CROSS_ATTN] * 7
     assert c.layers_block_type == ["mamba", "attention"] * 9 + ["mamba", "shared_attention"] * 7
+
+
+def test_layer_roles_read_and_write_as_their_plain_names():
+    """Roles are a str-valued enum: whatever held the plain names (logs, JSON, string comparisons) is unchanged."""
+    roles = [Phi4FlashConfig(num_hidden_layers=8).layer_role(i) for i in range(8)]
+    names = ["mamba", "swa", "mamba", "swa", "memory_mamba", "full_attn", "gmu", "cross_attn"]
+    assert roles == names and {LayerRole.SWA: 1}["swa"] == 1
+    assert json.dumps(roles) == json.dumps(names)
+    assert [f"{r}" for r in roles] == [str(r) for r in roles] == names
+    assert [r.is_mamba for r in roles] == [True, False, True, False, True, False, False, False]
 
 
 def test_official_model_has_exactly_the_published_parameter_count():
@@ -54,11 +65,12 @@ def test_official_model_has_exactly_the_published_parameter_count():
 
 def test_variant_roles():
     c = Phi4FlashConfig(num_hidden_layers=8, use_gmu=False)
-    assert [c.layer_role(i) for i in range(8)] == ["mamba", "swa", "mamba", "swa", "memory_mamba", "full_attn",
-                                                  "cross_attn", "cross_attn"]
+    R = LayerRole
+    assert [c.layer_role(i) for i in range(8)] == [R.MAMBA, R.SWA, R.MAMBA, R.SWA, R.MEMORY_MAMBA, R.FULL_ATTN,
+                                                  R.CROSS_ATTN, R.CROSS_ATTN]
     assert c.layers_block_type == ["mamba", "attention"] * 3 + ["shared_attention"] * 2
     t = Phi4FlashConfig(num_hidden_layers=8, backbone="transformer")
-    assert {t.layer_role(i) for i in range(8)} == {"full_attn"}
+    assert {t.layer_role(i) for i in range(8)} == {LayerRole.FULL_ATTN}
 
 
 @pytest.mark.parametrize("bad, key", [
@@ -115,7 +127,8 @@ def test_samba_yoco_keeps_the_sambay_choices_it_is_compared_with():
         assert kinds(sambay) == kinds(yoco)
         assert yoco.config.use_diff_attn is da and sambay.config.use_diff_attn is da
         assert {type(x) for n, x in yoco.named_modules() if n.endswith("layernorm")} == {torch.nn.LayerNorm}
-        assert all(layer.attn.Wqkv.bias is not None for layer in yoco.model.layers if layer.role == "cross_attn")
+        assert all(layer.attn.Wqkv.bias is not None for layer in yoco.model.layers
+                   if layer.role == LayerRole.CROSS_ATTN)
 
 
 def test_rope_rotates_in_fp32_for_bf16_inputs():

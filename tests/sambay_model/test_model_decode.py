@@ -6,6 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import sambay_model  # noqa: F401  (registers the Auto classes)
 from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM
+from tests.sambay_model.batches import left_pad
 
 VOCAB = 128
 
@@ -103,23 +104,13 @@ def test_linear_prefill_runs_cross_decoder_on_last_position_only():
     torch.testing.assert_close(step, ref_step, rtol=1e-5, atol=1e-5)
 
 
-def _left_pad(seqs, pad_id):
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("overrides", [VARIANTS[0], VARIANTS[3]])
 def test_batched_left_padded_greedy_generate_equals_per_sequence(overrides):
     model = build(**overrides)
     g = torch.Generator().manual_seed(1)
     # Lengths straddle the conv width (4) and the window (8); the shortest prompt is a single token.
     seqs = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (13, 1, 3, 9)]
-    ids, mask = _left_pad(seqs, pad_id=2)
+    ids, mask = left_pad(seqs, pad_id=2)
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=2, eos_token_id=None)
     with torch.no_grad():
         batched = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -149,7 +140,7 @@ def test_left_padded_logits_equal_unpadded_and_pads_do_not_leak():
 
 def test_sampled_generate_is_seeded_and_batched():
     model = build()
-    ids, mask = _left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=2)
+    ids, mask = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=2)
     kwargs = dict(max_new_tokens=6, do_sample=True, top_k=20, temperature=0.9, pad_token_id=2, eos_token_id=None)
     torch.manual_seed(3)
     a = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
@@ -198,7 +189,7 @@ def test_transformer_baseline_cache_grows_in_every_layer():
 
 def test_beam_search_with_cache_equals_beam_search_without():
     model = build()
-    ids, mask = _left_pad([[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22]], pad_id=2)
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11, 12, 13], [20, 21, 22]], pad_id=2)
     kwargs = dict(max_new_tokens=10, num_beams=3, do_sample=False, pad_token_id=2, eos_token_id=None)
     with torch.no_grad():
         cached = model.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kwargs)
@@ -270,7 +261,7 @@ def test_decode_step_copies_no_kv_sized_tensor(overrides):
 def test_decode_reads_the_padding_plan_of_cached_tokens_from_the_cache():
     """The segment plan of the prompt is built once by the prefill; later steps read only the new mask columns."""
     model = build()
-    ids, mask = _left_pad([[5, 6, 7, 8, 9, 10], [11, 12]], pad_id=2)
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10], [11, 12]], pad_id=2)
     nxt = torch.tensor([[20], [21]])
     outs = []
     with torch.no_grad():

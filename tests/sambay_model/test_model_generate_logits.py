@@ -12,7 +12,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from sambay_model import Phi4FlashCache, Phi4FlashConfig, Phi4FlashForCausalLM
-from tests.sambay_model.test_model_decode import _left_pad
+from tests.sambay_model import batches
 
 VOCAB = 128
 PAD = 2
@@ -40,7 +40,7 @@ class RecordScores(LogitsProcessor):
 
 
 def left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return _left_pad(seqs, pad_id=PAD)
+    return batches.left_pad(seqs, pad_id=PAD)
 
 
 def prompts(*lengths: int) -> list[list[int]]:

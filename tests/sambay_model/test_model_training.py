@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sambay_model  # noqa: F401
-from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, causal_lm_loss
+from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 
 VOCAB = 128
 
@@ -100,13 +100,14 @@ def test_loss_follows_hf_convention():
     torch.testing.assert_close(out_default.loss, out.loss)
 
 
-def test_loss_is_fp32_for_bf16_logits():
-    logits = torch.randn(2, 5, 7).to(torch.bfloat16)
-    labels = torch.randint(0, 7, (2, 5))
-    loss = causal_lm_loss(logits, labels)
-    assert loss.dtype == torch.float32
-    ref = F.cross_entropy(logits[:, :-1].float().reshape(-1, 7), labels[:, 1:].reshape(-1))
-    torch.testing.assert_close(loss, ref)
+def test_loss_is_fp32_for_a_bf16_model(causal_lm_loss):
+    model = build().to(torch.bfloat16)
+    ids = torch.randint(2, VOCAB, (2, 6), generator=torch.Generator().manual_seed(0))
+    out = model(ids, labels=ids, use_cache=False, return_logits=True)
+    assert out.logits.dtype == torch.bfloat16
+    assert out.loss.dtype == torch.float32
+    # The loss comes from fp32 head tiles; the bf16 logits beside it differ from those by their rounding only.
+    torch.testing.assert_close(out.loss, causal_lm_loss(out.logits, ids), rtol=1e-2, atol=1e-2)
 
 
 def test_gradient_checkpointing_gives_equal_gradients():

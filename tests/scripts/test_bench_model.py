@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench import bench_model
-from sambay_model import Phi4FlashForCausalLM
+from sambay_model import LayerRole, Phi4FlashForCausalLM
 
 # 8 layers: the fewest with a cross-attention layer re-reading the shared K,V (L/4 - 1 of them).
 TINY = dict(hidden=32, intermediate=64, layers=8, heads=4, kv_heads=2, window=64, vocab=128)
@@ -39,12 +39,12 @@ def test_byte_counts_match_the_filled_cache(name):
     assert cache.nbytes() == batch * bench_model.theory_cache_bytes(cfg, context)
     roles = [cfg.layer_role(i) for i in range(cfg.num_hidden_layers)]
     for i, r in enumerate(roles):
-        if r == "swa":  # a window layer keeps its window, however the random K,V were appended
+        if r == LayerRole.SWA:  # a window layer keeps its window, however the random K,V were appended
             assert cache.key_cache[i].shape[2] == cfg.sliding_window[i] < context
     # Read per step, per sequence: every state once, plus the shared K,V again in each cross-attention layer.
     full = sum(cache.key_cache[i][:1].nbytes + cache.value_cache[i][:1].nbytes for i, r in enumerate(roles)
-               if r == "full_attn")
-    shared_rereads = roles.count("cross_attn") * full
+               if r == LayerRole.FULL_ATTN)
+    shared_rereads = roles.count(LayerRole.CROSS_ATTN) * full
     per_sequence = cache.nbytes() // batch + shared_rereads
     params = bench_model.n_params(model)
     assert bench_model.bytes_read_per_step(cfg, params, context) == 4 * params + per_sequence

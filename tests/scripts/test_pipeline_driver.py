@@ -3,10 +3,12 @@
 The stage-ordering tests run the driver against a small stand-in entry module (written into tmp_path) so they
 exercise the real subprocess, skip and gate logic in seconds; the real stages run in test_readme_commands.py.
 """
+import importlib
 import json
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,7 +85,7 @@ def test_hydra_value_and_flatten_overrides():
 
 @pytest.mark.parametrize("name", ["demo", "smoke"])
 def test_pipeline_recipes_compose_and_validate(name):
-    pipeline.register_configs()
+    pipeline.register_pipeline_schema()
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
         cfg = pipeline.to_config(compose(config_name=name))
     pipeline.validate(cfg)
@@ -98,7 +100,7 @@ def test_pipeline_recipes_compose_and_validate(name):
 
 
 def test_unknown_pipeline_key_is_an_error():
-    pipeline.register_configs()
+    pipeline.register_pipeline_schema()
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
         with pytest.raises(Exception, match="not_a_key"):
             compose(config_name="demo", overrides=["stages.pretrain.not_a_key=1"])
@@ -238,11 +240,30 @@ def test_cli_plan_mode_prints_stage_lines(tmp_path):
     assert bad.returncode != 0 and "nproc_per_nod" in bad.stderr
 
 
-def test_thin_stage_scripts_run_their_modules(tmp_path):
-    out = subprocess.run([sys.executable, "scripts/pretrain.py", "--config-name=demo", "--cfg", "job",
-                          "trainer.max_steps=7"], cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_console_scripts_run_their_modules(tmp_path):
+    """The pyproject.toml [project.scripts] shortcuts (installed next to the interpreter by make install)."""
+    bin_dir = Path(sys.executable).parent
+    out = subprocess.run([str(bin_dir / "sambay-pretrain"), "--config-name=demo", "--cfg", "job",
+                          "trainer.max_steps=7"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "max_steps: 7" in out.stdout
-    out = subprocess.run([sys.executable, "scripts/report.py", "--pipeline-dir", str(tmp_path / "missing")],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([str(bin_dir / "sambay-report"), "--pipeline-dir", str(tmp_path / "missing")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_console_scripts_name_importable_mains():
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(scripts) == {f"sambay-{s}" for s in ("prepare", "pretrain", "sft", "dpo", "evaluate", "report",
+                                                      "pipeline")}
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+        assert (Path(sys.executable).parent / name).exists(), f"{name}: rerun make install"
+
+
+@pytest.mark.parametrize("stage", ["prepare", "pretrain", "sft", "dpo", "evaluate", "report"])
+def test_removed_stage_shims_name_their_console_script(stage):
+    out = subprocess.run([sys.executable, f"scripts/{stage}.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and f"sambay-{stage}" in out.stderr

@@ -15,10 +15,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from data.prepare_config import register_configs as register_prepare
-from train.config import register_configs
-from train.dpo_config import register_dpo_config
-from train.eval_config import register_eval_config
+from data.prepare_config import register_prepare_schema
+from train.config import register_pretrain_schema, register_sft_schema
+from train.dpo_config import register_dpo_schema
+from train.eval_config import register_evaluate_schema
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- quickstart -->"
@@ -116,7 +116,8 @@ def test_readme_shows_every_stage_entry_point():
 
 @pytest.mark.parametrize("module,args", readme_stage_commands(), ids=lambda x: x if isinstance(x, str) else None)
 def test_readme_stage_command_composes_to_its_schema(module, args):
-    for register in (register_configs, register_dpo_config, register_eval_config, register_prepare):
+    for register in (register_pretrain_schema, register_sft_schema, register_dpo_schema, register_evaluate_schema,
+                     register_prepare_schema):
         register()
     name = next((a.split("=", 1)[1] for a in args if a.startswith("--config-name")), "demo")
     overrides = [a for a in args if not a.startswith("--")]

@@ -1,6 +1,6 @@
 """Run a training entry point (``python precision_probe.py OUT.json MODULE [overrides]``) and record, for every
 training-mode forward of an ``nn.Linear``, the dtypes it computed in, plus the dtypes of the SSM / lambda
-parameters the model kept. Used by tests/train/test_precision_bf16.py.
+parameters the model kept. Used by tests/train/test_precision_bf16_e2e.py.
 
 GPU condition, emulated: on CUDA, ``torch.is_autocast_enabled()`` without an argument reports the autocast
 state of the device DeepSpeed runs on, so DeepSpeed's ``autocast_if_enabled`` sees an autocast opened outside

@@ -9,8 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from train.config import PretrainConfig, SFTConfig, register_configs
-from train.dpo_config import register_dpo_config
+from data.prepare_config import register_prepare_schema
+from scripts.pipeline_config import register_pipeline_schema
+from train.config import PretrainConfig, SFTConfig, register_pretrain_schema, register_sft_schema
+from train.dpo_config import register_dpo_schema
+from train.eval_config import register_evaluate_schema
 from train.distributed import deepspeed_json, resolve_precision
 from train.config import DeepSpeedConfig
 from train.trainer import BatchGeometry
@@ -19,8 +22,9 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def compose_recipe(entry, name, overrides=(), hydra_cfg=False):
-    register_configs()
-    register_dpo_config()
+    register_pretrain_schema()
+    register_sft_schema()
+    register_dpo_schema()
     with initialize_config_dir(config_dir=str(RECIPES / entry), version_base=None):
         return compose(config_name=name, overrides=list(overrides), return_hydra_config=hydra_cfg)
 
@@ -56,16 +60,26 @@ def test_type_error_in_override():
         compose_recipe("pretrain", "demo", ["trainer.max_steps=many"])
 
 
-@pytest.mark.parametrize("entry", ["pretrain", "sft", "dpo"])
+@pytest.mark.parametrize("entry", ["pretrain", "sft", "dpo", "evaluate", "prepare", "pipeline"])
 def test_hydra_writes_nothing_of_its_own(entry):
     """Hydra's run dir is the working directory (the trainer makes run.dir itself; a dry run makes nothing), with
-    no .hydra/ folder and no log file."""
+    no .hydra/ folder and no log file: for every recipe of every entry point, through recipes/common/hydra.yaml."""
+    register_evaluate_schema(), register_prepare_schema(), register_pipeline_schema()
     for name in sorted(p.stem for p in (RECIPES / entry).glob("*.yaml")):
-        cfg = compose_recipe(entry, name, ["run.name=abc"], hydra_cfg=True)
+        cfg = compose_recipe(entry, name, hydra_cfg=True)
         assert cfg.hydra.run.dir == ".", name
         assert cfg.hydra.output_subdir is None, name
         assert cfg.hydra.job.chdir is False, name
         assert "FileHandler" not in str(OmegaConf.to_container(cfg.hydra.job_logging)), name
+
+
+def test_the_hydra_settings_are_written_once():
+    """A recipe's own `hydra:` block holds at most the search path (Hydra reads it from the primary recipe
+    before it composes the defaults, so it cannot come from an included file); the rest is
+    recipes/common/hydra.yaml's, which test_hydra_writes_nothing_of_its_own checks reaches every recipe."""
+    for entry in ("pretrain", "sft", "dpo", "evaluate", "prepare", "pipeline"):
+        for path in sorted((RECIPES / entry).glob("*.yaml")):
+            assert set(OmegaConf.load(path).get("hydra", {})) <= {"searchpath"}, path
 
 
 def test_official_model_recipe_is_the_config_class_preset():
@@ -141,7 +155,7 @@ def test_deepspeed_json():
     assert "bf16" not in ds and "optimizer" not in ds  # autocast + client optimizer: no DS JIT op builds
     off = deepspeed_json(DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_param=True),
                          micro_batch_rows=1, grad_accum=1, world_size=1, compute_dtype=torch.bfloat16)
-    assert off["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # computation dtype: test_precision_bf16
+    assert off["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}  # computation dtype: test_precision_bf16_e2e
     assert off["zero_optimization"]["offload_param"]["device"] == "cpu"
     with pytest.raises(ValueError, match="zero_stage"):
         deepspeed_json(DeepSpeedConfig(zero_stage=4), micro_batch_rows=1, grad_accum=1, world_size=1,

@@ -5,19 +5,14 @@ import threading
 import pytest
 import torch
 
-from tests.train.test_dpo_train_resume import _build_data, _cfg
+from tests.train.builders import dpo_cfg
 
 
 class _StopHere(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return _build_data(tmp_path_factory.mktemp("dpodist") / "data")
-
-
-def test_cuda_device_is_set_from_local_rank_before_any_collective(data, tmp_path, monkeypatch):
+def test_cuda_device_is_set_from_local_rank_before_any_collective(dpo_data, tmp_path, monkeypatch):
     """GPU condition emulated on CPU: CUDA reported available, set_device / the NCCL start / the model load recorded.
 
     Without set_device every rank's NCCL communicator, first barrier and ``model.cuda()`` land on cuda:0.
@@ -51,7 +46,7 @@ def test_cuda_device_is_set_from_local_rank_before_any_collective(data, tmp_path
     export = tmp_path / "export"
     export.mkdir()
     (export / "config.json").write_text("{}")
-    cfg = _cfg(data, export, tmp_path / "run", check_tokenizer=False)
+    cfg = dpo_cfg(dpo_data, export, tmp_path / "run", check_tokenizer=False)
     with pytest.raises(_StopHere):
         run(cfg, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     assert calls[:3] == [("set_device", 1), ("init_process_group", "nccl"), ("load_model", str(export))]
@@ -68,12 +63,12 @@ def _fake_generate(by_question):
     return generate
 
 
-def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp_path, monkeypatch):
+def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(dpo_data, tmp_path, monkeypatch):
     import train.on_policy
     from data.jsonl import read_jsonl
     from train.on_policy import gather_on_policy_pairs
 
-    problems = read_jsonl(data / "reasoning" / "train.jsonl")[:5]
+    problems = read_jsonl(dpo_data / "reasoning" / "train.jsonl")[:5]
     sampled = []  # (thread, question): which rank sampled which problem
     fake = _fake_generate({p["question"]: p for p in problems})
 
@@ -83,7 +78,7 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp
 
     monkeypatch.setattr(train.on_policy, "generate", recording_generate)
     monkeypatch.setattr(train.on_policy, "chat_prompt", lambda tok, text: text)
-    cfg = _cfg(data, "unused", "unused")
+    cfg = dpo_cfg(dpo_data, "unused", "unused")
     cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 5, 2
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -112,24 +107,3 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(data, tmp
     assert sampled == []
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_sample_on_policy_pairs(data, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.train.test_dpo_train_resume import REPO, _build_export
-
-    export = _build_export(data, tmp_path / "export")
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.dpo",
-           f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
-           "trainer.max_steps=1", "trainer.save_every=1", "trainer.log_every=1", "trainer.progress_bar=false",
-           "dpo.train_limit=4", "dpo.heldout_limit=2", "dpo.per_device_batch_size=2", "dpo.max_length=256",
-           "dpo.on_policy.enabled=true", "dpo.on_policy.num_problems=5", "dpo.on_policy.sampling.num_samples=2",
-           "dpo.on_policy.sampling.max_new_tokens=8", "wandb.mode=disabled"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run_dir / "DONE").exists() and (run_dir / "on_policy_pairs.jsonl").exists()
-    parts = sorted(p.name for p in (run_dir / "on_policy_parts").iterdir())
-    assert parts == ["part-00000-of-00002.jsonl", "part-00001-of-00002.jsonl"]
-    assert "rank 0: built" in proc.stdout and "rank 1: built" in proc.stdout

@@ -5,14 +5,7 @@ import os
 
 import pytest
 
-from tests.train.test_dpo_train_resume import _build_data, _build_export, _cfg, _run
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpodry")
-    data = _build_data(root / "data")
-    return data, _build_export(data, root / "export")
+from tests.train.builders import dpo_cfg, run_dpo
 
 
 def _tree(root):
@@ -26,20 +19,20 @@ def _tree(root):
 
 
 def _dry(data, export, run_dir, **dpo):
-    cfg = _cfg(data, export, run_dir, **dpo)
+    cfg = dpo_cfg(data, export, run_dir, **dpo)
     cfg.trainer.dry_run = True
     return cfg
 
 
 @pytest.mark.parametrize("stage", [0, 2])
-def test_dry_run_builds_the_config_and_writes_nothing(tiny, tmp_path, monkeypatch, capsys, stage):
-    data, export = tiny
+def test_dry_run_builds_the_config_and_writes_nothing(dpo_tiny, tmp_path, monkeypatch, capsys, stage):
+    data, export = dpo_tiny
     monkeypatch.chdir(tmp_path)  # a relative write (cache, logs) would land here
     before_inputs = _tree(data.parent)
     cfg = _dry(data, export, tmp_path / "run")
     cfg.deepspeed.zero_stage = stage
     cfg.deepspeed.precision = "bf16"
-    summary = _run(cfg)
+    summary = run_dpo(cfg)
     assert summary["dry_run"] is True
     assert summary["offline_pairs"] == 16 and summary["heldout_pairs"] == 12 and summary["params"] > 0
     assert summary["heldout_longest_tokens"] > 0 and summary["precision"] == "torch.bfloat16"
@@ -54,26 +47,26 @@ def test_dry_run_builds_the_config_and_writes_nothing(tiny, tmp_path, monkeypatc
     assert _tree(data.parent) == before_inputs  # the data and the export are only read
 
 
-def test_dry_run_with_a_missing_preference_file_fails_naming_it(tiny, tmp_path, monkeypatch):
-    data, export = tiny
+def test_dry_run_with_a_missing_preference_file_fails_naming_it(dpo_tiny, tmp_path, monkeypatch):
+    data, export = dpo_tiny
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nowhere" / "heldout.jsonl"
     with pytest.raises(FileNotFoundError, match=f"dpo.heldout_file: {missing} does not exist"):
-        _run(_dry(data, export, tmp_path / "run", heldout_file=str(missing)))
+        run_dpo(_dry(data, export, tmp_path / "run", heldout_file=str(missing)))
     assert sorted(os.listdir(tmp_path)) == []
 
 
-def test_dry_run_with_missing_prepared_data_fails_naming_the_file(tiny, tmp_path, monkeypatch):
+def test_dry_run_with_missing_prepared_data_fails_naming_the_file(dpo_tiny, tmp_path, monkeypatch):
     """The default paths come from the prepared-data layout (data.layout.PreparedData)."""
-    data, export = tiny
+    data, export = dpo_tiny
     partial = tmp_path / "data"
     (partial / "preference").mkdir(parents=True)
     (partial / "preference" / "heldout.jsonl").write_bytes((data / "preference" / "heldout.jsonl").read_bytes())
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=f"dpo.train_file: {partial / 'preference' / 'train.jsonl'}"):
-        _run(_dry(partial, export, tmp_path / "run", check_tokenizer=False))
+        run_dpo(_dry(partial, export, tmp_path / "run", check_tokenizer=False))
     cfg = _dry(partial, export, tmp_path / "run", check_tokenizer=False)
     cfg.dpo.on_policy.enabled, cfg.dpo.on_policy.mix = True, "replace"  # no offline pairs needed, problems are
     with pytest.raises(FileNotFoundError, match=f"dpo.on_policy.problems: {partial / 'reasoning' / 'train.jsonl'}"):
-        _run(cfg)
+        run_dpo(cfg)
     assert sorted(os.listdir(tmp_path)) == ["data"] and not (tmp_path / "run").exists()

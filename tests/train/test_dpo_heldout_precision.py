@@ -8,20 +8,11 @@ hides a scorer that ignores the training precision (every forward is fp32 there)
 ``precision=bf16``, and run it with CPU autocast; the assertions are on the dtypes the forward computed in
 (forward hooks), not on any config.
 """
-import pytest
 import torch
 
 import sambay_model.lm_head_loss
-from tests.train.test_dpo_train_resume import _build_data, _build_export, _cfg, _run
 from train.config import DeepSpeedConfig
 from train.distributed import resolve_precision
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dpoprec")
-    data = _build_data(root / "data")
-    return data, _build_export(data, root / "export")
 
 
 class _Record:
@@ -50,12 +41,12 @@ class _Record:
         self.linears.append({"head": mod is self.head_module, "output": output.dtype, "shape": tuple(output.shape)})
 
 
-def test_bf16_scoring_runs_the_backbone_in_bf16_and_the_head_in_fp32_tiles(tiny, monkeypatch):
+def test_bf16_scoring_runs_the_backbone_in_bf16_and_the_head_in_fp32_tiles(dpo_tiny, monkeypatch):
     from data.tokenizer import load_tokenizer
     from train.eval_preference import completion_logps, load_preference_pairs
     from train.model_build import load_export
 
-    data, export = tiny
+    data, export = dpo_tiny
     gpu_dtype = resolve_precision(DeepSpeedConfig(precision="auto"), torch.device("cuda", 0))  # what a GPU node runs
     assert gpu_dtype == torch.bfloat16
     model, tok = load_export(export), load_tokenizer(export)
@@ -76,32 +67,3 @@ def test_bf16_scoring_runs_the_backbone_in_bf16_and_the_head_in_fp32_tiles(tiny,
     assert not torch.equal(fp32[0], bf16[0])
 
 
-@pytest.mark.slow
-def test_dpo_scores_reference_and_policy_under_the_same_precision(tiny, tmp_path, monkeypatch):
-    """A bf16 DPO run (accelerate's autocast, no DeepSpeed): the held-out reference (init model, before training)
-    and the trained policy are both scored with the backbone in bf16."""
-    import train.dpo
-
-    data, export = tiny
-    calls = []
-    real = train.dpo.completion_logps
-
-    def recording(model, *args, **kwargs):
-        dtypes = []
-        hooks = [m.register_forward_hook(lambda mod, a, out: dtypes.append(out.dtype))
-                 for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        try:
-            return real(model, *args, **kwargs)
-        finally:
-            for h in hooks:
-                h.remove()
-            calls.append({"compute_dtype": kwargs.get("compute_dtype"), "linears": set(dtypes)})
-
-    monkeypatch.setattr(train.dpo, "completion_logps", recording)
-    cfg = _cfg(data, export, tmp_path / "run", train_limit=4, heldout_limit=2, per_device_batch_size=2,
-               max_length=256)
-    cfg.trainer.max_steps, cfg.trainer.save_every = 1, 1
-    cfg.deepspeed.precision = "bf16"
-    metrics = _run(cfg)
-    assert metrics["heldout_pairs"] == 2 and (tmp_path / "run" / "DONE").exists()
-    assert calls == [{"compute_dtype": torch.bfloat16, "linears": {torch.bfloat16}}] * 2  # reference, policy

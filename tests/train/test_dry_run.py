@@ -7,10 +7,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.train.test_sft_stages import base_overrides
-from tests.train.test_sft_stages import setup  # noqa: F401  (the module fixture: tokenizer, SFT shards, init export)
-from tests.train.test_trainer_runs import REPO, TINY, env, make_data
-from train.config import register_configs
+from train.config import register_sft_schema
+from tests.train.builders import REPO, TINY, base_overrides, env, make_data
 
 
 def files_under(root):
@@ -33,17 +31,17 @@ def test_pretrain_dry_run_writes_nothing_and_missing_data_is_named(tmp_path):
     p = subprocess.run([*cmd[:5], f"data.sources=[{{path:{shards},weight:1.0}},{{path:{missing},weight:1.0}}]",
                         *cmd[6:]], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode != 0
-    assert f"data.sources[1].path={missing}" in p.stderr and "no shard set there" in p.stderr
+    assert f"data.sources[1].path: {missing} is not a shard set (no manifest.json)" in p.stderr
     assert files_under(tmp_path) == before
 
 
-def test_sft_dry_run_checks_every_stage_and_writes_nothing(setup, tmp_path, capsys):  # noqa: F811
+def test_sft_dry_run_checks_every_stage_and_writes_nothing(sft_setup, tmp_path, capsys):  # noqa: F811
     from train.sft import run
 
     run_dir = tmp_path / "r"
-    register_configs()
+    register_sft_schema()
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "sft"), version_base=None):
-        cfg = compose(config_name="demo", overrides=base_overrides(setup, run_dir) + ["trainer.dry_run=true"])
+        cfg = compose(config_name="demo", overrides=base_overrides(sft_setup, run_dir) + ["trainer.dry_run=true"])
     assert run(cfg) == 0
     lines = [json.loads(x)["dry_run"] for x in capsys.readouterr().out.splitlines() if x.startswith('{"dry_run"')]
     # Stage two starts from stage one's export, which a dry run never makes: the recipe's model stands in.
@@ -53,6 +51,6 @@ def test_sft_dry_run_checks_every_stage_and_writes_nothing(setup, tmp_path, caps
 
     missing = tmp_path / "gone"
     cfg.sft.stages[1].sources[0].path = str(missing)  # a DictConfig: run() converts it
-    with pytest.raises(FileNotFoundError, match=rf"sft.stages\[two\].sources\[0\].path={missing}"):
+    with pytest.raises(FileNotFoundError, match=rf"sft.stages\[two\].sources\[0\].path: {missing} is not a shard set"):
         run(cfg)
     assert not run_dir.exists()

@@ -7,53 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train.builders import build_eval_data, build_eval_export
+
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _build_data(root: Path, vocab: int = 320, seed: int = 0) -> Path:
-    from data.jsonl import write_jsonl
-    from data.preference import pairs_from_corruptions
-    from data.reasoning import generate_problems
-    from data.shards import ShardSetWriter, tokenizer_info
-    from data.tokenizer import load_tokenizer, train_bpe_tokenizer
-
-    train = generate_problems(40, "train", seed=seed)
-    heldout = generate_problems(12, "heldout", seed=seed + 1)
-    texts = [p["question"] + " " + p["solution"] for p in train + heldout]
-    train_bpe_tokenizer(texts[: 30 + seed], vocab, root / "tokenizer")
-    write_jsonl(root / "reasoning" / "train.jsonl", train)
-    write_jsonl(root / "reasoning" / "heldout.jsonl", heldout)
-    write_jsonl(root / "preference" / "train.jsonl", pairs_from_corruptions(train, seed=0))
-    write_jsonl(root / "preference" / "heldout.jsonl", pairs_from_corruptions(heldout, seed=1))
-    tok = load_tokenizer(root / "tokenizer")
-    with ShardSetWriter(root / "pretrain", "pretrain", tokenizer_info(root / "tokenizer"), ["test"]) as w:
-        for t in texts:
-            ids = tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            w.add("train", ids)
-            w.add("val", ids)
-    return root
-
-
-def _build_export(data_dir: Path, out: Path, seed: int = 0) -> Path:
-    from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
-
-    from data.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(data_dir / "tokenizer")
-    cfg = Phi4FlashConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                          num_attention_heads=2, num_key_value_heads=2, sliding_window=32,
-                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(seed)
-    save_export(Phi4FlashForCausalLM(cfg), data_dir / "tokenizer", out)
-    return out
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaldata")
-    data = _build_data(root / "data")
-    return data, _build_export(data, root / "export")
+    data = build_eval_data(root / "data")
+    return data, build_eval_export(data, root / "export")
 
 
 def _cfg(data, model, out, **over):
@@ -229,11 +193,11 @@ def test_run_evaluation_writes_eval_json_and_refuses_overwrite(tiny, tmp_path):
 
 
 def test_tokenizer_mismatch_is_refused_before_writing(tiny, tmp_path):
-    from train.eval_tokenizer_check import TokenizerMismatchError
+    from data.tokenizer import TokenizerMismatchError
     from train.evaluate import run_evaluation
 
     _, export = tiny
-    other = _build_data(tmp_path / "other", vocab=300, seed=3)
+    other = build_eval_data(tmp_path / "other", vocab=300, seed=3)
     out = tmp_path / "eval"
     with pytest.raises(TokenizerMismatchError, match="tokenizer mismatch"):
         run_evaluation(_cfg(other, export, out))
@@ -311,10 +275,10 @@ def test_every_evaluate_recipe_dry_runs(tiny, tmp_path, recipe):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from train.eval_config import register_eval_config
+    from train.eval_config import register_evaluate_schema
     from train.evaluate import dry_run
 
-    register_eval_config()  # the recipes' `evaluate_schema` default: registered here, not by whichever test ran before
+    register_evaluate_schema()  # the recipes' `evaluate_schema` default: registered here, not by whichever test ran before
     data, export = tiny
     with initialize_config_dir(config_dir=str(REPO / "recipes" / "evaluate"), version_base=None):
         dcfg = compose(config_name=recipe, overrides=[f"model_path={export}", f"data_dir={data}",

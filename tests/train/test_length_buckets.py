@@ -13,14 +13,14 @@ import train.eval_preference
 import train.generation
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from sambay_model.length_buckets import MIN_PADDED_LENGTH, PAD_MULTIPLE, bucket_length
-from tests.train.test_evaluate_math_ppl_retrieval import _build_data, _build_export
+from tests.train.builders import build_eval_data, build_eval_export
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("buckets")
-    data = _build_data(root / "data")
-    return data, _build_export(data, root / "export")
+    data = build_eval_data(root / "data")
+    return data, build_eval_export(data, root / "export")
 
 
 @pytest.fixture

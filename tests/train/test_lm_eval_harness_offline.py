@@ -4,35 +4,16 @@ from pathlib import Path
 
 import lm_eval
 import pytest
-import torch
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
-
-def _tiny(root: Path) -> tuple[Path, Path]:
-    from data.jsonl import write_jsonl
-    from data.reasoning import generate_problems
-    from data.tokenizer import load_tokenizer, train_bpe_tokenizer
-    from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
-
-    data = root / "data"
-    heldout = generate_problems(6, "heldout", seed=1)
-    train_bpe_tokenizer([p["question"] + " " + p["solution"] for p in heldout], 300, data / "tokenizer")
-    write_jsonl(data / "reasoning" / "heldout.jsonl", heldout)
-    tok = load_tokenizer(data / "tokenizer")
-    cfg = Phi4FlashConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                          num_attention_heads=2, num_key_value_heads=2, sliding_window=32,
-                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    save_export(Phi4FlashForCausalLM(cfg), data / "tokenizer", root / "export")
-    return data, root / "export"
+from tests.train.builders import build_harness_tiny
 
 
 def test_local_task_files_use_absolute_paths(tmp_path):
     from train.eval_lm_harness import PPL_TASK, REASONING_TASK, write_local_tasks
 
-    data, _ = _tiny(tmp_path)
+    data, _ = build_harness_tiny(tmp_path)
     tasks = write_local_tasks(data, tmp_path / "tasks")
     spec = json.loads((tasks / f"{REASONING_TASK}.yaml").read_text())
     path = Path(spec["dataset_kwargs"]["data_files"]["test"])
@@ -79,16 +60,3 @@ def test_reasoning_task_grades_the_final_answer_of_math_grader(tmp_path):
     assert FinalAnswerFilter().apply([["#### 3", "none"]], [{}]) == [["3", ""]]
 
 
-@pytest.mark.slow
-def test_lm_eval_runs_offline_on_export(tmp_path, monkeypatch):
-    from train.eval_lm_harness import PPL_TASK, REASONING_TASK, main
-
-    data, export = _tiny(tmp_path)
-    monkeypatch.chdir(tmp_path)  # task data paths are absolute: any working directory works
-    out = tmp_path / "lm_eval.json"
-    assert main(["--model-path", str(export), "--data-dir", str(data), "--output", str(out), "--limit", "2",
-                 "--max-gen-toks", "8", "--batch-size", "2"]) == 0
-    results = json.loads(out.read_text())
-    assert results[REASONING_TASK]["sample_len"] == 2
-    assert 0.0 <= results[REASONING_TASK]["exact_match,boxed"] <= 1.0
-    assert results[PPL_TASK]["bits_per_byte,none"] > 0

@@ -1,23 +1,22 @@
 """Dry-run EVERY recipe in recipes/ (prepare, pretrain, sft, dpo, evaluate, and each stage of each pipeline) in
 process against a tiny prepared data directory: each must exit 0 and write nothing (the working directory is an
 empty tmp dir the test watches), and a missing data path must fail naming the path."""
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from data.layout import PreparedData
 from data.prepare_config import SFTStageData
-from data.prepare_config import register_configs as register_prepare
+from data.prepare_config import register_prepare_schema
 from scripts.pipeline import DRY_RUN_OVERRIDES, selected_stages, stage_args, to_config
-from scripts.pipeline_config import register_configs as register_pipeline
-from train.config import register_configs as register_train
-from train.dpo_config import register_dpo_config
-from train.eval_config import register_eval_config
+from scripts.pipeline_config import register_pipeline_schema
+from train.config import register_pretrain_schema, register_sft_schema
+from train.dpo_config import register_dpo_schema
+from train.eval_config import register_evaluate_schema
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -28,7 +27,9 @@ SFT_STAGES = ("basic", "math", "distill", "long_cot")
 
 
 def _register():
-    register_train(), register_dpo_config(), register_eval_config(), register_prepare(), register_pipeline()
+    for register in (register_pretrain_schema, register_sft_schema, register_dpo_schema, register_evaluate_schema,
+                     register_prepare_schema, register_pipeline_schema):
+        register()
 
 
 def _compose(entry_dir: str, name: str, overrides: list[str]):
@@ -82,19 +83,10 @@ def _pointing_at(entry: str, data: Path, export: Path, out: Path) -> list[str]:
 
 def dry_run(entry: str, dcfg) -> int:
     """The entry point's dry run, in process; its exit status."""
-    if entry == "pretrain":
-        from train.pretrain import run
-        return run(dcfg)
-    if entry == "sft":
-        from train.sft import run
-        return run(dcfg)
-    main = {"prepare": "data.prepare", "dpo": "train.dpo", "evaluate": "train.evaluate"}[entry]
-    __import__(main)
-    try:
-        sys.modules[main].hydra_main(dcfg)  # hydra.main runs the function directly on a given config
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+    module = importlib.import_module(ENTRIES[entry])
+    # The task each entry point's hydra_main (recipes/entry.py) runs on the composed recipe.
+    task = module.run if entry in ("pretrain", "sft") else module.run_recipe
+    return task(dcfg)
 
 
 @pytest.fixture

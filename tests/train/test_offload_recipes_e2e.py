@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from tests.train.test_trainer_runs import latest_params, make_data, metrics, run
+from tests.train.builders import REPO, build_dpo_data, build_dpo_export, env, latest_params, make_data, metrics, run
+
 
 STEPS = ["trainer.max_steps=3", "trainer.log_every=1", "trainer.export=false", "data.global_batch_tokens=128",
          "optim.lr=3e-3"]
@@ -60,11 +61,8 @@ def test_dpo_trains_with_zero2_offload(tmp_path):
     import subprocess
     import sys
 
-    from tests.train.test_dpo_train_resume import _build_data, _build_export
-    from tests.train.test_trainer_runs import REPO, env
-
-    data = _build_data(tmp_path / "data")
-    export = _build_export(data, tmp_path / "export")
+    data = build_dpo_data(tmp_path / "data")
+    export = build_dpo_export(data, tmp_path / "export")
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "train.dpo", f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}",
            "deepspeed=zero2_offload", "trainer.max_steps=2", "trainer.save_every=2", "trainer.log_every=1",

@@ -3,8 +3,8 @@
 1. A 2-rank CPU pretraining job submitted through the template completes (DONE, export).
 2. A job signalled mid-run with USR1 (as Slurm does before the time limit) checkpoints, is requeued under the
    same job id, and resumes from its checkpoint to the end. Its pre-emption save is made slower than torchrun's
-   default 30 s shutdown timeout (a test hook sleeps first, emulating a multi-GB ZeRO save): it still completes,
-   because the template gives torchrun the signal lead as its shutdown timeout.
+   default 30 s shutdown timeout (slow_preempt_save/sitecustomize.py, on the job's PYTHONPATH, sleeps first,
+   emulating a multi-GB ZeRO save): it still completes, because the template gives torchrun the signal lead as its shutdown timeout.
 
 Installs Slurm from the Debian packages when it is missing (needs root); the daemons are stopped by PID.
 """
@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from train.checkpoint import SLOW_SAVE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "artifacts" / "data" / "demo"
@@ -73,6 +71,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
 
 
 SLOW_SAVE_S = 40  # > torchrun's default 30 s shutdown timeout
+# The slow pre-emption save is injected from outside the product: this folder's sitecustomize.py, on PYTHONPATH.
+SLOW_SAVE_HOOK = Path(__file__).resolve().parent / "slow_preempt_save"
+SLOW_SAVE_ENV = "SAMBAY_TEST_SLOW_PREEMPT_SAVE_S"
 
 
 def node_cpus(env) -> int:
@@ -117,7 +118,7 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     run_dir = tmp_path / "run"
     max_steps = 12
     job, log = submit(env, state, "slurm_requeue", run_dir, max_steps=max_steps, save_every=3,
-                      extra_env=f",{SLOW_SAVE_ENV}={SLOW_SAVE_S}")
+                      extra_env=f",{SLOW_SAVE_ENV}={SLOW_SAVE_S},PYTHONPATH={SLOW_SAVE_HOOK}")
     # Signal once the run is underway (its first periodic checkpoint exists), as Slurm would before the limit.
     wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 600, "the first checkpoint", interval=1)
     assert not (run_dir / "DONE").exists(), "the run finished before it could be signalled; raise max_steps"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.test_trainer_runs import REPO, TINY, env, latest_params, make_data
+from tests.train.builders import REPO, TINY, build_dpo_data, build_dpo_export, env, latest_params, make_data
+
 
 PROBE = Path(__file__).with_name("precision_probe.py")
 NESTED_WARNING = "disabled within the DeepSpeed engine"
@@ -69,11 +70,10 @@ def test_fp32_precision_computes_in_fp32(shards, tmp_path):
 
 @pytest.fixture(scope="module")
 def dpo_export(tmp_path_factory):
-    from tests.train.test_dpo_train_resume import _build_data, _build_export
 
     root = tmp_path_factory.mktemp("dpo")
-    data = _build_data(root / "data")
-    return data, _build_export(data, root / "export")
+    data = build_dpo_data(root / "data")
+    return data, build_dpo_export(data, root / "export")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from train import checkpoint
 from data.dir_lock import RunDirLockedError, RunLock
-from tests.train.test_trainer_runs import make_data
+from tests.train.builders import make_data
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
