@@ -1,4 +1,4 @@
-"""Trainer overhead on CPU: tokens/s of ``train.trainer.train`` vs a bare forward+backward+AdamW loop on the
+"""Trainer overhead on CPU: tokens/s of ``train.engine.trainer.train`` vs a bare forward+backward+AdamW loop on the
 same model, batches and thread count, measured in this one process (goal: overhead < 5%).
 
     python bench/bench_trainer.py [--steps 10] [--hidden 64] [--seq-len 128] [--rows 4]
@@ -46,10 +46,10 @@ def main() -> None:
 
     from data.loader import PackedLoader
     from train.config import DataConfig, DataSource, DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig, WandbConfig
-    from train.distributed import init_distributed
-    from train.model_build import build_fresh, hf_config
-    from train.optim import build_optimizer
-    from train.trainer import TrainSpec, train
+    from train.runtime.distributed import init_distributed
+    from train.runtime.model_build import build_fresh, hf_config
+    from train.engine.optim import build_optimizer
+    from train.engine.trainer import TrainSpec, train
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     shards = make_data(tmp)
@@ -98,7 +98,7 @@ def main() -> None:
     # Alternating engine / bare steps on one batch: robust to load changes.
     import deepspeed
 
-    from train.distributed import deepspeed_json
+    from train.runtime.distributed import deepspeed_json
 
     engine_model = build_fresh(config, "cpu", seed=0)
     engine, _, _, _ = deepspeed.initialize(

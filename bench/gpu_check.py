@@ -20,7 +20,7 @@ check; a part whose input is missing says so and is skipped:
   pairs.
 - ``pretrain``: ``torchrun -m train.pretrain --config-name sambay_1b`` (ZeRO-2, ``deepspeed.precision=bf16``,
   ``model.compute_backend=triton``, packed rows with document ids), 8 optimizer steps, no final checkpoint:
-  tokens/s and MFU from its ``metrics.jsonl`` (train/flops.py's count, attention FLOPs included; goal >= 40%), read
+  tokens/s and MFU from its ``metrics.jsonl`` (train/engine/flops.py's count, attention FLOPs included; goal >= 40%), read
   even when the run overruns its limit; the dtype the matmuls ran in and the peak memory from
   bench/gpu_check_probe.py.
 - ``sft``: one step of ``torchrun -m train.sft --config-name phi4_mini_flash_reasoning`` (its 32,768-token stage,

@@ -24,7 +24,7 @@ from bench.gpu_check_run import StageFailed, must_finish, run_logged
 from bench.gpu_check_sizes import Sizes
 from data.layout import PreparedData
 from sambay_model import Phi4FlashConfig
-from train.flops import flops_per_token
+from train.engine.flops import flops_per_token
 
 REPO = Path(__file__).resolve().parents[1]
 NESTED_AUTOCAST_WARNING = "disabled within the DeepSpeed engine"

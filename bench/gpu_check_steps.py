@@ -19,7 +19,7 @@ from bench.bench_model import filled_cache
 from bench.gpu_check_kernels import copy_bandwidth, timed
 from bench.gpu_check_sizes import Sizes
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM, ops
-from train.flops import device_peak_flops
+from train.engine.flops import device_peak_flops
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "model" / "sambay_1b.yaml"
 # Versions worth reading in the report (the carried wheels' are listed as well).

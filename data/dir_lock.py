@@ -1,5 +1,5 @@
 """One writer per output directory: an exclusive lock held by the writing process for as long as it writes (a
-training run's ``run.lock``, ``train/run_lock.py``; a data preparation's ``prepare.lock``, ``data/prepare.py``).
+training run's ``run.lock``, ``train/runtime/run_lock.py``; a data preparation's ``prepare.lock``, ``data/prepare.py``).
 With ``wait=True`` a second process waits its turn instead of being refused (the shared corpus cache).
 
 The lock is ``fcntl.flock`` on a file inside the directory. The kernel drops it when its holder exits, however

@@ -316,7 +316,7 @@ def run_recipe(cfg: DictConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s", force=True)
     try:
         prepare(cfg)
-    except RunDirLockedError as e:  # the trainers' exit status for a held directory (train.launch)
+    except RunDirLockedError as e:  # the trainers' exit status for a held directory (train.engine.launch)
         print(f"[data.prepare] {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0

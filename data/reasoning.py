@@ -6,7 +6,7 @@ to new wordings of known skills rather than memorised text. The held-out phrasin
 occur in the family's training phrasings into sentences never seen whole, rather than introducing new verbs a
 model of a few million parameters has no way to learn in minutes. Operands are small (mostly one digit) so
 that the arithmetic itself is within reach of the CPU demo; the price is few distinct answers per family, so
-report accuracy next to ``train.eval_math.blind_baseline_accuracy`` (what guessing the family's commonest
+report accuracy next to ``train.evals.math_accuracy.blind_baseline_accuracy`` (what guessing the family's commonest
 answer scores). Solutions are short chains of thought that end with ``The answer is \\boxed{N}.``. For
 real-scale data, :func:`generate_gsm_symbolic` splits reasoning_gym's GSM-Symbolic problems on template ids the
 same way.
@@ -331,7 +331,7 @@ def generate_gsm_symbolic(n: int, split: str, seed: int = 0, heldout_fraction: f
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     # Local: reasoning_gym takes seconds to import and only this source needs it, while data.reasoning is imported
-    # by training and evaluation (train.math_grader, train.eval_math).
+    # by training and evaluation (train.evals.math_grader, train.evals.math_accuracy).
     import reasoning_gym
     from reasoning_gym.arithmetic.gsm_symbolic.gsm_symbolic import tasks_ok  # every working template id
 

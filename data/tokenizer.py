@@ -75,7 +75,7 @@ def save_generation_config(tok, directory: str | os.PathLike, bos_token_id: int 
     ``bos_token_id``): stop at :func:`stop_token_ids`; pad with the tokenizer's pad id, else its EOS.
 
     The EOS fallback is deliberate: left without a pad id, ``generate`` would pad with the first stop id
-    (``<|end|>``), unlike the model config, whose pad is ``<|endoftext|>`` (``train.model_build.hf_config``).
+    (``<|end|>``), unlike the model config, whose pad is ``<|endoftext|>`` (``train.runtime.model_build.hf_config``).
     """
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     GenerationConfig(bos_token_id=bos_token_id, eos_token_id=stop_token_ids(tok),

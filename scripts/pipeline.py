@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipes.entry import hydra_main
 from scripts.pipeline_config import PipelineConfig, register_pipeline_schema
-from train.gates import Gate, GateFailed, check_gate
+from train.evals.gates import Gate, GateFailed, check_gate
 from train.report import load_stage
 from train.report import write_report as write_stage_report
 
@@ -197,7 +197,7 @@ def write_report(cfg: PipelineConfig) -> Path | None:
 
 
 def check_stage_gate(cfg: PipelineConfig, name: str) -> None:
-    """Raise ``train.gates.GateFailed`` when the evaluation stage ``name`` misses its gate."""
+    """Raise ``train.evals.gates.GateFailed`` when the evaluation stage ``name`` misses its gate."""
     stage = cfg.stages[name]
     if stage.gate is None:
         return
@@ -267,7 +267,7 @@ def selected_stages(cfg: PipelineConfig) -> list[str]:
 def run_pipeline(cfg: PipelineConfig) -> Path | None:
     """Run every pending stage in order; return the report path (None when nothing was evaluated).
 
-    Raises PipelineError when a stage fails and ``train.gates.GateFailed`` when a gate fails (after the
+    Raises PipelineError when a stage fails and ``train.evals.gates.GateFailed`` when a gate fails (after the
     report has been written) and ``fail_on_gate`` is set.
     """
     validate(cfg)

@@ -30,7 +30,7 @@ class StageConfig:
         ``+`` adds a key (default empty).
     eval_of: for an evaluation stage, the name of the stage whose model it scores; its ``dir`` must then
         hold ``eval.json`` (default ``""``: not an evaluation stage).
-    gate: bounds the evaluation must satisfy, ``{metric, min, max}`` as in ``train.gates.Gate``
+    gate: bounds the evaluation must satisfy, ``{metric, min, max}`` as in ``train.evals.gates.Gate``
         (default ``None``: no gate). Only on evaluation stages.
     """
 

@@ -153,6 +153,51 @@ def test_packages_import_only_the_layers_below():
     assert not bad, "\n".join(bad)
 
 
+# Which rooms of train/ each train/ module may import (train/__init__.py, docs/layout.md): the run plumbing stands
+# on the shared schema alone, the evaluation suite on the plumbing, the DeepSpeed engine and DPO's parts on those,
+# and the entry points (train/<name>.py) on every room but never on one another.
+ENTRY = "train (entry points)"
+ROOM_MAY_IMPORT = {
+    "train.config": {"train.config"},
+    "train.runtime": {"train.config", "train.runtime"},
+    "train.evals": {"train.config", "train.runtime", "train.evals"},
+    "train.engine": {"train.config", "train.runtime", "train.engine"},
+    "train.alignment": {"train.config", "train.runtime", "train.evals", "train.alignment"},
+    ENTRY: {"train.config", "train.runtime", "train.evals", "train.engine", "train.alignment"},
+}
+
+
+def _room(module: str) -> str:
+    """``train.<room>`` for a room's modules (and the room itself), ``train.config``, else the entry points."""
+    parts = module.split(".")
+    path = MODULES.get(module)
+    if len(parts) > 2 or module == "train.config" or (path is not None and path.name == "__init__.py"):
+        return ".".join(parts[:2])
+    return ENTRY
+
+
+def test_train_rooms_import_only_the_rooms_below():
+    bad = []
+    for m, path in MODULES.items():
+        if not m.startswith("train.") or path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} ({_room(m)}) imports {t} ({_room(t)})"
+                        for t in _project_target(node, m) if t.startswith("train.")
+                        and _room(t) not in ROOM_MAY_IMPORT[_room(m)]]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_train_module_is_in_a_room_or_an_entry_point():
+    """A new file in a room gets its room's rules; a new file at the top of train/ must be an entry point."""
+    rooms = {p.name for p in (ROOT / "train").iterdir() if (p / "__init__.py").is_file()}
+    assert {f"train.{r}" for r in rooms} | {"train.config", ENTRY} == set(ROOM_MAY_IMPORT)
+    top = [p.stem for p in (ROOT / "train").glob("*.py") if p.stem not in ("__init__", "config")]
+    not_entry = [s for s in top if "__main__" not in (ROOT / "train" / f"{s}.py").read_text()]
+    assert not not_entry, f"train/ top-level modules that are not entry points (move them into a room): {not_entry}"
+
+
 def test_hydra_entry_boilerplate_is_written_once():
     """Every entry point builds its main() with recipes.entry.hydra_main; no other module decorates with
     hydra.main (the schema registration, recipe folder and exit-status handling live in one place)."""

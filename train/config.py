@@ -57,14 +57,14 @@ class WandbConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    """DeepSpeed engine settings (turned into a DeepSpeed JSON config by ``train.distributed``).
+    """DeepSpeed engine settings (turned into a DeepSpeed JSON config by ``train.runtime.distributed``).
 
     zero_stage: ZeRO stage 0-3 (default 0).
     offload_optimizer: ZeRO-offload optimizer states to CPU (stage >= 1; default False). DeepSpeed then
         JIT-builds its ``cpu_adam`` op the first time (about 70 s).
     offload_param: offload parameters to CPU (stage 3 only; default False).
     precision: ``auto`` (default: bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``. How bf16 runs (autocast over
-        fp32 weights) and why: ``train.distributed.deepspeed_json``, the one place that explains it.
+        fp32 weights) and why: ``train.runtime.distributed.deepspeed_json``, the one place that explains it.
     grad_clip: global gradient-norm clipping threshold, 0 disables (default 1.0).
     overlap_comm: overlap gradient reduction with backward (default False: deterministic order on CPU).
     reduce_bucket_size: ZeRO reduce bucket size in elements (default 5e8).
@@ -271,7 +271,7 @@ class TrainerConfig(LoopConfig):
     eval_every: validation every N steps; 0 disables (default 0).
     eval_batches: validation batches of ``global_batch_tokens`` each (default 4).
     skip_nonfinite: skip a step whose loss is NaN/Inf instead of stopping the run (default False).
-    peak_flops_per_device: peak FLOP/s used for MFU; 0 = look the device up in ``train.flops`` (default 0,
+    peak_flops_per_device: peak FLOP/s used for MFU; 0 = look the device up in ``train.engine.flops`` (default 0,
         which gives MFU 0 on an unknown device such as a CPU).
     deterministic: ``torch.use_deterministic_algorithms`` (default False).
     export: write ``export/`` at the end (default True).

@@ -4,14 +4,14 @@
 
 Run directory (``run.dir``): ``config.yaml``, ``metrics.jsonl`` (step, loss, lr, grad_norm and TRL's
 rewards/logps), ``checkpoints/checkpoint-N`` (HF Trainer / DeepSpeed, with ``COMPLETE`` once fully saved; a
-relaunch resumes from the newest complete one, see ``train.hf_resume``; SIGTERM / SIGUSR1 save one and exit 0),
+relaunch resumes from the newest complete one, see ``train.runtime.hf_resume``; SIGTERM / SIGUSR1 save one and exit 0),
 ``on_policy_pairs.jsonl`` (when on-policy pairs are built; ``on_policy_parts/`` holds each rank's share, see
-``train.on_policy``), ``dpo_heldout.json`` (held-out reward margin and preference accuracy, see
-``train.eval_preference``), ``export/`` (HF layout with tokenizer and generation config) and ``DONE`` last.
+``train.alignment.on_policy``), ``dpo_heldout.json`` (held-out reward margin and preference accuracy, see
+``train.alignment.preference_scoring``), ``export/`` (HF layout with tokenizer and generation config) and ``DONE`` last.
 
-The engine pieces are the pretraining / SFT trainer's: process group and device (``train.distributed``), precision
+The engine pieces are the pretraining / SFT trainer's: process group and device (``train.runtime.distributed``), precision
 and ZeRO settings (the same DeepSpeed JSON), run directory and its one-writer lock, W&B run resume
-(``train.metrics``) and the export (``train.export``). ``trainer.dry_run=true`` reads and checks every input,
+(``train.runtime.metrics``) and the export (``train.runtime.export``). ``trainer.dry_run=true`` reads and checks every input,
 builds the DeepSpeed config and TRL arguments the run would use, prints them and writes nothing.
 """
 from __future__ import annotations
@@ -38,18 +38,18 @@ from recipes.entry import hydra_main
 from sambay_model import Phi4FlashConfig
 from sambay_model.length_buckets import pad_multiple
 from sambay_model.lm_head_loss import precision_trl_head
-from train.distributed import (DistInfo, autocast_weight_cache, barrier, bf16_comm_modules, hf_trainer_deepspeed_json,
+from train.runtime.distributed import (DistInfo, autocast_weight_cache, barrier, bf16_comm_modules, hf_trainer_deepspeed_json,
                                init_distributed_if_needed, launch_world_size, resolve_precision, select_device)
-from train.dpo_config import DPORunConfig, register_dpo_schema
-from train.eval_io import write_json
-from train.eval_preference import completion_logps, encode_pair_side, load_preference_pairs, preference_metrics
-from train.export import export_model, save_export
-from train.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
-from train.metrics import MetricsLogger, resumable_logger, truncate_after
-from train.model_build import load_export, meta_model, require_export
-from train.on_policy import load_on_policy_problems, training_pairs
-from train.run_dir import RunDir
-from train.run_lock import hold_run_dir
+from train.alignment.dpo_config import DPORunConfig, register_dpo_schema
+from train.runtime.results_io import write_json
+from train.alignment.preference_scoring import completion_logps, encode_pair_side, load_preference_pairs, preference_metrics
+from train.runtime.export import export_model, save_export
+from train.runtime.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
+from train.runtime.metrics import MetricsLogger, resumable_logger, truncate_after
+from train.runtime.model_build import load_export, meta_model, require_export
+from train.alignment.on_policy import load_on_policy_problems, training_pairs
+from train.runtime.run_dir import RunDir
+from train.runtime.run_lock import hold_run_dir
 
 HELDOUT_FILE = "dpo_heldout.json"  # in the run directory
 
@@ -83,7 +83,7 @@ def load_inputs(cfg: DPORunConfig) -> DPOInputs:
 
 def training_args(cfg: DPORunConfig, rd: RunDir, world_size: int, device: torch.device,
                   bf16_modules: list[str] | None) -> DPOConfig:
-    """TRL's arguments with the trainer's precision and DeepSpeed settings (``train.distributed``)."""
+    """TRL's arguments with the trainer's precision and DeepSpeed settings (``train.runtime.distributed``)."""
     compute_dtype = resolve_precision(cfg.deepspeed, device)
     ds_json = hf_trainer_deepspeed_json(cfg.deepspeed, micro_batch_rows=cfg.dpo.per_device_batch_size,
                                         grad_accum=cfg.dpo.gradient_accumulation_steps, world_size=world_size,
@@ -179,7 +179,7 @@ def build_trainer(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Di
     """The DPOTrainer over ``pairs``, resuming from the newest complete checkpoint, logging to the run directory."""
     is_main = dist_info.is_main
     args = training_args(cfg, rd, dist_info.world_size, dist_info.device, bf16_comm_modules(model))
-    resume_from = resume_checkpoint(rd.checkpoints, is_main)  # complete checkpoints only (train.hf_resume)
+    resume_from = resume_checkpoint(rd.checkpoints, is_main)  # complete checkpoints only (train.runtime.hf_resume)
     start = step_of(resume_from) or 0
     if is_main:  # also without a complete checkpoint: the run starts over, so do its metrics
         truncate_after(rd.metrics, start)
@@ -213,13 +213,13 @@ def train_to_end(t: _Training, rd: RunDir, dist_info: DistInfo) -> bool:
 def heldout_logps(model, tokenizer, pairs: list[dict], cfg: DPORunConfig,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed held-out completion log-probs under the training precision; the reference and the policy both come
-    through here, so their margin compares log-probs computed alike (``train.eval_preference``)."""
+    through here, so their margin compares log-probs computed alike (``train.alignment.preference_scoring``)."""
     return completion_logps(model, tokenizer, pairs, cfg.dpo.max_length, cfg.dpo.heldout_batch_size,
                             compute_dtype=resolve_precision(cfg.deepspeed, device))
 
 
 def export_policy(trainer: DPOTrainer, init_from: Path, out_dir: Path, dist_info: DistInfo, zero_stage: int) -> None:
-    """Collective: the trained policy in the HF layout with the init export's tokenizer (``train.export``).
+    """Collective: the trained policy in the HF layout with the init export's tokenizer (``train.runtime.export``).
 
     Under ZeRO >= 1 ``trainer.model_wrapped`` is the DeepSpeed engine, exported like pretraining's (ZeRO-3 shards
     gathered); without DeepSpeed rank 0 writes the unwrapped model."""
@@ -254,7 +254,7 @@ def _run_holding(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Dis
     # Held-out reference log-probs come from the init model, before any update (same for both reference modes).
     ref_chosen, ref_rejected = heldout_logps(model, tokenizer, inputs.heldout, cfg, dist_info.device)
     training = build_trainer(cfg, config_yaml, rd, dist_info, model, tokenizer, pairs)
-    with autocast_weight_cache(cfg.deepspeed.zero_stage != 3):  # see train.distributed.autocast_weight_cache
+    with autocast_weight_cache(cfg.deepspeed.zero_stage != 3):  # see train.runtime.distributed.autocast_weight_cache
         if not train_to_end(training, rd, dist_info):
             return None
         # Every rank runs the held-out forward through the wrapped model (ZeRO-3 needs all ranks to gather).
@@ -282,7 +282,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
         return None
     inputs = load_inputs(cfg)
     dist_info = init_distributed_if_needed(cfg.deepspeed)  # device per local rank before any collective
-    with hold_run_dir(rd.lock, dist_info):  # one writer per run directory, as in pretraining (train.run_lock)
+    with hold_run_dir(rd.lock, dist_info):  # one writer per run directory, as in pretraining (train.runtime.run_lock)
         return _run_holding(cfg, config_yaml, rd, dist_info, inputs)
 
 
@@ -291,7 +291,7 @@ def run_recipe(dcfg: DictConfig) -> int:
     cfg: DPORunConfig = OmegaConf.to_object(dcfg)  # also runs the dataclasses' validation
     try:
         metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))
-    except RunDirLockedError as e:  # the same exit status as pretraining's (train.launch)
+    except RunDirLockedError as e:  # the same exit status as pretraining's (train.engine.launch)
         print(f"[dpo] {e}", file=sys.stderr, flush=True)
         return RunDirLockedError.exit_code
     if metrics is not None and not cfg.trainer.dry_run:

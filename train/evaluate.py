@@ -28,12 +28,12 @@ from data.layout import PreparedData
 from data.shards import check_compatible
 from data.tokenizer import check_same_tokenizer, load_tokenizer
 from recipes.entry import hydra_main
-from train.eval_config import EvalConfig, register_evaluate_schema
-from train.eval_io import write_json
-from train.eval_math import evaluate_math, load_problems, load_samples, score_samples
-from train.eval_perplexity import evaluate_perplexity
-from train.eval_retrieval import evaluate_retrieval
-from train.model_build import require_export
+from train.evals.evaluate_config import EvalConfig, register_evaluate_schema
+from train.runtime.results_io import write_json
+from train.evals.math_accuracy import evaluate_math, load_problems, load_samples, score_samples
+from train.evals.perplexity import evaluate_perplexity
+from train.evals.retrieval import evaluate_retrieval
+from train.runtime.model_build import require_export
 
 # How to get a missing evaluation input (after "<key>: <path> does not exist; ").
 _REMEDY = "run `python -m data.prepare` for data_dir, point the setting at existing data, or disable that evaluation"

@@ -8,7 +8,7 @@ command resumes from the run directory's latest checkpoint; a finished run (``DO
 
 Exit codes: 0 = finished, or stopped by SIGTERM/SIGUSR1 after saving a checkpoint (no ``DONE`` then: relaunch
 to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 4 = another live run holds
-run.dir (see train/run_lock.py); 1 = any other error.
+run.dir (see train/runtime/run_lock.py); 1 = any other error.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from recipes.entry import hydra_main
 from train.config import PretrainConfig, register_pretrain_schema
-from train.data_sources import check_sources, first_manifest, resolve_tokenizer_dir
-from train.launch import run_specs
-from train.model_build import ModelBuilder, hf_config, resolve_vocab_size
-from train.trainer import TrainSpec
+from train.engine.data_sources import check_sources, first_manifest, resolve_tokenizer_dir
+from train.engine.launch import run_specs
+from train.runtime.model_build import ModelBuilder, hf_config, resolve_vocab_size
+from train.engine.trainer import TrainSpec
 
 
 def model_builder(cfg: PretrainConfig, tokenizer: dict) -> ModelBuilder:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from data.atomic import atomic_write_bytes, atomic_write_text
 from data.jsonl import read_jsonl
-from train.eval_io import read_json, read_metrics, write_json
-from train.gates import Gate, GateFailed, check_gate
+from train.runtime.results_io import read_json, read_metrics, write_json
+from train.evals.gates import Gate, GateFailed, check_gate
 
 EVAL_FILES = ("eval.json", "eval/eval.json", "dpo_heldout.json")
 # Metrics shown in the cross-stage summary table, in this order, when any stage reports them.

@@ -27,10 +27,10 @@ from data.sft_shards import check_overlong
 from data.shards import IncompatibleShardsError
 from recipes.entry import hydra_main
 from train.config import DataConfig, SFTConfig, SFTStageConfig, TrainerConfig, register_sft_schema
-from train.data_sources import check_sources
-from train.launch import run_specs
-from train.model_build import ModelBuilder, hf_config, require_export, resolve_vocab_size
-from train.trainer import TrainSpec
+from train.engine.data_sources import check_sources
+from train.engine.launch import run_specs
+from train.runtime.model_build import ModelBuilder, hf_config, require_export, resolve_vocab_size
+from train.engine.trainer import TrainSpec
 
 
 class SFTDataError(ValueError):

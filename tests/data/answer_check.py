@@ -1,5 +1,5 @@
 """The tests' answer check, shared by the reasoning and preference tests (the product grades with
-``train.math_grader``)."""
+``train.evals.math_grader``)."""
 from __future__ import annotations
 
 from data.reasoning import extract_boxed, normalize_answer

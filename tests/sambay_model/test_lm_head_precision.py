@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import sambay_model.lm_head_loss as head
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from train.config import ModelConfig
-from train.eval_preference import _summed_logps
+from train.alignment.preference_scoring import _summed_logps
 
 VOCAB, HIDDEN, TOKENS = 200_064, 64, 32
 MANTISSA_BITS = {"fp32": None, "tf32": 10, "bf16": 7}

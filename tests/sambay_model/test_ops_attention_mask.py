@@ -164,7 +164,7 @@ def _dpo_batch(rng: random.Random, rows: int):
 
 
 def _prompts(rng: random.Random, rows: int):
-    """Prompts as ``train.generation`` pads them on CUDA: left padding, to the length bucket."""
+    """Prompts as ``train.evals.generation`` pads them on CUDA: left padding, to the length bucket."""
     lengths = [rng.randint(5, 300) for _ in range(rows)]
     width = bucket_length(max(lengths), "cuda")
     ids = torch.full((rows, width), 2, dtype=torch.long)

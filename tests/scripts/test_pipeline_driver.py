@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from scripts import pipeline
 from scripts.pipeline_config import PipelineConfig, StageConfig
-from train.gates import GateFailed
+from train.evals.gates import GateFailed
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 
 from data.prepare_config import register_prepare_schema
 from train.config import register_pretrain_schema, register_sft_schema
-from train.dpo_config import register_dpo_schema
-from train.eval_config import register_evaluate_schema
+from train.alignment.dpo_config import register_dpo_schema
+from train.evals.evaluate_config import register_evaluate_schema
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "<!-- quickstart -->"

@@ -10,7 +10,7 @@ HOOK = Path(__file__).resolve().parent / "slow_preempt_save"
 # Calls Trainer._save_on_signal on a stand-in trainer and prints what it did and how long it took.
 PROBE = """
 import time, types
-from train.trainer import Trainer
+from train.engine.trainer import Trainer
 calls = []
 fake = types.SimpleNamespace(save=lambda: calls.append("save"), _say=calls.append, step=3,
                              rd=types.SimpleNamespace(checkpoints="ck"))

@@ -125,7 +125,7 @@ def build_dpo_data(root: Path, vocab: int = 320, seed: int = 0) -> Path:
 def build_dpo_export(data_dir: Path, out: Path) -> Path:
     from data.tokenizer import load_tokenizer
     from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
+    from train.runtime.export import save_export
 
     tok = load_tokenizer(data_dir / "tokenizer")
     cfg = Phi4FlashConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -137,7 +137,7 @@ def build_dpo_export(data_dir: Path, out: Path) -> Path:
 
 
 def dpo_cfg(data, export, run_dir, **dpo):
-    from train.dpo_config import DPORunConfig
+    from train.alignment.dpo_config import DPORunConfig
 
     cfg = DPORunConfig()
     cfg.run.name, cfg.run.dir = "dpo_test", str(run_dir)
@@ -188,7 +188,7 @@ def build_eval_data(root: Path, vocab: int = 320, seed: int = 0) -> Path:
 
 def build_eval_export(data_dir: Path, out: Path, seed: int = 0) -> Path:
     from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
+    from train.runtime.export import save_export
 
     from data.tokenizer import load_tokenizer
 
@@ -208,7 +208,7 @@ def build_harness_tiny(root: Path) -> tuple[Path, Path]:
     from data.reasoning import generate_problems
     from data.tokenizer import load_tokenizer, train_bpe_tokenizer
     from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
+    from train.runtime.export import save_export
 
     data = root / "data"
     heldout = generate_problems(6, "heldout", seed=1)
@@ -254,8 +254,8 @@ def make_sft_shards(out: Path, info: dict, kind: str = "sft", seed: int = 0) -> 
 def make_init_export(root: Path) -> Path:
     """A freshly initialised tiny model exported like train.pretrain does (the stage-1 starting point)."""
     from train.config import ModelConfig
-    from train.export import save_export
-    from train.model_build import build_fresh, hf_config
+    from train.runtime.export import save_export
+    from train.runtime.model_build import build_fresh, hf_config
 
     mc = ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
                      num_key_value_heads=2, sliding_window=8, vocab_size=320)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from train import checkpoint
-from train.metrics import resolve_wandb_mode, resumable_logger, truncate_after
+from train.engine import checkpoint
+from train.runtime.metrics import resolve_wandb_mode, resumable_logger, truncate_after
 from train.config import WandbConfig
-from train.run_dir import RunDir
+from train.runtime.run_dir import RunDir
 
 
 def test_prune_keeps_last_and_latest(tmp_path):
@@ -72,7 +72,7 @@ def test_wandb_mode_resolution(monkeypatch, tmp_path):
 
 
 def test_relaunch_continues_the_same_wandb_run(monkeypatch, tmp_path):
-    """Pretraining, SFT and DPO share train.metrics.resumable_logger: a relaunch into a run directory continues the
+    """Pretraining, SFT and DPO share train.runtime.metrics.resumable_logger: a relaunch into a run directory continues the
     W&B run of the earlier launch (W&B offline here: no network, the run lives under the run dir)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -12,11 +12,11 @@ from omegaconf import OmegaConf
 from data.prepare_config import register_prepare_schema
 from scripts.pipeline_config import register_pipeline_schema
 from train.config import PretrainConfig, SFTConfig, register_pretrain_schema, register_sft_schema
-from train.dpo_config import register_dpo_schema
-from train.eval_config import register_evaluate_schema
-from train.distributed import deepspeed_json, resolve_precision
+from train.alignment.dpo_config import register_dpo_schema
+from train.evals.evaluate_config import register_evaluate_schema
+from train.runtime.distributed import deepspeed_json, resolve_precision
 from train.config import DeepSpeedConfig
-from train.trainer import BatchGeometry
+from train.engine.trainer import BatchGeometry
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -85,7 +85,7 @@ def test_the_hydra_settings_are_written_once():
 def test_official_model_recipe_is_the_config_class_preset():
     """The official architecture is written once, as Phi4FlashConfig's defaults; the recipe and schema refer to it."""
     from sambay_model import Phi4FlashConfig
-    from train.model_build import hf_config
+    from train.runtime.model_build import hf_config
 
     assert yaml.safe_load((RECIPES / "model" / "phi4_mini_flash.yaml").read_text()) == {}
     cfg = OmegaConf.to_object(compose_recipe("pretrain", "phi4_mini_flash")).model

@@ -64,9 +64,9 @@ def _fake_generate(by_question):
 
 
 def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(dpo_data, tmp_path, monkeypatch):
-    import train.on_policy
+    import train.alignment.on_policy
     from data.jsonl import read_jsonl
-    from train.on_policy import gather_on_policy_pairs
+    from train.alignment.on_policy import gather_on_policy_pairs
 
     problems = read_jsonl(dpo_data / "reasoning" / "train.jsonl")[:5]
     sampled = []  # (thread, question): which rank sampled which problem
@@ -76,8 +76,8 @@ def test_on_policy_pairs_are_sampled_by_every_rank_and_merged_in_order(dpo_data,
         sampled.extend((threading.current_thread().name, p) for p in prompts)
         return fake(model, tokenizer, prompts, sampling, progress)
 
-    monkeypatch.setattr(train.on_policy, "generate", recording_generate)
-    monkeypatch.setattr(train.on_policy, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(train.alignment.on_policy, "generate", recording_generate)
+    monkeypatch.setattr(train.alignment.on_policy, "chat_prompt", lambda tok, text: text)
     cfg = dpo_cfg(dpo_data, "unused", "unused")
     cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 5, 2
     run_dir = tmp_path / "run"

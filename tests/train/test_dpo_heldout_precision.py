@@ -1,4 +1,4 @@
-"""Held-out DPO scoring (``train.eval_preference``) runs the reference and the policy under the training precision:
+"""Held-out DPO scoring (``train.alignment.preference_scoring``) runs the reference and the policy under the training precision:
 the backbone's linears under bf16 autocast when the run trains in bf16, the head in fp32 vocabulary tiles (no
 ``[rows, tokens, vocab]`` logits), so the reward margin compares two log-probs computed alike.
 
@@ -12,7 +12,7 @@ import torch
 
 import sambay_model.lm_head_loss
 from train.config import DeepSpeedConfig
-from train.distributed import resolve_precision
+from train.runtime.distributed import resolve_precision
 
 
 class _Record:
@@ -43,8 +43,8 @@ class _Record:
 
 def test_bf16_scoring_runs_the_backbone_in_bf16_and_the_head_in_fp32_tiles(dpo_tiny, monkeypatch):
     from data.tokenizer import load_tokenizer
-    from train.eval_preference import completion_logps, load_preference_pairs
-    from train.model_build import load_export
+    from train.alignment.preference_scoring import completion_logps, load_preference_pairs
+    from train.runtime.model_build import load_export
 
     data, export = dpo_tiny
     gpu_dtype = resolve_precision(DeepSpeedConfig(precision="auto"), torch.device("cuda", 0))  # what a GPU node runs

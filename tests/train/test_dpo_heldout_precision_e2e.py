@@ -1,4 +1,4 @@
-"""Held-out DPO scoring (``train.eval_preference``) runs the reference and the policy under the training precision:
+"""Held-out DPO scoring (``train.alignment.preference_scoring``) runs the reference and the policy under the training precision:
 the backbone's linears under bf16 autocast when the run trains in bf16, the head in fp32 vocabulary tiles (no
 ``[rows, tokens, vocab]`` logits), so the reward margin compares two log-probs computed alike.
 

@@ -44,16 +44,16 @@ def test_unknown_override_names_the_key():
 
 
 def test_bad_reference_mode_is_rejected():
-    from train.dpo_config import DPOSection
+    from train.alignment.dpo_config import DPOSection
 
     with pytest.raises(ValueError, match="dpo.reference"):
         DPOSection(init_from="x", reference="shared")
 
 
 def test_on_policy_pairs_pair_graded_right_with_wrong(dpo_tiny, monkeypatch):
-    import train.on_policy
+    import train.alignment.on_policy
     from data.jsonl import read_jsonl
-    from train.on_policy import build_on_policy_pairs
+    from train.alignment.on_policy import build_on_policy_pairs
 
     data, _ = dpo_tiny
     problems = read_jsonl(data / "reasoning" / "train.jsonl")[:3]
@@ -66,8 +66,8 @@ def test_on_policy_pairs_pair_graded_right_with_wrong(dpo_tiny, monkeypatch):
             out.append([f"wrong. \\boxed{{{int(p['answer']) + 1}}}", p["solution"]][: sampling.num_samples])
         return out
 
-    monkeypatch.setattr(train.on_policy, "generate", fake_generate)
-    monkeypatch.setattr(train.on_policy, "chat_prompt", lambda tok, text: text)
+    monkeypatch.setattr(train.alignment.on_policy, "generate", fake_generate)
+    monkeypatch.setattr(train.alignment.on_policy, "chat_prompt", lambda tok, text: text)
     cfg = dpo_cfg(data, "unused", "unused")
     cfg.dpo.on_policy.num_problems, cfg.dpo.on_policy.sampling.num_samples = 3, 2
     pairs = build_on_policy_pairs(None, None, cfg)
@@ -78,7 +78,7 @@ def test_on_policy_pairs_pair_graded_right_with_wrong(dpo_tiny, monkeypatch):
 
 
 def test_resume_takes_the_newest_complete_checkpoint_and_drops_newer_partial_ones(tmp_path, capsys):
-    from train.hf_resume import COMPLETE, MarkCompleteCheckpoints, resume_checkpoint, step_of
+    from train.runtime.hf_resume import COMPLETE, MarkCompleteCheckpoints, resume_checkpoint, step_of
 
     ck = tmp_path / "checkpoints"
     for step in (2, 4, 6):

@@ -16,7 +16,7 @@ from tests.train.builders import REPO, dpo_cfg, run_dpo
 @pytest.mark.slow
 @pytest.mark.parametrize("reference", ["precomputed", "frozen_copy"])
 def test_dpo_run_learns_exports_and_resumes(dpo_tiny, tmp_path, reference):
-    from train.model_build import load_export
+    from train.runtime.model_build import load_export
 
     data, export = dpo_tiny
     run_dir = tmp_path / "run"
@@ -89,7 +89,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
     import signal
     import time
 
-    from train.hf_resume import COMPLETE, checkpoints_by_step
+    from train.runtime.hf_resume import COMPLETE, checkpoints_by_step
 
     data, export = dpo_tiny
     run_dir = tmp_path / "run"
@@ -135,7 +135,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
 
 @pytest.mark.slow
 def test_zero3_export_is_the_gathered_trained_policy(dpo_tiny, tmp_path):
-    """Under ZeRO-3 the export goes through train.export like pretraining's (every shard gathered): it holds the
+    """Under ZeRO-3 the export goes through train.runtime.export like pretraining's (every shard gathered): it holds the
     same full weights as the HF Trainer's own gathered checkpoint, moved away from the init export."""
     from safetensors.torch import load_file
 

@@ -21,9 +21,9 @@ def tiny(tmp_path_factory):
 
 
 def _cfg(data, model, out, **over):
-    from train.eval_config import EvalConfig
-    from train.eval_perplexity import PerplexityConfig
-    from train.eval_retrieval import RetrievalConfig
+    from train.evals.evaluate_config import EvalConfig
+    from train.evals.perplexity import PerplexityConfig
+    from train.evals.retrieval import RetrievalConfig
 
     cfg = EvalConfig(model_path=str(model), data_dir=str(data), output_dir=str(out))
     cfg.math.limit = 4
@@ -49,7 +49,7 @@ def test_score_file_cli_contract(tmp_path):
 
 
 def test_score_file_bad_record_names_file(tmp_path):
-    from train.eval_math import load_samples
+    from train.evals.math_accuracy import load_samples
 
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"completion": "1", "answer": "1"}) + "\n" + json.dumps({"text": "x", "answer": "1"}) + "\n")
@@ -58,7 +58,7 @@ def test_score_file_bad_record_names_file(tmp_path):
 
 
 def test_pass_at_1_averages_over_k_samples():
-    from train.eval_math import score_samples
+    from train.evals.math_accuracy import score_samples
 
     samples = [{"id": "a", "completion": "\\boxed{1}", "answer": "1"},
                {"id": "a", "completion": "\\boxed{2}", "answer": "1"},
@@ -72,7 +72,7 @@ def test_pass_at_1_averages_over_k_samples():
 
 
 def test_blind_baseline_is_the_family_modal_answer_rate():
-    from train.eval_math import blind_baseline_accuracy
+    from train.evals.math_accuracy import blind_baseline_accuracy
 
     problems = [{"template_id": "a/0", "answer": "3"}, {"template_id": "a/5", "answer": "3"},
                 {"template_id": "a/1", "answer": "4"}, {"template_id": "b/0", "answer": "7"}]
@@ -82,7 +82,7 @@ def test_blind_baseline_is_the_family_modal_answer_rate():
 
 def test_batched_left_padded_generation_matches_single(tiny):
     from train.evaluate import load_model
-    from train.generation import SamplingConfig, chat_prompt, generate
+    from train.evals.generation import SamplingConfig, chat_prompt, generate
 
     _, export = tiny
     model, tok = load_model(export)
@@ -96,7 +96,7 @@ def test_batched_left_padded_generation_matches_single(tiny):
 
 
 def test_sampling_config_rejects_k_with_greedy():
-    from train.generation import SamplingConfig
+    from train.evals.generation import SamplingConfig
 
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(num_samples=4, temperature=0.0)
@@ -104,7 +104,7 @@ def test_sampling_config_rejects_k_with_greedy():
 
 def test_perplexity_matches_model_loss(tiny):
     from data.loader import PackedLoader
-    from train.eval_perplexity import PerplexityConfig, evaluate_perplexity
+    from train.evals.perplexity import PerplexityConfig, evaluate_perplexity
     from train.evaluate import load_model
 
     data, export = tiny
@@ -121,9 +121,10 @@ def test_perplexity_matches_model_loss(tiny):
 def test_perplexity_of_a_diverged_model_is_inf_and_fails_its_gate(tiny):
     import math
 
-    from train.eval_perplexity import PerplexityConfig, evaluate_perplexity, perplexity_from_loss
+    from train.evals.perplexity import PerplexityConfig, evaluate_perplexity
+    from train.runtime.token_loss import perplexity_from_loss
     from train.evaluate import load_model
-    from train.gates import GateFailed, check_gate
+    from train.evals.gates import GateFailed, check_gate
 
     data, export = tiny
     model, _ = load_model(export)
@@ -138,7 +139,7 @@ def test_perplexity_of_a_diverged_model_is_inf_and_fails_its_gate(tiny):
 @pytest.mark.parametrize("logits_multiplier", [1.0, 2.5])
 def test_preference_logps_equal_full_logits_scoring(tiny, logits_multiplier):
     from data.tokenizer import load_tokenizer
-    from train.eval_preference import completion_logps, encode_pair_side, load_preference_pairs
+    from train.alignment.preference_scoring import completion_logps, encode_pair_side, load_preference_pairs
     from train.evaluate import load_model
 
     data, export = tiny
@@ -164,7 +165,7 @@ def test_retrieval_example_fits_length(tiny):
     import random
 
     from data.tokenizer import load_tokenizer
-    from train.eval_retrieval import make_example
+    from train.evals.retrieval import make_example
 
     data, _ = tiny
     tok = load_tokenizer(data / "tokenizer")
@@ -275,7 +276,7 @@ def test_every_evaluate_recipe_dry_runs(tiny, tmp_path, recipe):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from train.eval_config import register_evaluate_schema
+    from train.evals.evaluate_config import register_evaluate_schema
     from train.evaluate import dry_run
 
     register_evaluate_schema()  # the recipes' `evaluate_schema` default: registered here, not by whichever test ran before

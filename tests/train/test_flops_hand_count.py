@@ -3,7 +3,7 @@ docs/architecture.md §1-§7."""
 import pytest
 
 from sambay_model import Phi4FlashConfig
-from train.flops import flops_per_token, mean_keys, mfu
+from train.engine.flops import flops_per_token, mean_keys, mfu
 
 
 def official(**overrides):

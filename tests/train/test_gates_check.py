@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from train.gates import Gate, GateFailed, check_gate, main
+from train.evals.gates import Gate, GateFailed, check_gate, main
 
 
 def test_gate_passes_at_and_above_min():
@@ -54,6 +54,6 @@ def test_cli_exit_codes(tmp_path, capsys):
 def test_cli_module_nonzero_exit(tmp_path):
     path = tmp_path / "eval.json"
     path.write_text(json.dumps({"accuracy": 0.0}))
-    proc = subprocess.run([sys.executable, "-m", "train.gates", "--metrics", str(path), "--stage", "sft",
+    proc = subprocess.run([sys.executable, "-m", "train.evals.gates", "--metrics", str(path), "--stage", "sft",
                            "--metric", "accuracy", "--min", "0.1"], capture_output=True, text=True)
     assert proc.returncode == 1 and "gate failed for stage 'sft'" in proc.stderr

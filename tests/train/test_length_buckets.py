@@ -1,6 +1,6 @@
 """Padded batches reach the model at bucketed widths on CUDA (``sambay_model.length_buckets``), and the padding
 changes no result: DPO batches (TRL's collator), held-out scoring and generation prefill (evaluation and on-policy
-sampling both go through ``train.generation.generate``).
+sampling both go through ``train.evals.generation.generate``).
 
 GPU condition, emulated: the bucket is what ``bucket_length`` / ``pad_multiple`` give for a CUDA device (no GPU
 is touched); the model runs on CPU, where the code pads nothing by itself.
@@ -9,8 +9,8 @@ import pytest
 import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-import train.eval_preference
-import train.generation
+import train.alignment.preference_scoring
+import train.evals.generation
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
 from sambay_model.length_buckets import MIN_PADDED_LENGTH, PAD_MULTIPLE, bucket_length
 from tests.train.builders import build_eval_data, build_eval_export
@@ -26,14 +26,14 @@ def tiny(tmp_path_factory):
 @pytest.fixture
 def cuda_buckets(monkeypatch):
     """The CUDA bucket for the train modules' padding, on CPU tensors."""
-    for module in (train.generation, train.eval_preference):
+    for module in (train.evals.generation, train.alignment.preference_scoring):
         monkeypatch.setattr(module, "bucket_length", lambda length, device: bucket_length(length, "cuda"))
 
 
 def test_dpo_arguments_pad_batches_to_the_bucket_on_cuda(tmp_path):
     from train.dpo import training_args
-    from train.dpo_config import DPORunConfig
-    from train.run_dir import RunDir
+    from train.alignment.dpo_config import DPORunConfig
+    from train.runtime.run_dir import RunDir
 
     cfg = DPORunConfig()
     cfg.run.dir = str(tmp_path / "run")
@@ -71,18 +71,18 @@ def test_dpo_collator_padding_leaves_completion_logps_unchanged():
 
 
 def test_heldout_scoring_pads_to_the_bucket_and_scores_the_same(tiny, cuda_buckets, monkeypatch):
-    from train.eval_preference import completion_logps, load_preference_pairs
+    from train.alignment.preference_scoring import completion_logps, load_preference_pairs
     from train.evaluate import load_model
 
     data, export = tiny
     model, tok = load_model(export)
     pairs = load_preference_pairs(data / "preference" / "heldout.jsonl", limit=3)
     widths = []
-    real = train.eval_preference._summed_logps
-    monkeypatch.setattr(train.eval_preference, "_summed_logps",
+    real = train.alignment.preference_scoring._summed_logps
+    monkeypatch.setattr(train.alignment.preference_scoring, "_summed_logps",
                         lambda m, ids, labels: widths.append(ids.shape[1]) or real(m, ids, labels))
     padded = completion_logps(model, tok, pairs, max_length=96, batch_size=4)
-    monkeypatch.setattr(train.eval_preference, "bucket_length", lambda length, device: length)
+    monkeypatch.setattr(train.alignment.preference_scoring, "bucket_length", lambda length, device: length)
     plain = completion_logps(model, tok, pairs, max_length=96, batch_size=4)
     assert widths[:2] == [MIN_PADDED_LENGTH] * 2 and max(widths[2:]) < MIN_PADDED_LENGTH, widths
     for a, b in zip(padded, plain, strict=True):
@@ -91,7 +91,7 @@ def test_heldout_scoring_pads_to_the_bucket_and_scores_the_same(tiny, cuda_bucke
 
 def test_generation_pads_prompts_to_the_bucket_and_generates_the_same(tiny, cuda_buckets, monkeypatch):
     from train.evaluate import load_model
-    from train.generation import SamplingConfig, chat_prompt, generate
+    from train.evals.generation import SamplingConfig, chat_prompt, generate
 
     _, export = tiny
     model, tok = load_model(export)
@@ -101,7 +101,7 @@ def test_generation_pads_prompts_to_the_bucket_and_generates_the_same(tiny, cuda
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda **kw: widths.append(kw["input_ids"].shape[1]) or real(**kw))
     padded = generate(model, tok, prompts, cfg)
-    monkeypatch.setattr(train.generation, "bucket_length", lambda length, device: length)
+    monkeypatch.setattr(train.evals.generation, "bucket_length", lambda length, device: length)
     plain = generate(model, tok, prompts, cfg)
     assert widths[:2] == [MIN_PADDED_LENGTH] * 2 and max(widths[2:]) < MIN_PADDED_LENGTH, widths
     assert padded == plain

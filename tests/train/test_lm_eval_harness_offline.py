@@ -11,7 +11,7 @@ from tests.train.builders import build_harness_tiny
 
 
 def test_local_task_files_use_absolute_paths(tmp_path):
-    from train.eval_lm_harness import PPL_TASK, REASONING_TASK, write_local_tasks
+    from train.lm_harness import PPL_TASK, REASONING_TASK, write_local_tasks
 
     data, _ = build_harness_tiny(tmp_path)
     tasks = write_local_tasks(data, tmp_path / "tasks")
@@ -41,11 +41,11 @@ class _ScriptedLM(LM):
 
 
 def test_reasoning_task_grades_the_final_answer_of_math_grader(tmp_path):
-    """The task's answers come from train.math_grader.extract_answer: a ``####`` ending and nested braces
+    """The task's answers come from train.evals.math_grader.extract_answer: a ``####`` ending and nested braces
     count, a wrong answer does not (a ``\\boxed{([^{}]*)}`` regex would score 1/4 here, not 3/4)."""
     from data.jsonl import write_jsonl
     from data.layout import PreparedData
-    from train.eval_lm_harness import REASONING_TASK, FinalAnswerFilter, numeric_results, write_local_tasks
+    from train.lm_harness import REASONING_TASK, FinalAnswerFilter, numeric_results, write_local_tasks
 
     data = PreparedData(tmp_path / "data")
     answers = {"q1": "12", "q2": "\\frac{1}{2}", "q3": "7", "q4": "5"}

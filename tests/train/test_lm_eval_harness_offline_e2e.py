@@ -10,7 +10,7 @@ from tests.train.builders import build_harness_tiny
 
 @pytest.mark.slow
 def test_lm_eval_runs_offline_on_export(tmp_path, monkeypatch):
-    from train.eval_lm_harness import PPL_TASK, REASONING_TASK, main
+    from train.lm_harness import PPL_TASK, REASONING_TASK, main
 
     data, export = build_harness_tiny(tmp_path)
     monkeypatch.chdir(tmp_path)  # task data paths are absolute: any working directory works

@@ -3,7 +3,7 @@ import threading
 import pytest
 
 from data.reasoning import extract_boxed
-from train.math_grader import answers_equal, extract_answer, grade, parse_number
+from train.evals.math_grader import answers_equal, extract_answer, grade, parse_number
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.model_mode import eval_mode
+from train.runtime.model_mode import eval_mode
 
 
 def _modes(model: torch.nn.Module) -> set[bool]:

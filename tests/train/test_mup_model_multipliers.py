@@ -2,7 +2,7 @@
 import math
 
 from train.config import ModelConfig, MupConfig
-from train.model_build import hf_config, mup_multipliers
+from train.runtime.model_build import hf_config, mup_multipliers
 
 
 def test_multipliers_follow_spec_8_3():

@@ -1,6 +1,6 @@
 """The ZeRO-Offload recipes train: DeepSpeed refuses a client torch optimizer with offload, so the trainer hands
 it a DeepSpeedCPUAdam over the same parameter groups. DeepSpeed JIT-builds its cpu_adam op the first time
-(minutes on 2 cores; cached in .cache/torch_extensions, see train.distributed.prepare_deepspeed_env)."""
+(minutes on 2 cores; cached in .cache/torch_extensions, see train.runtime.distributed.prepare_deepspeed_env)."""
 import math
 
 import pytest

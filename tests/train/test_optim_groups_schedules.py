@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from train.config import ModelConfig, OptimConfig, ScheduleConfig
-from train.model_build import build_fresh, hf_config
-from train.optim import SkippableAdamW, build_optimizer, group_summary, mup_reinit_hidden, param_groups
-from train.schedule import build_scheduler, lr_multiplier
+from train.runtime.model_build import build_fresh, hf_config
+from train.engine.optim import SkippableAdamW, build_optimizer, group_summary, mup_reinit_hidden, param_groups
+from train.engine.schedule import build_scheduler, lr_multiplier
 
 
 def tiny_model_cfg():

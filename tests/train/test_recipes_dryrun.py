@@ -15,8 +15,8 @@ from data.prepare_config import register_prepare_schema
 from scripts.pipeline import DRY_RUN_OVERRIDES, selected_stages, stage_args, to_config
 from scripts.pipeline_config import register_pipeline_schema
 from train.config import register_pretrain_schema, register_sft_schema
-from train.dpo_config import register_dpo_schema
-from train.eval_config import register_evaluate_schema
+from train.alignment.dpo_config import register_dpo_schema
+from train.evals.evaluate_config import register_evaluate_schema
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory):
     from data.prepare import prepare
     from data.tokenizer import load_tokenizer
     from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-    from train.export import save_export
+    from train.runtime.export import save_export
 
     root = tmp_path_factory.mktemp("recipes_dryrun")
     text = root / "corpus.jsonl"  # one document per line, so that the shard sets get a val split

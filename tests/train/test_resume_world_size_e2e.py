@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import checkpoint
+from train.engine import checkpoint
 from data.dir_lock import RunDirLockedError, RunLock
 from tests.train.builders import make_data
 
@@ -54,7 +54,7 @@ def kill_after_first_checkpoint(run_dir: Path, shards: Path, nproc: int) -> None
         while not (run_dir / "checkpoints" / "latest").exists():
             assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
             time.sleep(0.05)
-        # SIGKILL to the launcher: its ranks die with it (train/launcher_death.py), as after an OOM kill.
+        # SIGKILL to the launcher: its ranks die with it (train/runtime/launcher_death.py), as after an OOM kill.
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

@@ -21,7 +21,7 @@ HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from data.dir_lock impo
 def _holder(lock_file: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLD.format(repo=str(REPO), path=str(lock_file))],
                             stdout=subprocess.PIPE, text=True)
-    # Importing train.run_lock imports DeepSpeed (train.distributed), whose logger may print to stdout first.
+    # Importing train.runtime.run_lock imports DeepSpeed (train.runtime.distributed), whose logger may print to stdout first.
     seen = []
     while (line := proc.stdout.readline()) and line.strip() != "held":
         seen.append(line.strip())
@@ -50,7 +50,7 @@ def test_held_directory_is_refused_naming_the_holder_until_it_dies(tmp_path):
 def test_parent_death_signal_kills_an_orphan(tmp_path):
     """The mechanism alone: a grandchild armed with PR_SET_PDEATHSIG dies when its parent is SIGKILLed."""
     child_code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); "
-                  "from train.launcher_death import exit_with_parent; exit_with_parent(); print(1, flush=True); "
+                  "from train.runtime.launcher_death import exit_with_parent; exit_with_parent(); print(1, flush=True); "
                   "time.sleep(600)")
     script = (f"import sys, time, subprocess; c = subprocess.Popen([sys.executable, '-c', {child_code!r}], "
               "stdout=subprocess.PIPE, start_new_session=True); c.stdout.readline(); print(c.pid, flush=True); "

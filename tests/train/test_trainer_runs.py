@@ -52,7 +52,7 @@ def test_epochs_count_the_packed_rows_the_loader_consumes(pretrain_shards):
     steps come from padded row tokens (non-padding tokens / batch tokens would stop at ~3/4 of a pass)."""
     from data.loader import PackedLoader
     from train.config import TrainerConfig
-    from train.trainer import total_steps
+    from train.engine.trainer import total_steps
 
     seq_len, rows = 96, 2
     loader = PackedLoader([(pretrain_shards, 1.0)], split="train", seq_len=seq_len, global_batch_rows=rows,

@@ -2,7 +2,7 @@
 (tests/scripts/test_slurm_local_e2e.py).
 
 Put this folder on PYTHONPATH and set SAMBAY_TEST_SLOW_PREEMPT_SAVE_S=<seconds>: Python imports
-``sitecustomize`` at start-up, and this one wraps ``train.trainer.Trainer._save_on_signal`` (when that module is
+``sitecustomize`` at start-up, and this one wraps ``train.engine.trainer.Trainer._save_on_signal`` (when that module is
 first imported) to sleep first, emulating the minutes a multi-GB ZeRO save takes, so the Slurm test shows that
 the template gives such a save its time. Nothing is patched while the variable is unset or 0.
 """
@@ -14,7 +14,7 @@ import sys
 import time
 
 SLOW_SAVE_ENV = "SAMBAY_TEST_SLOW_PREEMPT_SAVE_S"
-TARGET = "train.trainer"
+TARGET = "train.engine.trainer"
 
 
 def _slowed(save_on_signal, delay: float):
@@ -28,7 +28,7 @@ def _slowed(save_on_signal, delay: float):
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``train.trainer`` with the other finders, then wraps the method once the module has run."""
+    """Finds ``train.engine.trainer`` with the other finders, then wraps the method once the module has run."""
 
     def __init__(self, delay: float):
         self.delay = delay

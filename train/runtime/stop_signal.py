@@ -2,7 +2,7 @@
 
 The handler only records the signal; the training loop checks it at a step boundary, all ranks agree through
 one all-reduce (a signal may reach the ranks at different steps), then they save together and exit cleanly.
-Shared by the DeepSpeed trainer (:mod:`train.trainer`) and DPO (:mod:`train.hf_resume`).
+Shared by the DeepSpeed trainer (:mod:`train.engine.trainer`) and DPO (:mod:`train.runtime.hf_resume`).
 """
 from __future__ import annotations
 

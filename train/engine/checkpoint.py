@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from data.atomic import atomic_write_text
-from train.distributed import DistInfo, any_rank, barrier
+from train.runtime.distributed import DistInfo, any_rank, barrier
 
 _TAG_RE = re.compile(r"^step(\d{8})$")
 UNIVERSAL = "universal"  # the subdirectory of a tag that holds its DeepSpeed universal-checkpoint copy

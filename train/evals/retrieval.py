@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from train.model_mode import eval_mode
+from train.runtime.model_mode import eval_mode
 
 _FIRST = ["Ada", "Bruno", "Chen", "Dara", "Elif", "Femi", "Gita", "Hugo", "Iris", "Jonas", "Kira", "Luca", "Mira",
           "Nils", "Omar", "Pia", "Quinn", "Rosa", "Sami", "Tara", "Uma", "Vik", "Wren", "Yara", "Zeno"]

@@ -1,7 +1,7 @@
 """The run directory: one per run, named (not timestamped), shared by all ranks; only rank 0 writes here.
 
 Layout: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/``, ``data_manifest.json``, ``wandb/``,
-``export/``, ``run.lock`` (held by the live run, see :mod:`train.run_lock`) and ``DONE`` (written last: the
+``export/``, ``run.lock`` (held by the live run, see :mod:`train.runtime.run_lock`) and ``DONE`` (written last: the
 run is complete).
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from data.tokenizer import stop_token_ids
 from sambay_model.length_buckets import bucket_length
-from train.model_mode import eval_mode
+from train.runtime.model_mode import eval_mode
 
 
 @dataclass

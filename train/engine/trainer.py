@@ -31,19 +31,19 @@ import torch
 
 from data.loader import PackedLoader
 from sambay_model.lm_head_loss import IGNORE_INDEX
-from train import checkpoint
+from train.engine import checkpoint
 from train.config import DataConfig, DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig, WandbConfig
-from train.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, barrier, bf16_comm_modules,
+from train.runtime.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, barrier, bf16_comm_modules,
                                deepspeed_json, resolve_precision)
-from train.eval_perplexity import mean_loss, perplexity_from_loss, summed_loss, target_count
-from train.export import export_model
-from train.flops import device_peak_flops, flops_per_token, mfu
-from train.metrics import MetricsLogger, resumable_logger, truncate_after
-from train.optim import build_optimizer, global_lr, group_summary, mup_reinit_hidden
-from train.run_dir import RunDir
-from train.run_lock import hold_run_dir
-from train.schedule import build_scheduler
-from train.stop_signal import StopSignal
+from train.runtime.token_loss import mean_loss, perplexity_from_loss, summed_loss, target_count
+from train.runtime.export import export_model
+from train.engine.flops import device_peak_flops, flops_per_token, mfu
+from train.runtime.metrics import MetricsLogger, resumable_logger, truncate_after
+from train.engine.optim import build_optimizer, global_lr, group_summary, mup_reinit_hidden
+from train.runtime.run_dir import RunDir
+from train.runtime.run_lock import hold_run_dir
+from train.engine.schedule import build_scheduler
+from train.runtime.stop_signal import StopSignal
 
 
 class NonFiniteLossError(RuntimeError):
@@ -260,7 +260,7 @@ class Trainer:
 
     def resume(self) -> str | None:
         """Restore the newest checkpoint (engine, RNGs, step, tokens, loader), else seed this rank; returns the
-        W&B run id kept in the checkpoint (``train.metrics.resumable_logger`` falls back to the run directory's)."""
+        W&B run id kept in the checkpoint (``train.runtime.metrics.resumable_logger`` falls back to the run directory's)."""
         state = checkpoint.load(self.engine, self.rd.checkpoints, self.dist)
         wandb_id = None
         if state is not None:

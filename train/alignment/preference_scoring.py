@@ -14,7 +14,7 @@ with the assistant header, then the rest of the rendered conversation as the com
 
 Precision and memory: the reference (the init model, before training) and the trained policy are scored under the
 same rule as the training forward, ``torch.autocast(compute_dtype)`` over fp32 weights (see
-``train.distributed.deepspeed_json``), and the head projects the hidden states in vocabulary tiles at the model's
+``train.runtime.distributed.deepspeed_json``), and the head projects the hidden states in vocabulary tiles at the model's
 ``lm_head_precision`` with an fp32 log-sum-exp (``sambay_model.lm_head_loss``), as the training loss does, so no
 ``[rows, tokens, vocab]`` logits exist and the margin compares two log-probs computed alike.
 """
@@ -28,7 +28,7 @@ import torch
 from data.preference import FIELDS, read_preference_jsonl
 from sambay_model.length_buckets import bucket_length
 from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
-from train.model_mode import eval_mode
+from train.runtime.model_mode import eval_mode
 
 
 def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -55,7 +55,7 @@ def completion_logps(model, tokenizer, pairs: list[dict], max_length: int, batch
                      compute_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs (float64) of chosen and rejected for each pair: two tensors [N].
 
-    ``compute_dtype`` (``train.distributed.resolve_precision``): bf16 runs the backbone under bf16 autocast as
+    ``compute_dtype`` (``train.runtime.distributed.resolve_precision``): bf16 runs the backbone under bf16 autocast as
     training does; fp32 (the default) runs without autocast. The head runs at the model's ``lm_head_precision``
     either way (fp32 log-sum-exp; fp32 GEMMs off CUDA)."""
     rows = []

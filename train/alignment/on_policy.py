@@ -15,11 +15,11 @@ from data.inputs import require_input
 from data.jsonl import read_jsonl, write_jsonl
 from data.layout import PreparedData
 from data.preference import FIELDS, pairs_from_samples
-from train.dpo_config import DPORunConfig
-from train.eval_math import load_problems
-from train.eval_preference import load_preference_pairs
-from train.generation import chat_prompt, generate
-from train.math_grader import grade
+from train.alignment.dpo_config import DPORunConfig
+from train.evals.math_accuracy import load_problems
+from train.alignment.preference_scoring import load_preference_pairs
+from train.evals.generation import chat_prompt, generate
+from train.evals.math_grader import grade
 
 ON_POLICY_POLL_S = 5.0  # how often a rank that finished its share of on-policy sampling looks for the others'
 

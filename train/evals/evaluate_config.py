@@ -7,9 +7,9 @@ from typing import Optional
 from hydra.core.config_store import ConfigStore
 
 from data.layout import DEFAULT_DATA_DIR
-from train.eval_perplexity import PerplexityConfig
-from train.eval_retrieval import RetrievalConfig
-from train.generation import SamplingConfig
+from train.evals.perplexity import PerplexityConfig
+from train.evals.retrieval import RetrievalConfig
+from train.evals.generation import SamplingConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16")

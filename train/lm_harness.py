@@ -3,15 +3,15 @@
 ``lm_eval --model hf`` only knows our model class after ``import sambay_model``; this entry point does that
 import and then runs lm-eval (``HFLM`` loads the export with ``AutoModelForCausalLM``, as ``--model hf`` does).
 
-    python -m train.eval_lm_harness --model-path runs/demo/dpo/export --output runs/demo/dpo/lm_eval.json \\
+    python -m train.lm_harness --model-path runs/demo/dpo/export --output runs/demo/dpo/lm_eval.json \\
         --limit 20        # --data-dir defaults to data.layout.DEFAULT_DATA_DIR
     # any lm_eval command line, with our classes registered (tasks from --include_path):
-    python -m train.eval_lm_harness lm_eval run --model hf --model_args pretrained=DIR,dtype=float32 \\
+    python -m train.lm_harness lm_eval run --model hf --model_args pretrained=DIR,dtype=float32 \\
         --tasks sambay_reasoning_heldout --include_path DIR/tasks --device cpu --apply_chat_template
 
 Local tasks written by ``write_local_tasks`` (into ``<output dir>/lm_eval_tasks/`` by default):
 - ``sambay_reasoning_heldout``: generate_until on held-out reasoning problems with the chat template; the final
-  answer is taken by ``train.math_grader.extract_answer`` (the filter ``sambay_final_answer``, registered when
+  answer is taken by ``train.evals.math_grader.extract_answer`` (the filter ``sambay_final_answer``, registered when
   this module is imported) and compared with the reference answer (exact_match);
 - ``sambay_heldout_ppl``: loglikelihood_rolling over held-out problem + solution texts (word/byte perplexity,
   bits per byte).
@@ -34,9 +34,9 @@ from data.atomic import atomic_write_text
 from data.jsonl import read_jsonl, write_jsonl
 from data.layout import DEFAULT_DATA_DIR, PreparedData
 from data.reasoning import format_prompt
-from train.eval_io import write_json
-from train.model_build import require_export
-from train.math_grader import extract_answer
+from train.runtime.results_io import write_json
+from train.runtime.model_build import require_export
+from train.evals.math_grader import extract_answer
 
 REASONING_TASK = "sambay_reasoning_heldout"
 PPL_TASK = "sambay_heldout_ppl"
@@ -44,7 +44,7 @@ FINAL_ANSWER_FILTER = "sambay_final_answer"
 
 
 class FinalAnswerFilter(Filter):
-    """Each response -> its final answer by ``train.math_grader.extract_answer`` ("" when there is none)."""
+    """Each response -> its final answer by ``train.evals.math_grader.extract_answer`` ("" when there is none)."""
 
     def apply(self, resps, docs):
         return [[extract_answer(r) or "" for r in rs] for rs in resps]

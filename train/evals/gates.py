@@ -4,7 +4,7 @@ A stage may declare in the pipeline recipe the minimum (and/or maximum) a metric
 reach, e.g. ``gate: {metric: accuracy, min: 0.1}``. ``check_gate`` raises ``GateFailed`` with a message that
 names the stage, the metric, its value and the bound; the CLI turns that into exit status 1:
 
-    python -m train.gates --metrics runs/pipe/sft/eval/eval.json --stage sft --metric accuracy --min 0.1
+    python -m train.evals.gates --metrics runs/pipe/sft/eval/eval.json --stage sft --metric accuracy --min 0.1
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from train.eval_io import read_metrics
+from train.runtime.results_io import read_metrics
 
 
 class GateFailed(RuntimeError):

@@ -6,7 +6,7 @@ import contextlib
 from pathlib import Path
 
 from data.dir_lock import RunDirLockedError, RunLock
-from train.distributed import DistInfo, any_rank
+from train.runtime.distributed import DistInfo, any_rank
 
 
 @contextlib.contextmanager

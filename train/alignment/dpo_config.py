@@ -9,7 +9,7 @@ from omegaconf import MISSING
 
 from data.layout import DEFAULT_DATA_DIR
 from train.config import DeepSpeedConfig, LoopConfig, RunConfig, WandbConfig
-from train.generation import SamplingConfig
+from train.evals.generation import SamplingConfig
 
 REFERENCE_MODES = ("precomputed", "frozen_copy")
 
@@ -112,11 +112,11 @@ class DPORunConfig:
     dpo: DPOSection = field(default_factory=DPOSection)
 
     def __post_init__(self) -> None:
-        # The HF Trainer prunes old checkpoints right after writing a new one, before train.hf_resume marks the
+        # The HF Trainer prunes old checkpoints right after writing a new one, before train.runtime.hf_resume marks the
         # new one COMPLETE: with one kept, a kill in that instant leaves no checkpoint to resume from.
         if self.trainer.keep_last < 2:
             raise ValueError(f"trainer.keep_last={self.trainer.keep_last}: train.dpo keeps at least 2 checkpoints "
-                             "(see train/hf_resume.py)")
+                             "(see train/runtime/hf_resume.py)")
 
 
 def register_dpo_schema() -> None:

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from train.config import DeepSpeedConfig
-from train.launcher_death import exit_with_launcher
+from train.runtime.launcher_death import exit_with_launcher
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def prepare_deepspeed_env(cfg: DeepSpeedConfig, device: torch.device) -> None:
 
 def init_distributed(cfg: DeepSpeedConfig) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (NCCL on GPU, gloo on CPU), also for world size 1."""
-    exit_with_launcher()  # a rank whose torchrun agent died must not train on (see train/launcher_death.py)
+    exit_with_launcher()  # a rank whose torchrun agent died must not train on (see train/runtime/launcher_death.py)
     _env_from_slurm()
     if "RANK" not in os.environ:  # plain `python -m train.X`: a one-process group
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",

@@ -1,4 +1,4 @@
-"""The process around the trainer: a dry run, or the process group plus :class:`train.trainer.Trainer` for each
+"""The process around the trainer: a dry run, or the process group plus :class:`train.engine.trainer.Trainer` for each
 spec, mapped to the entry points' exit codes. Used by ``train.pretrain`` (one spec) and ``train.sft`` (one spec
 per stage, built as the previous stage finishes).
 """
@@ -13,8 +13,8 @@ import torch.distributed as dist
 
 from data.dir_lock import RunDirLockedError
 from train.config import DeepSpeedConfig
-from train.distributed import init_distributed
-from train.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
+from train.runtime.distributed import init_distributed
+from train.engine.trainer import NonFiniteLossError, StopReason, TrainSpec, dry_run_summary, train
 
 
 def run_specs(specs: Iterable[TrainSpec], deepspeed_cfg: DeepSpeedConfig, dry_run: bool) -> int:

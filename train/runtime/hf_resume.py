@@ -21,8 +21,8 @@ import torch
 from transformers import TrainerCallback
 
 from data.atomic import atomic_write_text
-from train.distributed import any_rank, barrier
-from train.stop_signal import StopSignal
+from train.runtime.distributed import any_rank, barrier
+from train.runtime.stop_signal import StopSignal
 
 COMPLETE = "COMPLETE"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")

@@ -13,7 +13,7 @@ import torch
 
 from data.atomic import atomic_dir
 from data.tokenizer import load_tokenizer, save_generation_config
-from train.distributed import DistInfo, barrier
+from train.runtime.distributed import DistInfo, barrier
 
 
 def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path) -> None:

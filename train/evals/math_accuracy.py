@@ -14,8 +14,8 @@ from pathlib import Path
 
 from data.jsonl import read_jsonl
 from data.reasoning import format_prompt
-from train.generation import SamplingConfig, chat_prompt, generate
-from train.math_grader import grade
+from train.evals.generation import SamplingConfig, chat_prompt, generate
+from train.evals.math_grader import grade
 
 
 def load_problems(path: str | Path, limit: int | None = None) -> list[dict]:

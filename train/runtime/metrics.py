@@ -114,7 +114,7 @@ class MetricsLogger:
 
 def resumable_logger(rd, *, enabled: bool, wandb_cfg: WandbConfig, run_name: str, config: dict, total_steps: int,
                      start_step: int, progress_bar: bool, wandb_id: str | None = None) -> MetricsLogger:
-    """The :class:`MetricsLogger` of run directory ``rd`` (a :class:`train.run_dir.RunDir`) that continues the W&B
+    """The :class:`MetricsLogger` of run directory ``rd`` (a :class:`train.runtime.run_dir.RunDir`) that continues the W&B
     run of an earlier launch into it: ``wandb_id`` (e.g. from a checkpoint), else the id kept in ``rd.wandb_id``;
     the id in use is written back there (rank 0) for the next launch."""
     if enabled and wandb_id is None and rd.wandb_id.exists():
