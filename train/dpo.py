@@ -200,9 +200,11 @@ def build_trainer(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Di
 
 
 def train_to_end(t: _Training, rd: RunDir, dist_info: DistInfo) -> bool:
-    """``trainer.train()`` until ``max_steps`` (True) or a stop signal (False: an agreed checkpoint was saved)."""
-    with t.stop:  # SIGTERM / SIGUSR1: every rank saves at the same step boundary, then the run ends cleanly
-        t.trainer.train(resume_from_checkpoint=str(t.resume_from) if t.resume_from is not None else None)
+    """``trainer.train()`` until ``max_steps`` (True) or a stop signal (False: an agreed checkpoint was saved).
+
+    Call inside ``with t.stop:`` (SIGTERM / SIGUSR1: every rank saves at the same step boundary, then the run ends
+    cleanly)."""
+    t.trainer.train(resume_from_checkpoint=str(t.resume_from) if t.resume_from is not None else None)
     t.logger.close()
     if t.stop.stopped and dist_info.is_main:
         print(f"[dpo] stop signal: saved checkpoint-{t.trainer.state.global_step} in {rd.checkpoints}; relaunch to "
@@ -254,17 +256,20 @@ def _run_holding(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Dis
     # Held-out reference log-probs come from the init model, before any update (same for both reference modes).
     ref_chosen, ref_rejected = heldout_logps(model, tokenizer, inputs.heldout, cfg, dist_info.device)
     training = build_trainer(cfg, config_yaml, rd, dist_info, model, tokenizer, pairs)
-    with autocast_weight_cache(cfg.deepspeed.zero_stage != 3):  # see train.runtime.distributed.autocast_weight_cache
+    # The stop handlers stay installed to the end, as in the engine (train.engine.trainer): a signal that comes
+    # after the last step is recorded, and the run finishes its held-out scoring, export and DONE instead of dying
+    # half-way through them (a rank killed there would leave the others in a collective).
+    with training.stop, autocast_weight_cache(cfg.deepspeed.zero_stage != 3):  # see train.runtime.distributed
         if not train_to_end(training, rd, dist_info):
             return None
         # Every rank runs the held-out forward through the wrapped model (ZeRO-3 needs all ranks to gather).
         pol_chosen, pol_rejected = heldout_logps(training.trainer.model_wrapped, tokenizer, inputs.heldout, cfg,
                                                  dist_info.device)
-    step = training.trainer.state.global_step
-    metrics = {**preference_metrics(pol_chosen, pol_rejected, ref_chosen, ref_rejected, cfg.dpo.beta),
-               "train_pairs": len(pairs), "steps": step}
-    export_policy(training.trainer, inputs.init_from, rd.export, dist_info, cfg.deepspeed.zero_stage)
-    finish(rd, metrics, step, dist_info)
+        step = training.trainer.state.global_step
+        metrics = {**preference_metrics(pol_chosen, pol_rejected, ref_chosen, ref_rejected, cfg.dpo.beta),
+                   "train_pairs": len(pairs), "steps": step}
+        export_policy(training.trainer, inputs.init_from, rd.export, dist_info, cfg.deepspeed.zero_stage)
+        finish(rd, metrics, step, dist_info)
     return metrics if dist_info.is_main else None
 
 

@@ -110,3 +110,32 @@ def test_a_run_directory_held_by_a_live_run_is_refused_and_left_alone(dpo_tiny, 
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
 
 
+
+
+def test_a_stop_signal_after_the_last_step_lets_the_run_finish(dpo_tiny, tmp_path, monkeypatch):
+    """SIGTERM that arrives after training (here: as the export starts) is held by the run's own handler: the run
+    finishes its export and DONE instead of dying there, as the DeepSpeed engine does. Before the handlers covered
+    the export, the signal fell through to the process's previous handler (on a torchrun rank: death, leaving the
+    other ranks in a collective); the test's fallback handler stands in for that and must not fire."""
+    import signal
+
+    import train.dpo
+
+    fell_through = []
+    previous = signal.signal(signal.SIGTERM, lambda *a: fell_through.append(a))
+    export_policy = train.dpo.export_policy
+
+    def export_after_a_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return export_policy(*args, **kwargs)
+
+    monkeypatch.setattr(train.dpo, "export_policy", export_after_a_signal)
+    data, export = dpo_tiny
+    run_dir = tmp_path / "run"
+    try:
+        metrics = run_dpo(dpo_cfg(data, export, run_dir))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not fell_through, "the stop signal reached the process's previous handler"
+    assert metrics is not None and metrics["steps"] == 4
+    assert (run_dir / "DONE").exists() and (run_dir / "export" / "config.json").is_file()

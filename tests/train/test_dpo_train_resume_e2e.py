@@ -93,7 +93,9 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
 
     data, export = dpo_tiny
     run_dir = tmp_path / "run"
-    max_steps = 8
+    # Long enough that the signal, sent once step 1 is logged, lands mid-run on a loaded machine too (8 steps took
+    # ~1.2 s: a send delayed by load could come after the last step, and the run would then rightly finish).
+    max_steps = 24
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.dpo",
            f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
            f"trainer.max_steps={max_steps}", "trainer.save_every=0", "trainer.log_every=1",
@@ -115,7 +117,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err[-3000:]
-    assert "[dpo] stop signal: saved checkpoint-" in out
+    assert "[dpo] stop signal: saved checkpoint-" in out, f"the signal did not land mid-run:\n{out[-2000:]}"
     assert not (run_dir / "DONE").exists()
     saved = checkpoints_by_step(run_dir / "checkpoints")
     assert len(saved) == 1 and (saved[0][1] / COMPLETE).is_file() and saved[0][0] < max_steps
