@@ -178,9 +178,14 @@ FAMILY_NAMES = tuple(f.name for f in FAMILIES)
 SPLITS = ("train", "heldout")
 
 
+# The user message of a reasoning problem, a ``str.format`` template of ``{question}`` (literal braces doubled);
+# the default of ``train.evaluate``'s ``math.prompt_template``.
+PROMPT_TEMPLATE = "{question}\nSolve step by step and end with \\boxed{{answer}}."
+
+
 def format_prompt(question: str) -> str:
     """The user message for a reasoning problem (shared by SFT data, preference data and evaluation)."""
-    return f"{question}\nSolve step by step and end with \\boxed{{answer}}."
+    return PROMPT_TEMPLATE.format(question=question)
 
 
 def template_ids(split: str, families: Sequence[str] | None = None) -> list[str]:

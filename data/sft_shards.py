@@ -1,18 +1,25 @@
-"""SFT data: chat records (``{"messages": [...]}``) -> token ids + assistant-only loss masks -> shard sets."""
+"""SFT data: chat records (``{"messages": [...]}``) -> token ids + assistant-only loss masks -> shard sets.
+
+Two mask sources: :func:`write_sft_shards` (``data.prepare``'s demo stages) takes them from the template's
+``{% generation %}`` markers; :func:`write_chat_shards` (a user's data for ``sft.train_data``) derives them by
+rendering prefixes (``data.chat_masks``), so the published template works as it is.
+"""
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from data.chat_data import ChatExample
+from data.chat_masks import assistant_mask
 from data.chat_template import check_messages, require_generation_markers
 from data.jsonl import DataFormatError, iter_jsonl
-from data.pretrain_shards import document_split
+from data.pretrain_shards import SPLIT_BLOCK, document_split, streaming_split
 from data.reasoning import format_prompt
 from data.shards import ShardSetWriter, open_split, tokenizer_info
 from data.tokenizer import load_tokenizer
@@ -68,6 +75,58 @@ def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_di
             ids, mask = tokenize_chat(tok, msgs, where=f"{sources[0] if sources else out_dir} record {i + 1}")
             w.add("val" if is_val[i] else "train", ids, mask)
     return Path(out_dir)
+
+
+@dataclass
+class ChatShardCounts:
+    """What :func:`write_chat_shards` wrote: conversations and tokens per split, and the trained (loss) tokens."""
+
+    train: int = 0
+    val: int = 0
+    train_tokens: int = 0
+    val_tokens: int = 0
+    loss_tokens: int = 0
+
+    def add(self, split: str, ids: np.ndarray, mask: np.ndarray) -> None:
+        setattr(self, split, getattr(self, split) + 1)
+        setattr(self, f"{split}_tokens", getattr(self, f"{split}_tokens") + len(ids))
+        self.loss_tokens += int(np.count_nonzero(mask))
+
+
+def _held_out(val_fraction: float, seed: int) -> Iterator[bool]:
+    """Whether each next conversation is held out: :func:`data.pretrain_shards.streaming_split`'s seeded draws,
+    so a conversation's side depends only on its position (no need to know the count first)."""
+    start = 0
+    while True:
+        yield from streaming_split(start, SPLIT_BLOCK, val_fraction, seed).tolist()
+        start += SPLIT_BLOCK
+
+
+def write_chat_shards(train: Iterable[ChatExample], held_out: Iterable[ChatExample] | None, tokenizer_dir: str | os.PathLike,
+                      out_dir: str | os.PathLike, sources: Sequence[str], val_fraction: float, seed: int,
+                      shard_tokens: int = 1 << 26) -> ChatShardCounts:
+    """A ``kind: sft`` shard set of a user's chat data, tokenized with the tokenizer's own chat template and
+    assistant masks derived without generation markers (:func:`data.chat_masks.assistant_mask`).
+
+    ``held_out`` (the user's eval data) is the ``val`` split; when None, each training conversation goes to
+    ``val`` with probability ``val_fraction`` (seeded by position). A ``train`` split with no conversation is an
+    error naming ``sources[0]``.
+    """
+    tok = load_tokenizer(tokenizer_dir)
+    info = tokenizer_info(tokenizer_dir, tok)
+    counts = ChatShardCounts()
+    split_of = _held_out(val_fraction if held_out is None else 0.0, seed)
+    with ShardSetWriter(out_dir, "sft", info, sources, shard_tokens=shard_tokens) as w:
+        for examples, forced in [(train, None)] + ([(held_out, "val")] if held_out is not None else []):
+            for ex in tqdm(examples, desc=f"sft data {Path(out_dir).name}", mininterval=10):
+                split = forced or ("val" if next(split_of) else "train")
+                ids, mask = assistant_mask(tok, ex.messages, ex.train_turns, ex.where)
+                w.add(split, ids, mask)
+                counts.add(split, ids, mask)
+        if not counts.train:
+            raise DataFormatError(f"{sources[0]}: no conversation left for training (all {counts.val} held out); "
+                                  "add data or lower the held-out fraction")
+    return counts
 
 
 @dataclass(frozen=True)

@@ -135,11 +135,18 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """Load a local Hugging Face tokenizer directory (never a hub id)."""
+    """Load a local Hugging Face tokenizer directory (never a hub id): ``tokenizer.json``, or the GPT-2 style
+    ``vocab.json`` + ``merges.txt`` that a published snapshot such as Phi-4-mini-flash-reasoning ships with its
+    ``tokenizer_config.json``.
+
+    Remote code is never run: a snapshot's ``config.json`` ``auto_map`` would otherwise make transformers ask
+    "run the custom code? [y/N]" (and wait 15 s) unless ``sambay_model`` was imported first; the tokenizer class
+    comes from ``tokenizer_config.json``.
+    """
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise FileNotFoundError(f"{path}: not a tokenizer directory (no tokenizer.json / tokenizer_config.json)")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
 
 
 def backend_json(tokenizer) -> str:
@@ -150,21 +157,31 @@ def backend_json(tokenizer) -> str:
     return tokenizer.backend_tokenizer.to_str()
 
 
+def _defining_files(path: Path) -> list[tuple[str, bytes]]:
+    """(name, content) of the files that define the tokenizer of ``path`` (see :func:`fingerprint`)."""
+    if (path / "tokenizer.json").is_file():
+        return [(n, (path / n).read_bytes()) for n in _FINGERPRINT_FILES if (path / n).is_file()]
+    if not (path / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer.json (nor tokenizer_config.json) to fingerprint")
+    # vocab.json + merges.txt (a published snapshot): what a re-save would write, so that the snapshot and any
+    # save_pretrained copy of its tokenizer share one fingerprint.
+    tok = load_tokenizer(path)
+    files = [("tokenizer.json", backend_json(tok).encode())]
+    if isinstance(tok.chat_template, str):
+        files.append(("chat_template.jinja", tok.chat_template.encode()))
+    return files
+
+
 def fingerprint(path: str | os.PathLike) -> str:
-    """sha256 over the files that define the tokenizer (``tokenizer.json``, ``chat_template.jinja``).
+    """sha256 over the files that define the tokenizer (``tokenizer.json``, ``chat_template.jinja``); a directory
+    without ``tokenizer.json`` (GPT-2 style ``vocab.json`` + ``merges.txt``) is hashed as those two files would
+    be once its tokenizer is re-saved (its backend and its chat template).
 
     JSON is canonicalised (sorted keys, no whitespace) so a re-save of the same tokenizer, e.g. into a model
     export, keeps the fingerprint.
     """
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{path}: no tokenizer.json to fingerprint")
     h = hashlib.sha256()
-    for name in _FINGERPRINT_FILES:
-        f = path / name
-        if not f.is_file():
-            continue
-        data = f.read_bytes()
+    for name, data in _defining_files(Path(path)):
         if name.endswith(".json"):
             data = json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()
         h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())

@@ -10,10 +10,14 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
+
+from recipes.closed_schema import UnknownKeyError, check_overrides, schema_type
 
 RECIPES_DIR = Path(__file__).resolve().parent
 # Every entry point's default recipe: each recipe folder has a demo.yaml sized for the CPU demo.
@@ -36,17 +40,47 @@ def _exiting(task: Task) -> Callable[[DictConfig], None]:
     return run
 
 
-def hydra_main(recipe_folder: str, register_schema: Callable[[], None], task: Task) -> Callable[[], None]:
-    """The console entry point of a stage: register its schema, compose ``recipes/<recipe_folder>/<name>.yaml``
-    with the command line's overrides (``--config-name`` picks the recipe, default ``demo``), run ``task`` on it
-    and exit with its status."""
+def command_line_overrides(argv: list[str]) -> list[str]:
+    """The overrides of a command line, as ``hydra.main`` reads them (its own parser: flags such as
+    ``--config-name``/``-cn`` and ``--config-dir`` are not overrides)."""
+    return get_args_parser().parse_args(argv).overrides
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """A stage's console entry point: calling it runs the stage on ``sys.argv``.
+
+    recipe_folder: the folder under ``recipes/`` holding the stage's recipes.
+    register_schema: stores the stage's schema in Hydra's ConfigStore as ``<recipe_folder>_schema``, the name its
+        recipes' defaults list first.
+    task: the function of the composed recipe that returns the exit status.
+    """
+
+    recipe_folder: str
+    register_schema: Callable[[], None]
+    task: Task
+
+    @property
+    def schema_name(self) -> str:
+        return f"{self.recipe_folder}_schema"
+
+    def __call__(self) -> None:
+        """Refuse an unknown key before Hydra composes (recipes/closed_schema.py says why Hydra alone would not),
+        then compose the recipe with the command line, run the task and exit with its status."""
+        self.register_schema()  # the recipes' defaults name the schema: it must exist before Hydra composes
+        try:
+            check_overrides(schema_type(self.schema_name), command_line_overrides(sys.argv[1:]))
+        except UnknownKeyError as e:
+            sys.exit(f"Error: {e}")
+        config_dir = str(RECIPES_DIR / self.recipe_folder)
+        hydra.main(version_base=None, config_path=config_dir, config_name=DEFAULT_RECIPE)(_exiting(self.task))()
+
+
+def hydra_main(recipe_folder: str, register_schema: Callable[[], None], task: Task) -> EntryPoint:
+    """The console entry point of a stage: register its schema (as ``<recipe_folder>_schema``), refuse a command
+    line key the schema does not have, compose ``recipes/<recipe_folder>/<name>.yaml`` with the command line's
+    overrides (``--config-name`` picks the recipe, default ``demo``), run ``task`` on it and exit with its status."""
     config_dir = RECIPES_DIR / recipe_folder
     if not config_dir.is_dir():
         raise FileNotFoundError(f"recipe folder {config_dir} does not exist (recipe_folder={recipe_folder!r})")
-    composed = hydra.main(version_base=None, config_path=str(config_dir), config_name=DEFAULT_RECIPE)(_exiting(task))
-
-    def main() -> None:
-        register_schema()  # the recipes' defaults name the schema: it must exist before Hydra composes
-        composed()
-
-    return main
+    return EntryPoint(recipe_folder, register_schema, task)

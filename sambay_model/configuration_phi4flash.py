@@ -15,6 +15,12 @@ BACKBONES = ("sambay", "transformer")
 # Keys of the official config.json that this implementation drops: ``auto_map`` points at the remote code this
 # package replaces, ``_attn_implementation`` names flash_attention_2, which this model does not dispatch through.
 DROPPED_KEYS = ("auto_map", "_attn_implementation", "attn_implementation")
+# Keys that choose how the model runs, not what it computes: a run may set them (SFT's ``compute_backend``, TRL's
+# ``use_cache=False`` while training) on a model whose exported config.json still holds the published values.
+RUNTIME_KEYS = ("use_cache", "compute_backend", "lm_head_precision")
+# A key only this package writes into config.json (``save_pretrained`` writes every field): absent, the file came
+# from the published remote code (train.runtime.export keeps that layout).
+SAMBAY_MARKER_KEY = "backbone"
 
 
 class LayerRole(str, Enum):

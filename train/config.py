@@ -25,13 +25,21 @@ OFFICIAL = {f.name: f.default for f in fields(Phi4FlashConfig)}
 class RunConfig:
     """Where a run lives.
 
-    name: run name, also the default W&B run name (default ``MISSING``: every recipe sets one).
+    name: run name, also the default W&B run name (default ``MISSING``: a recipe's own name, else derived at launch
+        from the entry point, the recipe and the init checkpoint, e.g. ``sft-finetune-Phi-4-mini-flash-reasoning``;
+        see ``train.runtime.run_name.default_run_name``).
     dir: run directory shared by all ranks (default ``runs/${run.name}``). Relaunching with the same
-        directory resumes the run.
+        directory resumes the run, or does nothing once it is complete (``DONE``), provided the config is the one
+        saved in ``run.dir/config.yaml``: a relaunch with a different config is refused, listing the keys that differ
+        (keys that do not change the training, such as ``wandb.*`` or ``trainer.log_every``, may change freely:
+        ``train.runtime.run_dir.FREE_KEYS``).
+    allow_config_change: accept a relaunch into ``run.dir`` whose config differs from the saved one (default
+        False); the old config is then kept as ``config.prev-N.yaml``.
     """
 
     name: str = MISSING
     dir: str = "runs/${run.name}"
+    allow_config_change: bool = False
 
 
 @dataclass
@@ -72,6 +80,10 @@ class DeepSpeedConfig:
     contiguous_gradients: ZeRO contiguous gradient buffer (default True).
     skip_shm_build: on CPU, skip DeepSpeed's JIT build of its shared-memory all-reduce op (30-45 s at every
         cold start); ranks then use plain gloo (default True).
+    collective_timeout_s: how long a rank waits in one collective before it fails (default 900). It bounds the
+        wait of the surviving nodes when a host vanishes without closing its sockets (a dead process's closed
+        sockets are noticed at once; docs/clusters.md, "When a node dies"). Torch's own default is 30 minutes; 15
+        still covers the longest legitimate wait, a barrier behind a multi-GB checkpoint write to shared storage.
     extra: any further DeepSpeed JSON keys, merged last (default empty).
     """
 
@@ -85,7 +97,12 @@ class DeepSpeedConfig:
     allgather_bucket_size: int = 500_000_000
     contiguous_gradients: bool = True
     skip_shm_build: bool = True
+    collective_timeout_s: int = 900
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.collective_timeout_s <= 0:
+            raise ValueError(f"deepspeed.collective_timeout_s={self.collective_timeout_s} must be > 0 (seconds)")
 
 
 @dataclass
@@ -375,14 +392,33 @@ class SFTOptimConfig:
 class SFTSection:
     """SFT-specific keys.
 
-    init_from: pretrained export directory the first stage starts from (default ``MISSING``).
+    init_from: pretrained export directory the first stage starts from: a stage's ``export/`` or a hub snapshot
+        such as microsoft/Phi-4-mini-flash-reasoning downloaded (default ``MISSING``).
     stages: the stages, run in order (default empty).
     stages_to_run: restrict to these stage names (default ``None`` = all).
+
+    Fine-tuning on your own data (docs/finetune.md): with ``train_data`` set, the run is one stage in ``run.dir``
+    itself (its export is ``run.dir/export``), built from the keys below; ``stages`` must then be empty.
+    train_data: a chat data file (JSONL, JSON, Parquet) or ``datasets`` save_to_disk directory in TRL's ``messages``
+        or ``prompt``/``completion`` format, or a list of them (default ``None``: run ``stages``). Tokenized with
+        ``init_from``'s tokenizer and chat template into ``run.dir/data/<key>/`` (``data.sft_cache``).
+    eval_data: held-out chat data in the same forms (default ``None``: hold out ``eval_fraction`` of train_data).
+    eval_fraction: the share of ``train_data`` held out when ``eval_data`` is None; 0 holds out nothing
+        (default 0.01).
+    seq_len: row length in tokens (default ``SFTStageConfig``'s, 1024).
+    lr: peak learning rate (default ``SFTStageConfig``'s, 1e-5).
+    epochs: passes over the data (default ``SFTStageConfig``'s, 1.0); ``trainer.max_steps > 0`` caps the run.
     """
 
     init_from: str = MISSING
     stages: list[SFTStageConfig] = field(default_factory=list)
     stages_to_run: Optional[list[str]] = None
+    train_data: Any = None
+    eval_data: Any = None
+    eval_fraction: float = 0.01
+    seq_len: int = SFTStageConfig.seq_len
+    lr: float = SFTStageConfig.lr
+    epochs: float = SFTStageConfig.epochs
 
 
 @dataclass
@@ -410,6 +446,9 @@ class SFTConfig:
         if self.trainer.epochs:
             raise ValueError(f"trainer.epochs={self.trainer.epochs}: train.sft ignores it; set each stage's "
                              f"sft.stages[].epochs (trainer.max_steps > 0 caps every stage)")
+        if self.sft.train_data is not None and self.sft.stages:
+            raise ValueError("sft.stages and sft.train_data are both set: a run trains either the recipe's stages "
+                             "or one stage on sft.train_data; set sft.stages=[] or leave sft.train_data unset")
 
 
 def register_pretrain_schema() -> None:

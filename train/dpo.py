@@ -1,6 +1,12 @@
-"""DPO of a SambaY SFT export with TRL's ``DPOTrainer``.
+"""DPO of a SambaY model (an SFT export or a hub snapshot) with TRL's ``DPOTrainer``.
 
+    torchrun --nproc_per_node=N -m train.dpo --config-name finetune dpo.init_from=OUT_SFT/export \
+        dpo.train_data=PREFS run.dir=OUT_DPO       # your own pairs, any TRL preference format (docs/finetune.md)
     torchrun --nproc_per_node=N -m train.dpo [--config-name demo] dpo.init_from=runs/sft/math/export [overrides]
+
+The pairs (``train.alignment.preference_data``): ``dpo.train_data`` (a JSONL/JSON/Parquet file, a list of them or a
+``datasets`` save_to_disk directory; standard or conversational, explicit or implicit prompt) with ``dpo.eval_data``
+or a held-out split, or the prepared data of ``dpo.data_dir``; the split sizes and any cap are printed.
 
 Run directory (``run.dir``): ``config.yaml``, ``metrics.jsonl`` (step, loss, lr, grad_norm and TRL's
 rewards/logps), ``checkpoints/checkpoint-N`` (HF Trainer / DeepSpeed, with ``COMPLETE`` once fully saved; a
@@ -31,7 +37,6 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
 from data.dir_lock import RunDirLockedError
-from data.inputs import require_input
 from data.layout import PreparedData
 from data.tokenizer import check_same_tokenizer, load_tokenizer
 from recipes.entry import hydra_main
@@ -42,13 +47,15 @@ from train.runtime.distributed import (DistInfo, autocast_weight_cache, barrier,
                                init_distributed_if_needed, launch_world_size, resolve_precision, select_device)
 from train.alignment.dpo_config import DPORunConfig, register_dpo_schema
 from train.runtime.results_io import write_json
-from train.alignment.preference_scoring import completion_logps, encode_pair_side, load_preference_pairs, preference_metrics
+from train.alignment.preference_data import optimizer_steps, select_pairs
+from train.alignment.preference_scoring import completion_logps, encode_pair_side, preference_metrics
 from train.runtime.export import export_model, save_export
 from train.runtime.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
 from train.runtime.metrics import MetricsLogger, resumable_logger, truncate_after
 from train.runtime.model_build import load_export, meta_model, require_export
 from train.alignment.on_policy import load_on_policy_problems, training_pairs
 from train.runtime.run_dir import RunDir
+from train.runtime.run_name import fill_run_name
 from train.runtime.run_lock import hold_run_dir
 
 HELDOUT_FILE = "dpo_heldout.json"  # in the run directory
@@ -59,31 +66,36 @@ class DPOInputs:
     """What a run reads, checked before anything is written (:func:`load_inputs`)."""
 
     init_from: Path
-    data: PreparedData
     heldout: list[dict]
     offline: list[dict]  # empty when on-policy pairs replace them
     on_policy_problems: int  # problems on-policy pairs are sampled on (0: none)
+    notes: list[str]  # how the pairs were chosen (split sizes, caps), printed by the run and the dry run
 
 
 def load_inputs(cfg: DPORunConfig) -> DPOInputs:
-    """Check and read every input: the init export, the tokenizer it shares with the data, the preference pairs and
-    the on-policy problems. A missing or malformed file is an error naming it; nothing is written."""
-    init_from, data = require_export(cfg.dpo.init_from, key="dpo.init_from"), PreparedData(cfg.dpo.data_dir)
-    if cfg.dpo.check_tokenizer:
-        check_same_tokenizer(init_from, data.tokenizer)
-    heldout_file = require_input(cfg.dpo.heldout_file or data.preference("heldout"), "dpo.heldout_file")
-    heldout = load_preference_pairs(heldout_file, limit=cfg.dpo.heldout_limit or None)
+    """Check and read every input: the init model, the tokenizer it shares with prepared data (``dpo.data_dir``),
+    the preference pairs (``train.alignment.preference_data``) and the on-policy problems. A missing or malformed
+    file is an error naming it and its config key; nothing is written."""
+    init_from = require_export(cfg.dpo.init_from, key="dpo.init_from")
+    if cfg.dpo.check_tokenizer and cfg.dpo.data_dir is not None:
+        check_same_tokenizer(init_from, PreparedData(cfg.dpo.data_dir).tokenizer)
     on_policy = cfg.dpo.on_policy
-    offline = [] if on_policy.enabled and on_policy.mix == "replace" else load_preference_pairs(
-        require_input(cfg.dpo.train_file or data.preference("train"), "dpo.train_file"),
-        limit=cfg.dpo.train_limit or None)
+    split = select_pairs(cfg, need_train=not (on_policy.enabled and on_policy.mix == "replace"))
     problems = len(load_on_policy_problems(cfg)) if on_policy.enabled else 0
-    return DPOInputs(init_from, data, heldout, offline, problems)
+    return DPOInputs(init_from, split.heldout, split.train, problems, split.notes)
+
+
+def print_notes(inputs: DPOInputs) -> None:
+    """The choices made about the pairs (held-out split, caps), so none is silent."""
+    for note in inputs.notes:
+        print(f"[dpo] {note}", flush=True)
 
 
 def training_args(cfg: DPORunConfig, rd: RunDir, world_size: int, device: torch.device,
-                  bf16_modules: list[str] | None) -> DPOConfig:
-    """TRL's arguments with the trainer's precision and DeepSpeed settings (``train.runtime.distributed``)."""
+                  bf16_modules: list[str] | None, steps: int | None = None) -> DPOConfig:
+    """TRL's arguments for ``steps`` optimizer steps (``preference_data.optimizer_steps``; default
+    ``trainer.max_steps``) with the trainer's precision and DeepSpeed settings (``train.runtime.distributed``)."""
+    steps = cfg.trainer.max_steps if steps is None else steps
     compute_dtype = resolve_precision(cfg.deepspeed, device)
     ds_json = hf_trainer_deepspeed_json(cfg.deepspeed, micro_batch_rows=cfg.dpo.per_device_batch_size,
                                         grad_accum=cfg.dpo.gradient_accumulation_steps, world_size=world_size,
@@ -91,7 +103,6 @@ def training_args(cfg: DPORunConfig, rd: RunDir, world_size: int, device: torch.
     # HF's bf16 flag is accelerate's autocast over fp32 weights: the same rule, used only without DeepSpeed
     # (with it, HF's flag would switch on DeepSpeed's bf16 mode instead of torch_autocast, see deepspeed_json).
     hf_bf16 = compute_dtype == torch.bfloat16 and ds_json is None
-    steps = cfg.trainer.max_steps
     return DPOConfig(
         output_dir=str(rd.checkpoints), max_steps=steps, per_device_train_batch_size=cfg.dpo.per_device_batch_size,
         gradient_accumulation_steps=cfg.dpo.gradient_accumulation_steps, learning_rate=cfg.dpo.lr,
@@ -116,19 +127,22 @@ def dry_run(cfg: DPORunConfig, inputs: DPOInputs) -> dict:
     """Build what the run would use and print it: the tokenizer on every held-out pair (its chat template must
     separate prompt and completion), the model's shapes (meta device, no weights read), the DeepSpeed config and
     TRL's arguments. Starts no process group and writes nothing."""
+    print_notes(inputs)
     tokenizer = load_tokenizer(inputs.init_from)
     longest = max((len(encode_pair_side(tokenizer, p["prompt"], p[side], cfg.dpo.max_length)[0])
                    for p in inputs.heldout for side in ("chosen", "rejected")), default=0)
     model = meta_model(Phi4FlashConfig.from_pretrained(str(inputs.init_from)))
     _, device = select_device()
     world_size = launch_world_size()
-    args = training_args(cfg, RunDir(Path(cfg.run.dir)), world_size, device, bf16_comm_modules(model))
+    steps, steps_note = optimizer_steps(cfg, len(inputs.offline), world_size)
+    print(f"[dpo] {steps_note}" + (" (before on-policy pairs)" if inputs.on_policy_problems else ""), flush=True)
+    args = training_args(cfg, RunDir(Path(cfg.run.dir)), world_size, device, bf16_comm_modules(model), steps)
     summary = {"dry_run": True, "run_dir": cfg.run.dir, "offline_pairs": len(inputs.offline),
                "on_policy_problems": inputs.on_policy_problems, "heldout_pairs": len(inputs.heldout),
                "heldout_longest_tokens": longest, "params": sum(p.numel() for p in model.parameters()),
-               "world_size": world_size, "max_steps": cfg.trainer.max_steps, "reference": cfg.dpo.reference,
-               "precision": str(resolve_precision(cfg.deepspeed, device)), "hf_bf16": args.bf16,
-               "deepspeed": args.deepspeed}
+               "world_size": world_size, "max_steps": steps, "notes": inputs.notes + [steps_note],
+               "reference": cfg.dpo.reference, "precision": str(resolve_precision(cfg.deepspeed, device)),
+               "hf_bf16": args.bf16, "deepspeed": args.deepspeed}
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -178,14 +192,17 @@ def build_trainer(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Di
                   pairs: list[dict]) -> _Training:
     """The DPOTrainer over ``pairs``, resuming from the newest complete checkpoint, logging to the run directory."""
     is_main = dist_info.is_main
-    args = training_args(cfg, rd, dist_info.world_size, dist_info.device, bf16_comm_modules(model))
+    steps, steps_note = optimizer_steps(cfg, len(pairs), dist_info.world_size)
+    if is_main:
+        print(f"[dpo] {steps_note}", flush=True)
+    args = training_args(cfg, rd, dist_info.world_size, dist_info.device, bf16_comm_modules(model), steps)
     resume_from = resume_checkpoint(rd.checkpoints, is_main)  # complete checkpoints only (train.runtime.hf_resume)
     start = step_of(resume_from) or 0
     if is_main:  # also without a complete checkpoint: the run starts over, so do its metrics
         truncate_after(rd.metrics, start)
     logger = resumable_logger(rd, enabled=is_main, wandb_cfg=cfg.wandb, run_name=cfg.run.name,
                               config=OmegaConf.to_container(OmegaConf.create(config_yaml)),
-                              total_steps=cfg.trainer.max_steps, start_step=start, progress_bar=False)
+                              total_steps=steps, start_step=start, progress_bar=False)
     stop = StopOnSignal(dist_info.device)
     ref_model = copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
@@ -248,6 +265,7 @@ def _run_holding(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Dis
     if dist_info.is_main:
         rd.create()
         rd.write_config(config_yaml)
+        print_notes(inputs)
     barrier()
     torch.manual_seed(cfg.trainer.seed)
     model = load_export(inputs.init_from).to(dist_info.device)
@@ -282,6 +300,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
     if cfg.trainer.dry_run:
         return dry_run(cfg, load_inputs(cfg))
     rd = RunDir(Path(cfg.run.dir))
+    rd.check_relaunch(config_yaml)  # a changed config is refused, also for a finished run (run.allow_config_change)
     if rd.is_done():
         print(f"[dpo] {rd.done} exists: the run is complete; nothing to do", flush=True)
         return None
@@ -293,6 +312,7 @@ def run(cfg: DPORunConfig, config_yaml: str) -> dict | None:
 
 def run_recipe(dcfg: DictConfig) -> int:
     """Run a composed DPO recipe; returns the process exit status."""
+    fill_run_name(dcfg, "dpo", "dpo.init_from")
     cfg: DPORunConfig = OmegaConf.to_object(dcfg)  # also runs the dataclasses' validation
     try:
         metrics = run(cfg, OmegaConf.to_yaml(dcfg, resolve=True))

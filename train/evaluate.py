@@ -22,13 +22,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 import sambay_model  # noqa: F401  (registers Phi4Flash with the Auto classes)
 from data.atomic import check_writable
-from data.inputs import require_input
+from data.inputs import require_input, require_setting
 from data.jsonl import write_jsonl
 from data.layout import PreparedData
 from data.shards import check_compatible
 from data.tokenizer import check_same_tokenizer, load_tokenizer
 from recipes.entry import hydra_main
 from train.evals.evaluate_config import EvalConfig, register_evaluate_schema
+from train.evals.generation import load_model, resolve_device
 from train.runtime.results_io import write_json
 from train.evals.math_accuracy import evaluate_math, load_problems, load_samples, score_samples
 from train.evals.perplexity import evaluate_perplexity
@@ -37,20 +38,6 @@ from train.runtime.model_build import require_export
 
 # How to get a missing evaluation input (after "<key>: <path> does not exist; ").
 _REMEDY = "run `python -m data.prepare` for data_dir, point the setting at existing data, or disable that evaluation"
-
-
-def resolve_device(device: str) -> str:
-    """``auto``: cuda when available, else cpu; ``cpu`` and ``cuda`` as given (``EvalConfig`` checks the name)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def load_model(model_path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """(model, tokenizer) from a local HF export directory; never a hub id."""
-    model_path = require_export(model_path, key="model_path")
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype), local_files_only=True)
-    return model.to(resolve_device(device)).eval(), load_tokenizer(model_path)
 
 
 @dataclass(frozen=True)
@@ -72,7 +59,8 @@ class EvalInputs:
 
 def _check_shards(cfg: EvalConfig, data: PreparedData, model_config: PretrainedConfig) -> str:
     """The perplexity shard set, checked against the model's tokenizer and vocabulary and for its split."""
-    shard_dir = str(require_input(cfg.perplexity.shard_dir or data.pretrain, "perplexity.shard_dir", _REMEDY))
+    shard_dir = str(require_setting(cfg.perplexity.shard_dir, "perplexity.shard_dir", data.pretrain, "data_dir",
+                                    _REMEDY))
     manifest = check_compatible(shard_dir, cfg.model_path if cfg.check_tokenizer else None, model_config.vocab_size)
     if cfg.perplexity.split not in manifest["splits"]:
         raise ValueError(f"perplexity.split: {shard_dir} has no split {cfg.perplexity.split!r} "
@@ -93,7 +81,8 @@ def check_inputs(cfg: EvalConfig) -> EvalInputs:
     model_config = AutoConfig.from_pretrained(str(model_path), local_files_only=True)
     problems_path = problems = shard_dir = None
     if cfg.math.enabled:
-        problems_path = require_input(cfg.math.problems or data.reasoning("heldout"), "math.problems", _REMEDY)
+        problems_path = require_setting(cfg.math.problems, "math.problems", data.reasoning("heldout"), "data_dir",
+                                        _REMEDY)
         problems = load_problems(problems_path, limit=cfg.math.limit or None)
     if cfg.perplexity.enabled:
         shard_dir = _check_shards(cfg, data, model_config)
@@ -114,7 +103,7 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     """Run the enabled evaluations of ``cfg``; write eval.json (+ samples.jsonl); return the metrics."""
     if cfg.score_file:
         samples, out = _score_file_inputs(cfg)
-        metrics = {"score_file": str(cfg.score_file), **score_samples(samples)[0]}
+        metrics = {"score_file": str(cfg.score_file), **score_samples(samples, cfg.math.answer_formats)[0]}
         if out is not None:
             write_json(out, metrics, overwrite=cfg.overwrite)
         return metrics
@@ -123,7 +112,9 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     metrics: dict = {"model_path": str(cfg.model_path)}
     samples = None
     if inputs.problems is not None:
-        math_metrics, samples = evaluate_math(model, tokenizer, inputs.problems, cfg.math.sampling, progress=True)
+        math_metrics, samples = evaluate_math(model, tokenizer, inputs.problems, cfg.math.sampling, progress=True,
+                                              prompt_template=cfg.math.prompt_template,
+                                              answer_formats=cfg.math.answer_formats)
         metrics.update(math_metrics)
         metrics["sampling"] = {"k": cfg.math.sampling.num_samples, "temperature": cfg.math.sampling.temperature,
                                "top_p": cfg.math.sampling.top_p, "max_new_tokens": cfg.math.sampling.max_new_tokens}
@@ -154,7 +145,8 @@ def dry_run(cfg: EvalConfig) -> dict:
     evaluations = {}
     if inputs.problems is not None:
         evaluations["math"] = {"problems": str(inputs.problems_path), "num_problems": len(inputs.problems),
-                               "k": cfg.math.sampling.num_samples}
+                               "k": cfg.math.sampling.num_samples,
+                               "answer_formats": [f.value for f in cfg.math.answer_formats]}
     if inputs.shard_dir is not None:
         evaluations["perplexity"] = {"shard_dir": inputs.shard_dir, "split": cfg.perplexity.split}
     if cfg.retrieval.enabled:

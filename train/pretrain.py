@@ -6,9 +6,10 @@
 Recipes live in ``recipes/pretrain/`` (schema :class:`train.config.PretrainConfig`). Relaunching the same
 command resumes from the run directory's latest checkpoint; a finished run (``DONE``) is left alone.
 
-Exit codes: 0 = finished, or stopped by SIGTERM/SIGUSR1 after saving a checkpoint (no ``DONE`` then: relaunch
-to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 4 = another live run holds
-run.dir (see train/runtime/run_lock.py); 1 = any other error.
+Exit codes: 0 = finished, or stopped by SIGTERM/SIGUSR1/SIGINT (Ctrl-C) after saving a checkpoint (no ``DONE``
+then: relaunch to resume); 3 = non-finite loss (nothing saved after the last good checkpoint); 4 = another live
+run holds run.dir (see train/runtime/run_lock.py); 1 = any other error (a relaunch with a changed config among
+them, see ``run.allow_config_change``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from train.engine.data_sources import check_sources, first_manifest, resolve_tok
 from train.engine.launch import run_specs
 from train.runtime.model_build import ModelBuilder, hf_config, resolve_vocab_size
 from train.engine.trainer import TrainSpec
+from train.runtime.run_name import fill_run_name
 
 
 def model_builder(cfg: PretrainConfig, tokenizer: dict) -> ModelBuilder:
@@ -49,6 +51,7 @@ def build_spec(cfg: PretrainConfig, config_yaml: str, config_dict: dict) -> Trai
 
 def run(dcfg: DictConfig) -> int:
     """Run a pretraining recipe; returns the process exit code."""
+    fill_run_name(dcfg, "pretrain", "model.init_from")
     cfg: PretrainConfig = OmegaConf.to_object(dcfg)
     spec = build_spec(cfg, OmegaConf.to_yaml(dcfg, resolve=True), OmegaConf.to_container(dcfg, resolve=True))
     return run_specs([spec], cfg.deepspeed, cfg.trainer.dry_run)

@@ -255,7 +255,7 @@ def test_console_scripts_run_their_modules(tmp_path):
 def test_console_scripts_name_importable_mains():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts) == {f"sambay-{s}" for s in ("prepare", "pretrain", "sft", "dpo", "evaluate", "report",
-                                                      "pipeline")}
+                                                      "generate", "pipeline")}
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name

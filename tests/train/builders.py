@@ -96,6 +96,17 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited (PID 1 in a container may not reap it)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a torchrun agent's ranks and their children), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            kids = [int(c) for c in task.read_text().split()]
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
 def wait_gone(pids, timeout: float) -> bool:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -35,6 +35,10 @@ def test_every_recipe_composes_to_its_schema(entry, schema):
     assert "demo" in names
     for name in names:
         cfg = compose_recipe(entry, name)
+        if OmegaConf.is_missing(cfg.run, "name"):  # a recipe without a name gets train.runtime.run_name's at launch
+            cfg.run.name = "unnamed"
+        if entry == "sft" and OmegaConf.is_missing(cfg.sft, "init_from"):  # finetune.yaml: the user's checkpoint
+            cfg.sft.init_from = "checkpoint"
         obj = OmegaConf.to_object(cfg)
         assert isinstance(obj, schema), name
         assert obj.run.dir == f"runs/{obj.run.name}"

@@ -51,8 +51,8 @@ def test_dry_run_with_a_missing_preference_file_fails_naming_it(dpo_tiny, tmp_pa
     data, export = dpo_tiny
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nowhere" / "heldout.jsonl"
-    with pytest.raises(FileNotFoundError, match=f"dpo.heldout_file: {missing} does not exist"):
-        run_dpo(_dry(data, export, tmp_path / "run", heldout_file=str(missing)))
+    with pytest.raises(FileNotFoundError, match=f"dpo.eval_data: {missing} does not exist"):
+        run_dpo(_dry(data, export, tmp_path / "run", eval_data=str(missing)))
     assert sorted(os.listdir(tmp_path)) == []
 
 
@@ -63,7 +63,7 @@ def test_dry_run_with_missing_prepared_data_fails_naming_the_file(dpo_tiny, tmp_
     (partial / "preference").mkdir(parents=True)
     (partial / "preference" / "heldout.jsonl").write_bytes((data / "preference" / "heldout.jsonl").read_bytes())
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"dpo.train_file: {partial / 'preference' / 'train.jsonl'}"):
+    with pytest.raises(FileNotFoundError, match=f"dpo.data_dir: {partial / 'preference' / 'train.jsonl'}"):
         run_dpo(_dry(partial, export, tmp_path / "run", check_tokenizer=False))
     cfg = _dry(partial, export, tmp_path / "run", check_tokenizer=False)
     cfg.dpo.on_policy.enabled, cfg.dpo.on_policy.mix = True, "replace"  # no offline pairs needed, problems are

@@ -22,7 +22,7 @@ def test_chosen_equal_rejected_is_an_error_and_writes_nothing(dpo_tiny, tmp_path
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rec) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl: record 1: chosen and rejected are identical"):
-        run_dpo(dpo_cfg(data, export, tmp_path / "run", train_file=str(bad)))
+        run_dpo(dpo_cfg(data, export, tmp_path / "run", train_data=str(bad)))
     assert not (tmp_path / "run").exists()
 
 

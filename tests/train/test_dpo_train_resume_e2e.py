@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.builders import REPO, dpo_cfg, run_dpo
+from tests.train.builders import REPO, descendants, dpo_cfg, run_dpo
 
 
 @pytest.mark.slow
@@ -21,7 +21,7 @@ def test_dpo_run_learns_exports_and_resumes(dpo_tiny, tmp_path, reference):
     data, export = dpo_tiny
     run_dir = tmp_path / "run"
     # Held-out = the training pairs here, so a 4-step run must visibly raise the margin.
-    cfg = dpo_cfg(data, export, run_dir, reference=reference, heldout_file=str(data / "preference" / "train.jsonl"),
+    cfg = dpo_cfg(data, export, run_dir, reference=reference, eval_data=str(data / "preference" / "train.jsonl"),
                heldout_limit=16)
     metrics = run_dpo(cfg)
     assert metrics["heldout_reward_margin"] > 0
@@ -69,17 +69,6 @@ def test_torchrun_two_ranks_zero2(dpo_tiny, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["heldout_pairs"] == 4
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            kids = [int(c) for c in task.read_text().split()]
-            out.extend(kids)
-            todo.extend(kids)
-    return out
-
-
 @pytest.mark.slow
 def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one(dpo_tiny, tmp_path):
     """SIGTERM to both ranks (as Slurm's `scancel --signal=TERM` does) mid-run: they save one checkpoint at the
@@ -108,7 +97,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
         while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").read_text().strip()):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
             time.sleep(0.1)
-        ranks = _descendants(proc.pid)
+        ranks = descendants(proc.pid)
         assert len(ranks) >= 2
         for pid in ranks:
             os.kill(pid, signal.SIGTERM)

@@ -287,3 +287,154 @@ def test_every_evaluate_recipe_dry_runs(tiny, tmp_path, recipe):
     report = dry_run(OmegaConf.to_object(dcfg))
     assert set(report["evaluations"]) == {"math", "perplexity", "retrieval"}
     assert not (tmp_path / "eval").exists()
+
+
+# ---- math.prompt_template and math.answer_formats --------------------------------------------------------------
+def test_default_prompt_template_renders_the_sft_prompt():
+    from data.reasoning import PROMPT_TEMPLATE, format_prompt, generate_problems
+    from train.evals.evaluate_config import MathEvalConfig
+    from train.evals.math_accuracy import render_prompt
+
+    assert MathEvalConfig().prompt_template == PROMPT_TEMPLATE
+    for p in generate_problems(12, "heldout", seed=1) + [{"question": "Is {x} a {} brace?"}]:
+        rendered = render_prompt(PROMPT_TEMPLATE, p["question"])
+        assert rendered == format_prompt(p["question"])
+        assert rendered == p["question"] + "\nSolve step by step and end with \\boxed{answer}."
+
+
+def test_custom_prompt_template_renders_question_and_literal_braces():
+    from train.evals.math_accuracy import check_prompt_template, render_prompt
+
+    template = check_prompt_template("Q: {question}\nA ({question}) in \\boxed{{}}.", "math.prompt_template")
+    assert render_prompt(template, "2+{y}?") == "Q: 2+{y}?\nA (2+{y}?) in \\boxed{}."
+
+
+@pytest.mark.parametrize("template, match", [
+    ("Solve it.", r"math\.prompt_template: 'Solve it\.' has no \{question\} placeholder"),
+    ("{problem}", r"math\.prompt_template: unknown placeholder \{problem\}"),
+    ("{question} then \\boxed{}", r"math\.prompt_template: unknown placeholder \{\}.*doubled"),
+    ("{question!r}", r"math\.prompt_template: unknown placeholder \{question!r\}"),
+    ("{question} {", r"math\.prompt_template: Single '\{'.*doubled"),
+])
+def test_prompt_template_errors_name_the_key(template, match):
+    from train.evals.evaluate_config import MathEvalConfig
+
+    with pytest.raises(ValueError, match=match):
+        MathEvalConfig(prompt_template=template)
+
+
+def test_answer_formats_config_validation():
+    from train.evals.evaluate_config import MathEvalConfig
+    from train.evals.math_grader import AnswerFormat
+
+    assert MathEvalConfig().answer_formats == [AnswerFormat.boxed, AnswerFormat.hash]
+    assert MathEvalConfig(answer_formats=["answer_is", "last_number"]).answer_formats == [
+        AnswerFormat.answer_is, AnswerFormat.last_number]
+    with pytest.raises(ValueError, match=r"math\.answer_formats: unknown answer format 'the_answer'; valid names: "
+                                         r"\['boxed', 'hash', 'answer_is', 'last_number'\]"):
+        MathEvalConfig(answer_formats=["the_answer"])
+
+
+def _compose(recipe, overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from train.evals.evaluate_config import register_evaluate_schema
+
+    register_evaluate_schema()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "evaluate"), version_base=None):
+        return OmegaConf.to_object(compose(config_name=recipe, overrides=overrides))
+
+
+def test_recipe_overrides_of_the_math_keys():
+    from hydra.errors import ConfigCompositionException
+
+    from train.evals.math_grader import AnswerFormat
+
+    cfg = _compose("demo", ["math.answer_formats=[answer_is,boxed]", "math.prompt_template='Q: {question} A:'"])
+    assert cfg.math.answer_formats == [AnswerFormat.answer_is, AnswerFormat.boxed]
+    assert cfg.math.prompt_template == "Q: {question} A:"
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose("demo", ["math.answer_formats=[boxed,nope]"])
+    assert "expected one of [boxed, hash, answer_is, last_number]" in str(err.value.__cause__)
+    assert "math.answer_formats[1]" in str(err.value.__cause__)
+    with pytest.raises(ValueError, match=r"math\.prompt_template: unknown placeholder \{q\}"):
+        _compose("demo", ["math.prompt_template='Q: {q}'"])
+
+
+def test_score_file_answer_formats(tmp_path):
+    from train.evals.evaluate_config import EvalConfig, MathEvalConfig
+    from train.evaluate import run_evaluation
+
+    path = tmp_path / "c.jsonl"
+    rows = [{"completion": "Let me think. 7 * 8 = 56.\nThe answer is 56.", "answer": "56"},
+            {"completion": "The answer is $1,234$.", "answer": "1234"},
+            {"completion": "The answer is 5.", "answer": "6"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run([sys.executable, "-m", "train.evaluate", f"score_file={path}",
+                           "math.answer_formats=[answer_is]"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(2 / 3) and got["extracted_fraction"] == 1.0
+    assert got["answer_formats"] == ["answer_is"]
+    default = run_evaluation(EvalConfig(score_file=str(path)))
+    assert default["accuracy"] == 0.0 and default["extracted_fraction"] == 0.0
+    assert default["answer_formats"] == ["boxed", "hash"]
+    last = run_evaluation(EvalConfig(score_file=str(path), math=MathEvalConfig(answer_formats=["boxed", "last_number"])))
+    assert last["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_evaluate_math_path_grades_the_answer_is_format(tiny, tmp_path, monkeypatch):
+    """train.evaluate on the tiny export with the model's sampling replaced by a fixed answer (a random model
+    writes no sentences): the prompt is the configured template in the chat template, and "The answer is 56."
+    is right with answer_formats [answer_is] and not extracted with the default."""
+    import train.evals.math_accuracy as math_accuracy
+    from data.tokenizer import load_tokenizer
+    from train.evals.generation import chat_prompt
+    from train.evaluate import run_evaluation
+
+    data, export = tiny
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"id": "p0", "question": "What is 7 * 8?", "answer": "56"}) + "\n"
+                        + json.dumps({"id": "p1", "question": "What is 50 + 6?", "answer": "56"}) + "\n")
+    seen = []
+
+    def fixed_generate(model, tokenizer, prompts, sampling, progress=False):
+        seen.append((type(model).__name__, prompts))
+        return [["Seven eights.\nThe answer is 56."] for _ in prompts]
+
+    monkeypatch.setattr(math_accuracy, "generate", fixed_generate)
+    results = {}
+    for name, formats in (("default", None), ("answer_is", ["answer_is"])):
+        overrides = [f"model_path={export}", f"data_dir={data}", f"output_dir={tmp_path / name}",
+                     f"math.problems={problems}", "math.prompt_template='Problem: {question} Reply briefly.'",
+                     "perplexity.enabled=false", "retrieval.enabled=false"]
+        cfg = _compose("smoke", overrides + ([f"math.answer_formats=[{','.join(formats)}]"] if formats else []))
+        results[name] = run_evaluation(cfg)
+    assert results["default"]["accuracy"] == 0.0 and results["default"]["extracted_fraction"] == 0.0
+    assert results["answer_is"]["accuracy"] == 1.0 and results["answer_is"]["extracted_fraction"] == 1.0
+    assert results["answer_is"]["num_problems"] == 2
+    samples = [json.loads(line) for line in (tmp_path / "answer_is" / "samples.jsonl").read_text().splitlines()]
+    assert [s["extracted"] for s in samples] == ["56", "56"]
+    assert seen[0][0] == "Phi4FlashForCausalLM"
+    expected = [chat_prompt(load_tokenizer(export), f"Problem: {q} Reply briefly.")
+                for q in ("What is 7 * 8?", "What is 50 + 6?")]
+    assert seen[0][1] == expected and seen[1][1] == expected
+
+
+def test_own_problems_without_prepared_data_dry_runs(tiny, tmp_path):
+    """docs/evaluation.md's command for a model with no data.prepare directory: only math and retrieval run."""
+    from train.evaluate import dry_run
+
+    _, export = tiny
+    problems = tmp_path / "mine.jsonl"
+    problems.write_text(json.dumps({"question": "What is 7 * 8?", "answer": "56"}) + "\n")
+    cfg = _compose("demo", [f"model_path={export}", f"math.problems={problems}", "math.limit=0",
+                            "check_tokenizer=false", "perplexity.enabled=false",
+                            "math.answer_formats=[boxed,answer_is,last_number]", f"data_dir={tmp_path / 'none'}",
+                            f"output_dir={tmp_path / 'eval'}"])
+    report = dry_run(cfg)
+    assert set(report["evaluations"]) == {"math", "retrieval"}
+    assert report["evaluations"]["math"]["num_problems"] == 1
+    assert report["evaluations"]["math"]["answer_formats"] == ["boxed", "answer_is", "last_number"]
+    assert not (tmp_path / "eval").exists()

@@ -109,7 +109,10 @@ STAGE_RECIPES = [(e, p.stem) for e in ENTRIES for p in sorted((RECIPES / e).glob
 def test_stage_recipe_dry_run(entry, name, tiny, watched, capsys):
     data, export = tiny
     override = DRY_RUN_OVERRIDES[ENTRIES[entry]]
-    dcfg = _compose(entry, name, _pointing_at(entry, data, export, watched) + [override])
+    # The fine-tuning recipe reads a checkpoint and chat data of the user's, not prepared shard sets.
+    own = ([f"sft.init_from={export}", f"sft.train_data={PreparedData(data).sft_jsonl(SFT_STAGES[0])}"]
+           if (entry, name) == ("sft", "finetune") else [])
+    dcfg = _compose(entry, name, _pointing_at(entry, data, export, watched) + [override] + own)
     assert dry_run(entry, dcfg) == 0
     if entry in ("pretrain", "sft"):
         assert "train_flops_per_token" in capsys.readouterr().out

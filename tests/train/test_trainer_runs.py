@@ -20,8 +20,9 @@ def test_grad_accumulation_matches_big_micro_batch(pretrain_shards, tmp_path):
 
 def test_run_directory_contents(pretrain_shards, tmp_path):
     rd = tmp_path / "full"
-    run(rd, pretrain_shards, ["trainer.max_steps=2", "trainer.log_every=1", "trainer.save_every=1", "trainer.keep_last=1",
-                     "data.global_batch_tokens=128", "trainer.eval_every=2", "trainer.eval_batches=1"])
+    overrides = ["trainer.max_steps=2", "trainer.log_every=1", "trainer.save_every=1", "trainer.keep_last=1",
+                 "data.global_batch_tokens=128", "trainer.eval_every=2", "trainer.eval_batches=1"]
+    run(rd, pretrain_shards, overrides)
     assert (rd / "DONE").exists() and (rd / "config.yaml").exists() and (rd / "data_manifest.json").exists()
     rows = metrics(rd)
     train_rows = [r for r in rows if "loss" in r]
@@ -42,8 +43,8 @@ def test_run_directory_contents(pretrain_shards, tmp_path):
     tok = AutoTokenizer.from_pretrained(rd / "export")
     gen = GenerationConfig.from_pretrained(rd / "export")
     assert tok.convert_tokens_to_ids("<|end|>") in gen.eos_token_id
-    # Relaunching a finished run does nothing.
-    p = run(rd, pretrain_shards, ["trainer.max_steps=2", "data.global_batch_tokens=128"])
+    # Relaunching a finished run with its config does nothing (a changed config is refused: test_run_config_change).
+    p = run(rd, pretrain_shards, overrides)
     assert "nothing to do" in p.stdout
 
 

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from data.layout import DEFAULT_DATA_DIR
 from train.config import DeepSpeedConfig, LoopConfig, RunConfig, WandbConfig
 from train.evals.generation import SamplingConfig
 
@@ -19,7 +18,7 @@ class OnPolicyConfig:
     """On-policy preference pairs sampled from the init (SFT) model and labelled by the math grader.
 
     enabled: build them (default False: offline pairs only).
-    problems: reasoning JSONL to sample on (default ``None`` = ``<data_dir>/reasoning/train.jsonl``).
+    problems: reasoning JSONL to sample on (default ``None`` = ``<dpo.data_dir>/reasoning/train.jsonl``).
     num_problems: first N problems used (default 64).
     sampling: k samples per problem, temperature, top-p (default: k=4, temperature 0.8, top-p 0.95, 96 tokens).
     mix: ``append`` (default: on-policy pairs added to the offline ones) or ``replace`` (on-policy only).
@@ -37,13 +36,24 @@ class OnPolicyConfig:
 class DPOSection:
     """DPO settings.
 
-    init_from: SFT export directory, policy and reference start here (default ``MISSING``).
-    data_dir: output of ``data.prepare`` (default ``artifacts/data/demo``).
-    train_file: preference JSONL (default ``None`` = ``<data_dir>/preference/train.jsonl``).
-    train_limit: first N offline training pairs; 0 = all (default 0).
-    heldout_file: held-out preference JSONL (default ``None`` = ``<data_dir>/preference/heldout.jsonl``).
-    heldout_limit: held-out pairs scored after training; 0 = all (default 0).
-    check_tokenizer: the export's tokenizer fingerprint must equal ``<data_dir>/tokenizer``'s (default True).
+    init_from: the model policy and reference start from: a sambay export (e.g. an SFT run's ``export/``) or a
+        published hub snapshot directory (default ``MISSING``).
+    train_data: your own preference pairs: a JSONL/JSON/Parquet file, a list of them, or a ``datasets``
+        ``save_to_disk`` directory, in any TRL preference format (``data.preference``) (default ``None``: the
+        prepared data's ``<data_dir>/preference/train.jsonl``). One of ``train_data`` / ``data_dir`` is required.
+    eval_data: held-out pairs, same kinds and formats (default ``None``: with ``train_data``, a held-out split of
+        it, see ``eval_fraction``; else ``<data_dir>/preference/heldout.jsonl``).
+    eval_fraction: share of ``train_data`` split off as held-out pairs when ``eval_data`` is not given, at least
+        one pair, at most ``heldout_limit`` when that is set; the split is seeded by ``trainer.seed`` and its size
+        logged (default 0.05).
+    data_dir: output of ``data.prepare`` (demo data; its tokenizer must be the model's) (default ``None``).
+    train_limit: cap on the offline training pairs, the first N; 0 = every pair. A cap prints how many pairs it
+        drops (default 0).
+    heldout_limit: held-out pairs scored after training, the first N; 0 = all (default 0).
+    epochs: passes over the training pairs when ``trainer.max_steps`` is 0 (default 1.0); with
+        ``trainer.max_steps`` > 0 that many steps run and the run prints how much of the pairs they cover.
+    check_tokenizer: with ``data_dir``, the model's tokenizer fingerprint must equal ``<data_dir>/tokenizer``'s
+        (default True).
     beta: DPO temperature (default 0.1).
     loss_type: TRL loss type(s), e.g. [sigmoid], [ipo], [sigmoid, sft] (default [sigmoid]).
     loss_weights: weight per loss type (default ``None`` = all 1).
@@ -63,11 +73,13 @@ class DPOSection:
     """
 
     init_from: str = MISSING
-    data_dir: str = DEFAULT_DATA_DIR
-    train_file: Optional[str] = None
+    train_data: Optional[Any] = None  # a path or a list of paths
+    eval_data: Optional[Any] = None
+    eval_fraction: float = 0.05
+    data_dir: Optional[str] = None
     train_limit: int = 0
-    heldout_file: Optional[str] = None
     heldout_limit: int = 0
+    epochs: float = 1.0
     check_tokenizer: bool = True
     beta: float = 0.1
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
@@ -92,6 +104,13 @@ class DPOSection:
             raise ValueError(f"dpo.on_policy.mix={self.on_policy.mix!r}: expected append or replace")
         if self.beta <= 0:
             raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+        if self.epochs <= 0:
+            raise ValueError(f"dpo.epochs must be > 0, got {self.epochs}")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"dpo.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if self.train_limit < 0 or self.heldout_limit < 0:
+            raise ValueError(f"dpo.train_limit={self.train_limit}, dpo.heldout_limit={self.heldout_limit}: a cap "
+                             "is a count of pairs, 0 = all")
 
 
 @dataclass

@@ -25,9 +25,14 @@ ON_POLICY_POLL_S = 5.0  # how often a rank that finished its share of on-policy 
 
 
 def problems_file(cfg: DPORunConfig) -> Path:
-    """``dpo.on_policy.problems``, else the prepared data's reasoning training set."""
+    """``dpo.on_policy.problems``, else the prepared data's reasoning training set (``dpo.data_dir``)."""
     op = cfg.dpo.on_policy
-    return Path(op.problems) if op.problems else PreparedData(cfg.dpo.data_dir).reasoning("train")
+    if op.problems:
+        return Path(op.problems)
+    if cfg.dpo.data_dir is None:
+        raise ValueError("dpo.on_policy.enabled=true needs problems to sample on: set dpo.on_policy.problems (a "
+                         "reasoning JSONL) or dpo.data_dir (the output of python -m data.prepare)")
+    return PreparedData(cfg.dpo.data_dir).reasoning("train")
 
 
 def load_on_policy_problems(cfg: DPORunConfig) -> list[dict]:

@@ -9,8 +9,9 @@ For a pair (x, y_w, y_l) the DPO implicit reward of completion y is ``beta * (lo
   log-probability (before training the policy is the reference, so the reward metrics start at 0 while these
   show what the SFT model already prefers).
 
-Prompts and completions are tokenised like TRL does for conversational data: the chat template of the prompt
-with the assistant header, then the rest of the rendered conversation as the completion.
+Prompts and completions are tokenised like TRL does: for conversational data the chat template of the prompt with
+the assistant header, then the rest of the rendered conversation as the completion; for standard (string) data the
+prompt, then the completion with EOS (:func:`encode_pair_side`).
 
 Precision and memory: the reference (the init model, before training) and the trained policy are scored under the
 same rule as the training forward, ``torch.autocast(compute_dtype)`` over fp32 weights (see
@@ -24,22 +25,30 @@ import math
 from pathlib import Path
 
 import torch
+from trl.data_utils import common_prefix_length
 
-from data.preference import FIELDS, read_preference_jsonl
+from data.preference import read_preference_data
 from sambay_model.length_buckets import bucket_length
 from sambay_model.lm_head_loss import IGNORE_INDEX, shifted_token_logprobs
 from train.runtime.model_mode import eval_mode
 
 
 def load_preference_pairs(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Validated ``{prompt, chosen, rejected}`` records (``data.preference``'s checks: chosen == rejected and
-    malformed messages are errors naming the file and record); extra keys are dropped."""
-    pairs = [{k: rec[k] for k in FIELDS} for rec in read_preference_jsonl(path)]
+    """``{prompt, chosen, rejected}`` pairs of one file in any TRL preference format (``data.preference``: malformed
+    records and chosen == rejected are errors naming the file and record); extra keys are dropped."""
+    pairs = read_preference_data(str(path), key=str(path))
     return pairs[:limit] if limit else pairs
 
 
-def encode_pair_side(tokenizer, prompt: list[dict], completion: list[dict], max_length: int) -> tuple[list[int], int]:
-    """(token ids, prompt length) of prompt + completion, truncated to ``max_length`` keeping the start."""
+def encode_pair_side(tokenizer, prompt: list[dict] | str, completion: list[dict] | str,
+                     max_length: int) -> tuple[list[int], int]:
+    """(token ids, prompt length) of prompt + completion, truncated to ``max_length`` keeping the start.
+
+    Conversational pairs: the chat template renders the prompt with the assistant header, the completion is the
+    rest of the rendered conversation. Standard (string) pairs are tokenised as TRL's ``DPOTrainer`` does: the
+    prompt, and prompt + completion + EOS (added when missing); the completion starts where the two diverge."""
+    if isinstance(prompt, str):
+        return _encode_standard(tokenizer, prompt, completion, max_length)
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
     if not full_text.startswith(prompt_text):
@@ -48,6 +57,14 @@ def encode_pair_side(tokenizer, prompt: list[dict], completion: list[dict], max_
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
     return (prompt_ids + completion_ids)[:max_length], len(prompt_ids)
+
+
+def _encode_standard(tokenizer, prompt: str, completion: str, max_length: int) -> tuple[list[int], int]:
+    eos = tokenizer.eos_token
+    completion = completion if completion.endswith(eos) else completion + eos
+    prompt_ids = tokenizer(text=prompt)["input_ids"]
+    full_ids = tokenizer(text=prompt + completion)["input_ids"]
+    return full_ids[:max_length], common_prefix_length(prompt_ids, full_ids)
 
 
 @torch.no_grad()

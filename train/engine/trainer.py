@@ -11,10 +11,11 @@ gradients over ranks. So micro-batch 1 x accumulation 4, micro-batch 4 x 1, and 
 the same update.
 
 Exit behaviour (see :class:`StopReason`): a normal end writes ``export/`` and ``DONE``; SIGTERM / SIGUSR1
-(Slurm's pre-emption warning) make all ranks save a checkpoint at the next step boundary and return
-normally (process exit code 0, no ``DONE``: relaunching resumes); a non-finite loss raises
-:class:`NonFiniteLossError` (exit code 3) before the update, leaving the last checkpoint intact, unless
-``trainer.skip_nonfinite`` is set, in which case that step's update is skipped.
+(Slurm's pre-emption warning) / SIGINT (Ctrl-C; a second one aborts, see :mod:`train.runtime.stop_signal`) make all
+ranks save a checkpoint at the next step boundary and return normally (process exit code 0, no ``DONE``:
+relaunching resumes); a non-finite loss raises :class:`NonFiniteLossError` (exit code 3) before the update,
+leaving the last checkpoint intact, unless ``trainer.skip_nonfinite`` is set, in which case that step's update is
+skipped.
 """
 from __future__ import annotations
 
@@ -193,7 +194,9 @@ class Trainer:
         self._window_tokens, self._window_start = 0, 0.0  # throughput since the last metrics line
 
     def run(self) -> StopReason:
-        """Raises :class:`data.dir_lock.RunDirLockedError` on every rank when another live run holds the directory."""
+        """Raises :class:`data.dir_lock.RunDirLockedError` on every rank when another live run holds the directory,
+        :class:`train.runtime.run_dir.ConfigChangedError` when the directory's run has another config."""
+        self.rd.check_relaunch(self.spec.config_yaml, say=self.dist.is_main)  # also for a finished run
         if self.rd.is_done():
             self._say(f"{self.rd.root} is complete (DONE exists); nothing to do")
             return StopReason.already_done

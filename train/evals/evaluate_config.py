@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from data.layout import DEFAULT_DATA_DIR
+from data.reasoning import PROMPT_TEMPLATE
+from train.evals.math_accuracy import check_prompt_template
+from train.evals.math_grader import DEFAULT_ANSWER_FORMATS, AnswerFormat, parse_answer_formats
 from train.evals.perplexity import PerplexityConfig
 from train.evals.retrieval import RetrievalConfig
 from train.evals.generation import SamplingConfig
@@ -24,12 +27,26 @@ class MathEvalConfig:
         ``data.layout.PreparedData(data_dir).reasoning("heldout")``).
     limit: first N problems; 0 = all (default 100).
     sampling: k, temperature, top-p, token budget, batch size (default: greedy, k=1, 96 new tokens, batch 32).
+    prompt_template: the user message, a ``str.format`` template whose one placeholder is ``{question}`` (literal
+        braces doubled); rendered in the tokenizer's chat template (default ``data.reasoning.PROMPT_TEMPLATE``,
+        the prompt the demo's SFT data uses: ``{question}\\nSolve step by step and end with \\boxed{{answer}}.``).
+        Any other placeholder, or none, is an error.
+    answer_formats: where the final answer is read, an ordered list of ``boxed`` (last ``\\boxed{}``), ``hash``
+        (after the last ``####``), ``answer_is`` ("The answer is N." / "answer: N", any case) and ``last_number``
+        (the last plain number); the first format whose marker occurs decides (default ``[boxed, hash]``).
     """
 
     enabled: bool = True
     problems: Optional[str] = None
     limit: int = 100
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    prompt_template: str = PROMPT_TEMPLATE
+    answer_formats: List[AnswerFormat] = field(default_factory=lambda: list(DEFAULT_ANSWER_FORMATS))
+
+    def __post_init__(self) -> None:
+        check_prompt_template(self.prompt_template, "math.prompt_template")
+        # Python callers may pass names; Hydra has already turned them into AnswerFormats.
+        self.answer_formats = parse_answer_formats(self.answer_formats, "math.answer_formats")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Batched sampling from a chat model: chat-template prompts, left padding, ``model.generate``, decoding.
+"""Batched sampling from a chat model: loading an export to sample from, chat-template prompts, left padding,
+``model.generate``, decoding.
 
 Prompts are sorted by length before batching (less padding, so fewer wasted tokens on CPU) and the
 completions are returned in the caller's order; on CUDA a batch's width is rounded up to a length bucket
@@ -9,12 +10,16 @@ tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM
 
-from data.tokenizer import stop_token_ids
+import sambay_model  # noqa: F401  (registers Phi4Flash with the Auto classes)
+from data.tokenizer import load_tokenizer, stop_token_ids
 from sambay_model.length_buckets import bucket_length
+from train.runtime.model_build import require_export
 from train.runtime.model_mode import eval_mode
 
 
@@ -51,10 +56,31 @@ class SamplingConfig:
             raise ValueError("sampling.max_new_tokens and sampling.batch_size must be >= 1")
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: cuda when available, else cpu; ``cpu`` and ``cuda`` as given (the schemas check the name)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(model_path: str | Path, device: str = "cpu", dtype: str = "float32"):
+    """(model, tokenizer) from a local HF export directory (a stage's ``export/`` or a hub snapshot), in eval
+    mode on ``device`` in ``dtype``; never a hub id. A missing directory is an error naming ``model_path``, the
+    key of every entry point that loads a model this way."""
+    model_path = require_export(model_path, key="model_path")
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, dtype), local_files_only=True)
+    return model.to(resolve_device(device)).eval(), load_tokenizer(model_path)
+
+
+def conversation_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The model input for the next assistant turn of a conversation (``{role, content}`` messages): the
+    tokenizer's own chat template with the assistant header appended."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def chat_prompt(tokenizer, user_text: str) -> str:
     """The model input for one user turn: the chat template with the assistant header appended."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_text}], tokenize=False,
-                                         add_generation_prompt=True)
+    return conversation_prompt(tokenizer, [{"role": "user", "content": user_text}])
 
 
 @torch.no_grad()

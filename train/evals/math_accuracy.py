@@ -5,17 +5,44 @@ number of samples); ``pass_at_k`` (any of the k samples correct) is reported whe
 ``extracted_fraction`` is the share of samples whose final answer could be extracted at all.
 ``blind_baseline_accuracy`` is what a model that never reads the numbers would score (see
 :func:`blind_baseline_accuracy`): accuracy means learning only where it is clearly above this.
+The user prompt is a ``str.format`` template of ``{question}`` (:func:`check_prompt_template`) and the answer is
+extracted by an ordered list of ``math_grader.AnswerFormat`` s; both default to what the demo's SFT data teaches.
 """
 from __future__ import annotations
 
+import string
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from data.jsonl import read_jsonl
-from data.reasoning import format_prompt
+from data.reasoning import PROMPT_TEMPLATE
 from train.evals.generation import SamplingConfig, chat_prompt, generate
-from train.evals.math_grader import grade
+from train.evals.math_grader import DEFAULT_ANSWER_FORMATS, AnswerFormat, grade
+
+PROMPT_FIELD = "question"  # the one placeholder a prompt template may (and must) use
+
+
+def check_prompt_template(template: str, key: str) -> str:
+    """``template`` if it is a ``str.format`` template whose only placeholder is ``{question}`` (used at least once;
+    literal braces doubled, as in ``\\boxed{{}}``); otherwise an error naming ``key``."""
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise ValueError(f"{key}: {e} in {template!r}; write a literal brace doubled ({{{{ or }}}})") from None
+    for name, spec, conv in fields:
+        if name != PROMPT_FIELD or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"{key}: unknown placeholder {shown} in {template!r}; the only placeholder is "
+                             f"{{{PROMPT_FIELD}}} (write a literal brace doubled, e.g. \\boxed{{{{}}}})")
+    if not fields:
+        raise ValueError(f"{key}: {template!r} has no {{{PROMPT_FIELD}}} placeholder for the problem's question")
+    return template
+
+
+def render_prompt(template: str, question: str) -> str:
+    """The user message of ``question`` by a template that :func:`check_prompt_template` accepted."""
+    return template.format(**{PROMPT_FIELD: question})
 
 
 def load_problems(path: str | Path, limit: int | None = None) -> list[dict]:
@@ -24,14 +51,16 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[dict]:
     return records[:limit] if limit else records
 
 
-def score_samples(samples: Iterable[dict]) -> tuple[dict, list[dict]]:
+def score_samples(samples: Iterable[dict], answer_formats: Sequence[AnswerFormat] = DEFAULT_ANSWER_FORMATS
+                  ) -> tuple[dict, list[dict]]:
     """Metrics of graded ``{completion, answer[, id]}`` samples, plus each sample with its grade.
 
     Samples sharing an ``id`` are the k samples of one problem; samples without ``id`` are one problem each.
+    Answers are extracted by the first of ``answer_formats`` that finds one.
     """
     graded, groups = [], OrderedDict()
     for n, s in enumerate(samples):
-        g = grade(str(s["completion"]), str(s["answer"]))
+        g = grade(str(s["completion"]), str(s["answer"]), answer_formats)
         graded.append({**s, "extracted": g.extracted, "correct": g.correct})
         groups.setdefault(s.get("id", f"#{n}"), []).append(g)
     if not graded:
@@ -43,6 +72,7 @@ def score_samples(samples: Iterable[dict]) -> tuple[dict, list[dict]]:
         "extracted_fraction": sum(s["extracted"] is not None for s in graded) / len(graded),
         "num_problems": len(groups),
         "num_samples": len(graded),
+        "answer_formats": [AnswerFormat(f).value for f in answer_formats],  # accuracies by other formats differ
     }
     if max(ks) > 1:
         metrics["pass_at_k"] = sum(any(g.correct for g in gs) for gs in groups.values()) / len(groups)
@@ -82,19 +112,23 @@ def load_samples(path: str | Path) -> list[dict]:
     return samples
 
 
-def evaluate_math(model, tokenizer, problems: list[dict], sampling: SamplingConfig,
-                  progress: bool = False) -> tuple[dict, list[dict]]:
+def evaluate_math(model, tokenizer, problems: list[dict], sampling: SamplingConfig, progress: bool = False,
+                  prompt_template: str = PROMPT_TEMPLATE,
+                  answer_formats: Sequence[AnswerFormat] = DEFAULT_ANSWER_FORMATS) -> tuple[dict, list[dict]]:
     """Generate ``sampling.num_samples`` completions per problem and grade them: (metrics, graded samples).
 
-    Prompts are ``data.reasoning.format_prompt`` of the question: the same user prompt SFT trained on.
+    The user prompt is ``prompt_template`` rendered with the question (default: ``data.reasoning.PROMPT_TEMPLATE``,
+    the same user prompt SFT trained on) in the tokenizer's chat template; answers are extracted by the first of
+    ``answer_formats`` that finds one.
     """
-    prompts = [chat_prompt(tokenizer, format_prompt(p["question"])) for p in problems]
+    check_prompt_template(prompt_template, "prompt_template")
+    prompts = [chat_prompt(tokenizer, render_prompt(prompt_template, p["question"])) for p in problems]
     completions = generate(model, tokenizer, prompts, sampling, progress=progress)
     samples = [
         {"id": p.get("id", i), "template_id": p.get("template_id"), "answer": p["answer"], "completion": c}
         for i, (p, cs) in enumerate(zip(problems, completions)) for c in cs
     ]
-    metrics, graded = score_samples(samples)
+    metrics, graded = score_samples(samples, answer_formats)
     baseline = blind_baseline_accuracy(problems)
     if baseline is not None:
         metrics["blind_baseline_accuracy"] = baseline

@@ -1,8 +1,11 @@
 """Final-answer extraction and math equivalence for reasoning evaluation.
 
-A completion's final answer is the content of its last ``\\boxed{...}`` (``data.reasoning.extract_boxed``:
-nested braces allowed, ``\\fbox`` too), else the text after its last ``#### `` marker (GSM8K style). The
-evaluation, DPO's sampled pairs and the lm-eval harness task all extract answers with :func:`extract_answer`.
+A completion's final answer is found by an ordered list of :class:`AnswerFormat` s; the first format whose marker
+occurs in the completion decides (an empty answer there, e.g. ``\\boxed{}``, counts as none extracted, and later
+formats are not consulted). The default, :data:`DEFAULT_ANSWER_FORMATS`, is the content of the last
+``\\boxed{...}`` (``data.reasoning.extract_boxed``: nested braces allowed, ``\\fbox`` too), else the text after the
+last ``#### `` marker (GSM8K style); ``math.answer_formats`` of ``train.evaluate`` picks others. DPO's sampled pairs
+and the lm-eval harness task extract with the default.
 Equivalence is decided in two steps: a fast path (normalised string equality, then exact rational comparison
 of plain numbers such as ``1,234``, ``24.0``, ``$5``, ``3/4``, ``-0.5``), and only when neither side is a plain
 number, math-verify's symbolic checker (LaTeX fractions, radicals, expressions, sets). The fast path decides
@@ -10,14 +13,21 @@ most GSM-style answers without sympy, which keeps scoring thousands of samples c
 """
 from __future__ import annotations
 
+import enum
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 from data.reasoning import extract_boxed
 
 _HASH_RE = re.compile(r"####\s*([^\n]*)")
+# "The answer is 56." / "The final answer is: 56" / "Answer: 56" (any case); the answer is on the rest of that
+# line, or on the next non-blank one when the marker ends its line.
+_ANSWER_IS_RE = re.compile(r"\bthe\s+(?:final\s+)?answer\s+is\b\s*:?|\banswer\s*:", re.IGNORECASE)
+# A plain number: optional sign (not a minus between two operands, as in "5-3"), thousands groups, decimals, a/b.
+_LAST_NUMBER_RE = re.compile(r"(?<![\w.])(?:(?<![\w)])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?(?!\d|[.,]\d)")
 # Wrappers and decorations that never change the value of a GSM-style answer.
 _STRIP_TOKENS = ("\\$", "$", "\\%", "%", "\\!", "\\,", "\\;", "\\ ", "dollars", "\\text{dollars}")
 _NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
@@ -34,20 +44,87 @@ class Grade:
     correct: bool
 
 
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion: last boxed expression, else the text after the last ``####``."""
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed or None
-    hashes = _HASH_RE.findall(text)
-    if hashes:
-        answer = hashes[-1].strip()
-        # Models often continue after the number ("#### 42<|end|>", "#### 42. Done"): keep the first token.
-        answer = answer.split("<|")[0].strip()
-        if answer and not _looks_like_math(answer):
-            answer = answer.split()[0]
-        return answer.rstrip(".").strip() or None
+class AnswerFormat(str, enum.Enum):
+    """Where a completion states its final answer (``math.answer_formats`` lists them by these names)."""
+
+    boxed = "boxed"  # the last complete \boxed{...} / \fbox{...}
+    hash = "hash"  # the text after the last "####" (GSM8K), its first token unless it is LaTeX
+    answer_is = "answer_is"  # the last "The answer is N" / "answer: N" (any case), N a token, $...$ or \boxed{}
+    last_number = "last_number"  # the last plain number (1,234  -5  3.5  3/4) anywhere in the text
+
+
+# What the demo's SFT data teaches ("The answer is \boxed{N}.") and GSM8K's ending, in that order.
+DEFAULT_ANSWER_FORMATS: tuple[AnswerFormat, ...] = (AnswerFormat.boxed, AnswerFormat.hash)
+
+
+def parse_answer_formats(names: Sequence[str | AnswerFormat], key: str) -> list[AnswerFormat]:
+    """``names`` as :class:`AnswerFormat` s; an unknown, repeated or missing name is an error naming ``key``."""
+    valid = [f.value for f in AnswerFormat]
+    formats = []
+    for name in names:
+        if str(getattr(name, "value", name)) not in valid:
+            raise ValueError(f"{key}: unknown answer format {name!r}; valid names: {valid}")
+        formats.append(AnswerFormat(getattr(name, "value", name)))
+    if not formats:
+        raise ValueError(f"{key}: list at least one answer format of {valid}")
+    if len(set(formats)) != len(formats):
+        raise ValueError(f"{key}: a format is listed twice in {[f.value for f in formats]}")
+    return formats
+
+
+def extract_answer(text: str, formats: Sequence[AnswerFormat] = DEFAULT_ANSWER_FORMATS) -> str | None:
+    """Final answer of a completion by the first of ``formats`` whose marker occurs in it (None: none does, or
+    that format's answer is empty)."""
+    for fmt in formats:
+        found = _EXTRACTORS[AnswerFormat(fmt)](text)
+        if found is not None:
+            return found or None
     return None
+
+
+def _hash(text: str) -> str | None:
+    hashes = _HASH_RE.findall(text)
+    if not hashes:
+        return None
+    answer = hashes[-1].strip()
+    # Models often continue after the number ("#### 42<|end|>", "#### 42. Done"): keep the first token.
+    answer = answer.split("<|")[0].strip()
+    if answer and not _looks_like_math(answer):
+        answer = answer.split()[0]
+    return answer.rstrip(".").strip()
+
+
+def _answer_is(text: str) -> str | None:
+    matches = list(_ANSWER_IS_RE.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end():].lstrip().split("\n")[0].split("<|")[0].strip()
+    if rest.startswith("$"):
+        inner = rest[1:].split("$")[0]  # "$56$." -> 56, "$\frac{1}{2}$" -> \frac{1}{2}
+        return inner.strip().rstrip(".").strip()
+    boxed = extract_boxed(rest) if rest.startswith(("\\boxed", "\\fbox")) else None
+    if boxed is not None:
+        return boxed
+    return _first_token(rest).rstrip(".,;:!").strip()
+
+
+def _first_token(s: str) -> str:
+    """``s`` up to its first space outside braces ("\\frac{a + b}{2} apples" -> "\\frac{a + b}{2}")."""
+    depth = 0
+    for i, ch in enumerate(s):
+        depth += (ch == "{") - (ch == "}")
+        if ch.isspace() and depth <= 0:
+            return s[:i]
+    return s
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _LAST_NUMBER_RE.findall(text)
+    return numbers[-1] if numbers else None
+
+
+_EXTRACTORS = {AnswerFormat.boxed: extract_boxed, AnswerFormat.hash: _hash, AnswerFormat.answer_is: _answer_is,
+               AnswerFormat.last_number: _last_number}
 
 
 def _looks_like_math(s: str) -> bool:
@@ -108,9 +185,9 @@ def _symbolic_equal(predicted: str, reference: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
-def grade(completion: str, reference: str) -> Grade:
-    """Extract the final answer of ``completion`` and compare it with the reference answer."""
-    extracted = extract_answer(completion)
+def grade(completion: str, reference: str, formats: Sequence[AnswerFormat] = DEFAULT_ANSWER_FORMATS) -> Grade:
+    """Extract the final answer of ``completion`` (by ``formats``) and compare it with the reference answer."""
+    extracted = extract_answer(completion, formats)
     if extracted is None:
         return Grade(extracted=None, correct=False)
     return Grade(extracted=extracted, correct=answers_equal(extracted, str(reference)))

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import deepspeed
@@ -63,6 +66,55 @@ def select_device() -> tuple[int, torch.device]:
     return local_rank, torch.device("cuda", local_rank)
 
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this container in cores (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``); None without one. Read because a quota does not show in the CPU affinity: a container
+    limited to 2 cores on a 64-core host sees 64 CPUs, and 64 threads fighting over 2 cores run many times slower."""
+    v2 = root / "cpu.max"
+    try:
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu"
+        quota = int((v1 / "cpu.cfs_quota_us").read_text())
+        return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rank_cpu_threads(root: Path = CGROUP_ROOT) -> int:
+    """CPU threads for this rank: the cores this process may run on (its CPU affinity, capped by a cgroup quota)
+    shared evenly among the node's ranks (torchrun's ``LOCAL_WORLD_SIZE``), at least 1."""
+    cores = len(os.sched_getaffinity(0))
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cores = min(cores, max(1, math.floor(limit)))
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def set_cpu_threads(device: torch.device, local_rank: int, cgroup_root: Path = CGROUP_ROOT) -> int:
+    """On a CPU device without ``OMP_NUM_THREADS``, set torch's thread count to :func:`rank_cpu_threads` (an explicit
+    ``OMP_NUM_THREADS`` is left alone: torchrun sets it to 1 for nproc > 1, a user may set any value); returns the
+    thread count in force. Logged by local rank 0.
+
+    Why: torch's own default counts the host's cores, not the ones this process may use (affinity, cgroup quota),
+    and a rank whose threads outnumber its cores runs many times slower than one with the right count.
+    """
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(rank_cpu_threads(cgroup_root))
+        how = "from the CPU affinity, cgroup quota and LOCAL_WORLD_SIZE (OMP_NUM_THREADS unset)"
+    else:
+        how = (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ
+               else "torch's default")
+    threads = torch.get_num_threads()
+    if local_rank == 0:
+        print(f"[distributed] {threads} CPU thread(s) per rank, {how}", flush=True)
+    return threads
+
+
 def prepare_deepspeed_env(cfg: DeepSpeedConfig, device: torch.device) -> None:
     """Where DeepSpeed caches its JIT-built ops, and the CPU shared-memory op skip (see below)."""
     # Cache any op DeepSpeed JIT-builds (cpu_adam for offload) in the checkout instead of ~/.cache.
@@ -79,10 +131,29 @@ def init_distributed(cfg: DeepSpeedConfig) -> DistInfo:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     local_rank, device = select_device()
+    set_cpu_threads(device, local_rank)
     prepare_deepspeed_env(cfg, device)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+        timeout = timedelta(seconds=cfg.collective_timeout_s)
+        _default_group_timeout(timeout)
+        deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False,
+                                   timeout=timeout)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+
+
+def _default_group_timeout(timeout: timedelta) -> None:
+    """Make ``timeout`` torch's default for every process group created from now on in this process.
+
+    Why: the world group gets ``timeout`` from ``init_distributed``, but DeepSpeed (its clone of the world group
+    that ZeRO reduces over) and accelerate create further groups with ``torch.distributed.new_group(ranks)`` and
+    no timeout, which falls back to torch's 30-minute default: a node that went silent would then hold the others
+    for 30 minutes in a ZeRO reduction (tests/train/test_multinode_e2e.py freezes one node to check). Neither
+    library takes a timeout for its groups, so torch's default, read at group creation, is the one knob; it is
+    set once, before any group exists.
+    """
+    dist.distributed_c10d.default_pg_timeout = timeout
+    if dist.distributed_c10d.default_pg_nccl_timeout is not None:
+        dist.distributed_c10d.default_pg_nccl_timeout = timeout
 
 
 def _skip_cpu_shm_build() -> None:
@@ -220,6 +291,7 @@ def init_distributed_if_needed(cfg: DeepSpeedConfig) -> DistInfo:
         return init_distributed(cfg)
     exit_with_launcher()  # as in init_distributed: a one-rank torchrun job must not outlive its agent either
     local_rank, device = select_device()
+    set_cpu_threads(device, local_rank)
     return DistInfo(rank=0, world_size=1, local_rank=local_rank, device=device)
 
 

@@ -1,5 +1,5 @@
 """Pre-emption and resume for runs driven by the HF / TRL ``Trainer`` (DPO): complete checkpoints only, and
-SIGTERM / SIGUSR1 handled as in pretraining (agreed save at a step boundary, clean exit).
+SIGTERM / SIGUSR1 / SIGINT handled as in pretraining (agreed save at a step boundary, clean exit).
 
 The Trainer writes ``checkpoint-N/`` in place and ``get_last_checkpoint`` takes the highest N without any
 completeness check, so a kill during a save would make every relaunch crash on a half-written checkpoint.
@@ -76,7 +76,8 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
 
 class StopOnSignal(TrainerCallback):
-    """SIGTERM / SIGUSR1 during ``trainer.train()``: every rank saves at the same step boundary, then stops.
+    """SIGTERM / SIGUSR1 / SIGINT (``train.runtime.stop_signal``) during ``trainer.train()``: every rank saves at
+    the same step boundary, then stops.
 
     Use as a context manager around ``trainer.train()`` (it installs the handlers) and pass it in the
     Trainer's callbacks. ``stopped`` tells the caller the run was pre-empted (no export, no DONE).

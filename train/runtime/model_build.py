@@ -73,7 +73,8 @@ def require_export(path: str | Path, key: str = "init_from",
 
 
 def load_export(path: str | Path, compute_backend: str | None = None) -> torch.nn.Module:
-    """Load an export (``save_pretrained`` layout) in fp32 for further training."""
+    """Load an export (``save_pretrained`` layout) or a published hub snapshot (bf16, sharded with an index; its
+    ``auto_map`` ignored: ``sambay_model`` is the model code) in fp32, the dtype of training's master weights."""
     path = require_export(path)
     extra = {} if compute_backend is None else {"compute_backend": compute_backend}
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True, **extra)
