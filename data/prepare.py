@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,14 +34,16 @@ from data.prepare_config import PrepareConfig, register_prepare_schema
 from data.pretrain_shards import write_pretrain_shards
 from data.sft_shards import read_chat_jsonl, reasoning_to_chat, write_sft_shards
 from data.shards import check_compatible
-from data.tokenizer import (build_phi4mini_tokenizer, fingerprint, load_tokenizer, save_generation_config,
-                            train_bpe_tokenizer)
+from data.tokenizer import (TOKENIZER_DEFINING_FILES, TOKENIZER_FILES, TokenizerMismatchError,
+                            build_phi4mini_tokenizer, copy_tokenizer_files, fingerprint, is_tokenizer_dir,
+                            load_tokenizer, save_generation_config, train_bpe_tokenizer)
 from recipes.entry import hydra_main
 
 log = logging.getLogger("data.prepare")
 
 TOKENIZER_KINDS = ("bpe", "phi4mini", "path")
 REASONING_SOURCES = ("procedural", "gsm_symbolic")
+# A ``kind: path`` directory has one of these (load_tokenizer's rule: a GPT-2 style snapshot has no tokenizer.json).
 
 
 class _Corpus:
@@ -108,8 +109,8 @@ def check_config(cfg: PrepareConfig) -> None:
     t = cfg.tokenizer
     if t.kind not in TOKENIZER_KINDS:
         raise ValueError(f"tokenizer.kind={t.kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
-    if t.kind == "path" and (not t.path or not Path(t.path, "tokenizer.json").is_file()):
-        raise ValueError(f"tokenizer.path={t.path!r}: not a tokenizer directory with tokenizer.json")
+    if t.kind == "path" and not is_tokenizer_dir(t.path):
+        raise ValueError(f"tokenizer.path={t.path!r}: not a tokenizer directory (no {' / '.join(TOKENIZER_DEFINING_FILES)})")
     if cfg.reasoning.source not in REASONING_SOURCES:
         raise ValueError(f"reasoning.source={cfg.reasoning.source!r}: expected one of {', '.join(REASONING_SOURCES)}")
     for stage in cfg.sft:
@@ -124,11 +125,39 @@ def build_tokenizer(cfg: PrepareConfig, out: Path, corpus: _Corpus) -> None:
         train_bpe_tokenizer(_first_chars(corpus.texts(), t.train_chars), t.vocab_size, out, overwrite=cfg.overwrite)
     elif t.kind == "phi4mini":
         build_phi4mini_tokenizer(out, overwrite=cfg.overwrite)
-    else:  # "path" (check_config refused any other kind)
+    else:  # "path" (check_config refused any other kind); a model snapshot's weights stay where they are
         with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-            shutil.copytree(t.path, tmp, dirs_exist_ok=True)
+            copy_tokenizer_files(t.path, tmp)
             if not (tmp / "generation_config.json").exists():
                 save_generation_config(load_tokenizer(tmp), tmp)
+
+
+def check_tokenizer_source(cfg: PrepareConfig, data: PreparedData) -> None:
+    """Refuse a kept tokenizer copy (``kind: path``) whose source, ``tokenizer.path``, now holds another tokenizer
+    (the path was changed, or the checkpoint replaced): the data would silently keep the old one. Like a kept
+    shard set made with another tokenizer (``data.shards.check_compatible``), it is refused, not rebuilt:
+    ``overwrite=true`` redoes the whole directory."""
+    t = cfg.tokenizer
+    if t.kind != "path" or cfg.overwrite or not data.tokenizer.exists() or not is_tokenizer_dir(t.path):
+        return  # nothing kept, or no source to compare it with (check_config refuses that before any build)
+    if _unchanged_copy(Path(t.path), data.tokenizer):
+        return
+    copy, source = fingerprint(data.tokenizer), fingerprint(t.path)
+    if copy != source:
+        raise TokenizerMismatchError(
+            f"tokenizer.path={t.path} holds tokenizer {source[:12]}, but {data.tokenizer} was copied from another "
+            f"tokenizer ({copy[:12]}) and everything prepared in {data.root} was made with that one; set "
+            "overwrite=true to redo the directory with the new tokenizer, or choose another out_dir")
+
+
+def _unchanged_copy(source: Path, copy: Path) -> bool:
+    """The copy's tokenizer files are byte for byte the source's (plus the generation_config.json that
+    build_tokenizer writes when the source has none): the same tokenizer, known without loading either, which
+    for a GPT-2 style vocabulary of 200k entries costs seconds."""
+    names = {n for n in TOKENIZER_FILES if (source / n).is_file()}
+    extra = {n for n in TOKENIZER_FILES if (copy / n).is_file()} - names
+    return extra <= {"generation_config.json"} and all(
+        (copy / n).is_file() and (copy / n).read_bytes() == (source / n).read_bytes() for n in names)
 
 
 def _first_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
@@ -266,6 +295,7 @@ def dry_run(cfg: PrepareConfig) -> dict[str, Any]:
     """
     data = PreparedData(cfg.out_dir)
     check_config(cfg)
+    check_tokenizer_source(cfg, data)
     for stage in cfg.sft:
         if stage.jsonl:
             read_chat_jsonl(stage.jsonl)  # a malformed record fails now, naming file and line
@@ -296,6 +326,7 @@ def prepare(cfg: PrepareConfig) -> Path:
     if cfg.dry_run:
         print(json.dumps({"dry_run": dry_run(cfg)}), flush=True)
         return data.root
+    check_tokenizer_source(cfg, data)  # a complete directory too: its tokenizer may no longer be the one asked for
     if data.done.exists() and not cfg.overwrite:
         log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", data.root)
         return data.root  # reading a complete directory takes no lock: it may be read-only, or shared

@@ -18,8 +18,12 @@ class TokenizerConfig:
     """Which tokenizer the data is made with.
 
     kind: ``bpe`` trains a byte-level BPE on the corpus; ``phi4mini`` builds the o200k-based Phi-4-mini
-        tokenizer (vocab 200,064) offline; ``path`` copies an existing local HF tokenizer dir (default ``bpe``).
-    path: the local tokenizer directory for ``kind: path`` (default ``None``).
+        tokenizer (vocab 200,064) offline; ``path`` copies the tokenizer files of a local HF tokenizer directory or
+        model snapshot (``data.tokenizer.TOKENIZER_FILES``: ``tokenizer.json`` or ``vocab.json`` + ``merges.txt``,
+        ``tokenizer_config.json``, ...; never its weights), so the data's tokenizer fingerprint is the
+        checkpoint's (default ``bpe``).
+    path: the local tokenizer directory or model snapshot for ``kind: path``; when ``out_dir`` already holds a copy
+        of another tokenizer (the path changed), prepare refuses until ``overwrite=true`` (default ``None``).
     vocab_size: BPE vocabulary size (default 4096).
     train_chars: characters of corpus used to train the BPE; 0 = all (default 4,000,000).
     """

@@ -1,8 +1,9 @@
 """SFT data: chat records (``{"messages": [...]}``) -> token ids + assistant-only loss masks -> shard sets.
 
-Two mask sources: :func:`write_sft_shards` (``data.prepare``'s demo stages) takes them from the template's
-``{% generation %}`` markers; :func:`write_chat_shards` (a user's data for ``sft.train_data``) derives them by
-rendering prefixes (``data.chat_masks``), so the published template works as it is.
+Two mask sources: a template's ``{% generation %}`` markers (:func:`tokenize_chat`), and rendering prefixes
+(``data.chat_masks``), which needs no markers, so the published template works as it is. :func:`write_chat_shards`
+(a user's data for ``sft.train_data``) always derives; :func:`write_sft_shards` (``data.prepare``'s stages) uses
+the markers where the template has them and derives otherwise (:func:`chat_ids_and_mask`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from tqdm.auto import tqdm
 
 from data.chat_data import ChatExample
 from data.chat_masks import assistant_mask
-from data.chat_template import check_messages, require_generation_markers
+from data.chat_template import check_messages, has_generation_markers, require_generation_markers
 from data.jsonl import DataFormatError, iter_jsonl
 from data.pretrain_shards import SPLIT_BLOCK, document_split, streaming_split
 from data.reasoning import format_prompt
@@ -62,17 +63,27 @@ def tokenize_chat(tokenizer, messages: list[dict[str, str]], where: str = "chat"
     return ids, mask
 
 
+def chat_ids_and_mask(tokenizer, messages: list[dict[str, str]], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and assistant mask of a conversation whose every assistant turn is trained: from the template's
+    generation markers when it has them, else derived by rendering prefixes. Both give the same masks where both
+    apply (tests/data/test_chat_masks.py); the markers are kept because they also cover a template that renders
+    earlier turns differently from the last (e.g. one that strips reasoning), which derivation must refuse."""
+    if has_generation_markers(getattr(tokenizer, "chat_template", None)):
+        return tokenize_chat(tokenizer, messages, where)
+    return assistant_mask(tokenizer, messages, [i for i, m in enumerate(messages) if m["role"] == "assistant"], where)
+
+
 def write_sft_shards(conversations: Sequence[list[dict[str, str]]], tokenizer_dir: str | os.PathLike,
                      out_dir: str | os.PathLike, sources: Sequence[str], val_fraction: float = 0.0, seed: int = 0,
                      shard_tokens: int = 1 << 26, overwrite: bool = False) -> Path:
-    """Tokenize conversations with the chat template and write a ``kind: sft`` shard set (splits train[/val])."""
+    """Tokenize conversations with the chat template and write a ``kind: sft`` shard set (splits train[/val]);
+    every assistant turn is trained (:func:`chat_ids_and_mask`)."""
     tok = load_tokenizer(tokenizer_dir)
-    require_generation_markers(tok, str(tokenizer_dir))
-    info = tokenizer_info(tokenizer_dir)
+    info = tokenizer_info(tokenizer_dir, tok)
     is_val = document_split(len(conversations), val_fraction, seed)
     with ShardSetWriter(out_dir, "sft", info, sources, shard_tokens=shard_tokens, overwrite=overwrite) as w:
         for i, msgs in enumerate(tqdm(conversations, desc=f"sft {Path(out_dir).name}")):
-            ids, mask = tokenize_chat(tok, msgs, where=f"{sources[0] if sources else out_dir} record {i + 1}")
+            ids, mask = chat_ids_and_mask(tok, msgs, f"{sources[0] if sources else out_dir} record {i + 1}")
             w.add("val" if is_val[i] else "train", ids, mask)
     return Path(out_dir)
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -44,6 +45,11 @@ BPE_SPECIALS = [END_OF_TEXT, ROLE_TOKENS["system"], ROLE_TOKENS["user"], ROLE_TO
                 ROLE_TOKENS["tool"]]
 # Files whose content decides how text maps to ids (and how chats render).
 _FINGERPRINT_FILES = ("tokenizer.json", "chat_template.jinja")
+# Every file a local tokenizer directory (or a model snapshot) may define its tokenizer with: what
+# :func:`copy_tokenizer_files` takes from it. Weights, model code and config.json never belong to a tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+                   "added_tokens.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+                   "generation_config.json")
 
 
 def o200k_bpe_bytes() -> bytes:
@@ -134,6 +140,16 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
     return _wrap_and_save(tk, out_dir, overwrite)
 
 
+# Either file makes a directory a tokenizer: a published snapshot (Phi-4-mini-flash-reasoning) has
+# tokenizer_config.json with vocab.json + merges.txt and no tokenizer.json.
+TOKENIZER_DEFINING_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def is_tokenizer_dir(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` is a directory holding a tokenizer (one of :data:`TOKENIZER_DEFINING_FILES`)."""
+    return bool(path) and any(Path(path, f).is_file() for f in TOKENIZER_DEFINING_FILES)
+
+
 def load_tokenizer(path: str | os.PathLike):
     """Load a local Hugging Face tokenizer directory (never a hub id): ``tokenizer.json``, or the GPT-2 style
     ``vocab.json`` + ``merges.txt`` that a published snapshot such as Phi-4-mini-flash-reasoning ships with its
@@ -144,9 +160,26 @@ def load_tokenizer(path: str | os.PathLike):
     comes from ``tokenizer_config.json``.
     """
     path = Path(path)
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a tokenizer directory (no tokenizer.json / tokenizer_config.json)")
+    if not is_tokenizer_dir(path):
+        raise FileNotFoundError(f"{path}: not a tokenizer directory (no {' / '.join(TOKENIZER_DEFINING_FILES)})")
     return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+
+
+def copy_tokenizer_files(source: str | os.PathLike, dest: str | os.PathLike) -> list[str]:
+    """Copy the tokenizer of the directory ``source`` (a tokenizer directory, or a model snapshot with its
+    weights) into the existing directory ``dest``: only the :data:`TOKENIZER_FILES` it has, never its weights.
+    Returns the names copied. The copy must load as the same tokenizer (:func:`fingerprint`), else an error names
+    ``source``: a tokenizer that also needs some other file of it cannot be copied this way."""
+    source, dest = Path(source), Path(dest)
+    names = [n for n in TOKENIZER_FILES if (source / n).is_file()]
+    if "tokenizer.json" not in names and "tokenizer_config.json" not in names:
+        raise FileNotFoundError(f"{source}: not a tokenizer directory (no tokenizer.json / tokenizer_config.json)")
+    for name in names:
+        shutil.copyfile(source / name, dest / name)
+    if fingerprint(dest) != fingerprint(source):
+        raise ValueError(f"{source}: its tokenizer files ({', '.join(names)}) copied to {dest} load as another "
+                         "tokenizer; the tokenizer needs a file outside data.tokenizer.TOKENIZER_FILES")
+    return names
 
 
 def backend_json(tokenizer) -> str:

@@ -178,6 +178,7 @@ def stage_results(cfg: PipelineConfig) -> list:
         trained = model_dir(cfg, stage.eval_of)
         result = load_stage(trained, name=_relative_name(trained, cfg.run_dir), gate=stage.gate)
         result.metrics.update(json.loads((stage_dir(cfg, name) / "eval.json").read_text()))
+        result.eval_dir = stage_dir(cfg, name)  # its per_problem.jsonl feeds the report's paired comparisons
         results.append(result)
     return results
 
@@ -193,7 +194,10 @@ def write_report(cfg: PipelineConfig) -> Path | None:
     results = stage_results(cfg)
     if not results:
         return None
-    return write_stage_report(cfg.run_dir, results)
+    try:
+        return write_stage_report(cfg.run_dir, results)
+    except ValueError as err:  # e.g. two evaluations of different problems cannot be paired
+        raise PipelineError(f"report of {cfg.run_dir}: {err}") from None
 
 
 def check_stage_gate(cfg: PipelineConfig, name: str) -> None:

@@ -18,6 +18,8 @@ from data.layout import DEFAULT_DATA_DIR
 from sambay_model.configuration_phi4flash import Phi4FlashConfig
 
 # Phi4FlashConfig's field defaults: the official Phi-4-mini-flash architecture, written there and only there.
+# The default of ``trainer.export_max_shard_size`` (LoopConfig), also what a direct call of the export uses.
+EXPORT_MAX_SHARD_SIZE = "5GB"
 OFFICIAL = {f.name: f.default for f in fields(Phi4FlashConfig)}
 
 
@@ -264,6 +266,10 @@ class LoopConfig:
     seed: seed of the init, the loader order and all RNGs (default 1234).
     dry_run: build and check everything, run no step, write nothing (default False).
     progress_bar: tqdm bar on rank 0 (default True).
+    export_max_shard_size: largest weight file of an export in the hub layout (a run started from a published
+        snapshot): above it the weights are split into ``model-0000i-of-0000n.safetensors`` with an index
+        (default ``5GB``, transformers' own, which splits the published 7.7 GB bf16 snapshot into its two files);
+        a size string (``500MB``, ``2GB``) or bytes.
     """
 
     max_steps: int = 100
@@ -274,6 +280,7 @@ class LoopConfig:
     seed: int = 1234
     dry_run: bool = False
     progress_bar: bool = True
+    export_max_shard_size: str = EXPORT_MAX_SHARD_SIZE
 
 
 @dataclass
@@ -314,6 +321,49 @@ class PretrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+# The Linear projections of every SambaY layer kind (sambay_model/modeling_phi4flash.py), by module name: attention
+# ``Wqkv`` (fused q/k/v; queries only in cross-attention) and ``out_proj``; Mamba ``in_proj`` (x and gate),
+# ``x_proj`` (dt/B/C) and ``out_proj``; GMU ``in_proj`` and ``out_proj``; MLP ``fc1`` (fused gate/up) and ``fc2``.
+# Left out: Mamba's ``dt_proj`` (its weight is read directly with F.linear, so an adapter would never run), the tied
+# embedding / LM head, and the non-Linear parameters (conv1d, A_log, D, norms).
+LORA_TARGET_MODULES = ("Wqkv", "out_proj", "in_proj", "x_proj", "fc1", "fc2")
+
+
+@dataclass
+class PeftConfig:
+    """LoRA adapters through ``peft`` for ``train.sft`` and ``train.dpo`` (``train.runtime.lora``; docs/finetune.md,
+    "LoRA").
+
+    enabled: train LoRA adapters on a frozen base instead of every weight (default False). The optimizer holds the
+        adapters only; DPO's reference is the base with the adapters disabled (TRL's own mechanism, no second copy
+        of the model); the export holds the merged full weights in the layout it has without LoRA (a hub snapshot
+        in, a hub snapshot out), and the adapter alone is saved beside it in ``run.dir/adapter/`` (peft's
+        ``save_pretrained``, loadable with ``PeftModel.from_pretrained``).
+    r: adapter rank (default 16).
+    alpha: LoRA alpha; the update is scaled by ``alpha / r`` (default 32).
+    dropout: dropout on the adapters' input (default 0.05).
+    target_modules: names of the ``nn.Linear`` modules that get adapters, matched as peft does (a module's name or
+        a dotted suffix of it: ``fc1``, ``mlp.fc1``); every name must match Linear modules of the model only
+        (default ``LORA_TARGET_MODULES``: every projection of every layer kind: attention ``Wqkv``/``out_proj``,
+        Mamba ``in_proj``/``x_proj``/``out_proj``, GMU ``in_proj``/``out_proj``, MLP ``fc1``/``fc2``; not Mamba's
+        ``dt_proj``, whose weight the scan reads directly, nor the tied embedding / LM head).
+    """
+
+    enabled: bool = False
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGET_MODULES))
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"peft.r={self.r} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"peft.dropout={self.dropout} must be in [0, 1)")
+        if not self.target_modules:
+            raise ValueError("peft.target_modules is empty: name at least one Linear module (docs/finetune.md)")
 
 
 @dataclass
@@ -428,6 +478,7 @@ class SFTConfig:
     ``model``: the architecture keys stand in for the init export's only in a dry run without it (training reads
     the export's ``config.json``); ``gradient_checkpointing`` and ``compute_backend`` always apply;
     ``model.init_from`` and ``trainer.epochs`` are refused (``sft.init_from``, ``sft.stages[].epochs``).
+    ``peft``: LoRA instead of full fine-tuning (:class:`PeftConfig`, default off), for every stage.
     """
 
     run: RunConfig = field(default_factory=RunConfig)
@@ -438,6 +489,7 @@ class SFTConfig:
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     sft: SFTSection = field(default_factory=SFTSection)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def __post_init__(self) -> None:
         if self.model.init_from is not None:

@@ -13,7 +13,9 @@ rewards/logps), ``checkpoints/checkpoint-N`` (HF Trainer / DeepSpeed, with ``COM
 relaunch resumes from the newest complete one, see ``train.runtime.hf_resume``; SIGTERM / SIGUSR1 save one and exit 0),
 ``on_policy_pairs.jsonl`` (when on-policy pairs are built; ``on_policy_parts/`` holds each rank's share, see
 ``train.alignment.on_policy``), ``dpo_heldout.json`` (held-out reward margin and preference accuracy, see
-``train.alignment.preference_scoring``), ``export/`` (HF layout with tokenizer and generation config) and ``DONE`` last.
+``train.alignment.preference_scoring``), ``export/`` (HF layout with tokenizer and generation config) and ``DONE`` last;
+with ``peft.enabled=true`` (LoRA, TRL's ``peft_config``; the reference is the init model with the adapters
+disabled) the export holds the merged weights and ``adapter/`` the adapter alone (``train.runtime.lora``).
 
 The engine pieces are the pretraining / SFT trainer's: process group and device (``train.runtime.distributed``), precision
 and ZeRO settings (the same DeepSpeed JSON), run directory and its one-writer lock, W&B run resume
@@ -49,6 +51,7 @@ from train.alignment.dpo_config import DPORunConfig, register_dpo_schema
 from train.runtime.results_io import write_json
 from train.alignment.preference_data import optimizer_steps, select_pairs
 from train.alignment.preference_scoring import completion_logps, encode_pair_side, preference_metrics
+from train.runtime import lora
 from train.runtime.export import export_model, save_export
 from train.runtime.hf_resume import MarkCompleteCheckpoints, StopOnSignal, resume_checkpoint, step_of
 from train.runtime.metrics import MetricsLogger, resumable_logger, truncate_after
@@ -132,6 +135,7 @@ def dry_run(cfg: DPORunConfig, inputs: DPOInputs) -> dict:
     longest = max((len(encode_pair_side(tokenizer, p["prompt"], p[side], cfg.dpo.max_length)[0])
                    for p in inputs.heldout for side in ("chosen", "rejected")), default=0)
     model = meta_model(Phi4FlashConfig.from_pretrained(str(inputs.init_from)))
+    peft_config(cfg, model)  # LoRA targets checked on the model's modules
     _, device = select_device()
     world_size = launch_world_size()
     steps, steps_note = optimizer_steps(cfg, len(inputs.offline), world_size)
@@ -142,7 +146,7 @@ def dry_run(cfg: DPORunConfig, inputs: DPOInputs) -> dict:
                "heldout_longest_tokens": longest, "params": sum(p.numel() for p in model.parameters()),
                "world_size": world_size, "max_steps": steps, "notes": inputs.notes + [steps_note],
                "reference": cfg.dpo.reference, "precision": str(resolve_precision(cfg.deepspeed, device)),
-               "hf_bf16": args.bf16, "deepspeed": args.deepspeed}
+               "hf_bf16": args.bf16, "deepspeed": args.deepspeed, "lora": cfg.peft.enabled}
     print(json.dumps(summary), flush=True)
     return summary
 
@@ -207,13 +211,33 @@ def build_trainer(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Di
     ref_model = copy.deepcopy(model) if cfg.dpo.reference == "frozen_copy" else None
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                          train_dataset=shared_train_dataset(pairs, rd.root, dist_info.rank), processing_class=tokenizer,
-                         callbacks=[LogToRunDir(logger), MarkCompleteCheckpoints(rd.checkpoints, is_main), stop])
+                         callbacks=[LogToRunDir(logger), MarkCompleteCheckpoints(rd.checkpoints, is_main), stop],
+                         peft_config=peft_config(cfg, model))
     # TRL's fused head already scores completions in bounded tiles; run it at the model's lm_head_precision (fp32
-    # log-sum-exp) like our own loss (lm_head_loss) instead of in whatever dtype autocast gives.
+    # log-sum-exp) like our own loss (lm_head_loss) instead of in whatever dtype autocast gives. With LoRA the head
+    # goes on the base model inside the adapters, where TRL puts its own (policy and adapter-disabled reference).
     for scorer in (trainer.model, trainer.ref_model):
         if scorer is not None:
-            precision_trl_head(scorer)
+            precision_trl_head(lora.base_model(scorer))
     return _Training(trainer, stop, logger, resume_from)
+
+
+def peft_config(cfg: DPORunConfig, model):
+    """The LoRA config TRL wraps the policy with (``peft.enabled``), its targets checked on ``model``; else None.
+
+    TRL then keeps no reference model: it scores the reference with the adapters disabled (the init model)."""
+    if not cfg.peft.enabled:
+        return None
+    lora.check_targets(model, list(cfg.peft.target_modules))
+    return lora.lora_config(cfg.peft)
+
+
+def scoring_model(trainer: DPOTrainer):
+    """The trained policy as held-out scoring reads it (``preference_scoring`` calls the module's backbone): a LoRA
+    policy through the base model its adapters sit in, active; otherwise the wrapped model."""
+    wrapped = trainer.model_wrapped
+    core = getattr(wrapped, "module", wrapped)
+    return lora.base_model(core) if lora.is_peft(core) else wrapped
 
 
 def train_to_end(t: _Training, rd: RunDir, dist_info: DistInfo) -> bool:
@@ -237,16 +261,17 @@ def heldout_logps(model, tokenizer, pairs: list[dict], cfg: DPORunConfig,
                             compute_dtype=resolve_precision(cfg.deepspeed, device))
 
 
-def export_policy(trainer: DPOTrainer, init_from: Path, out_dir: Path, dist_info: DistInfo, zero_stage: int) -> None:
+def export_policy(trainer: DPOTrainer, init_from: Path, out_dir: Path, dist_info: DistInfo, zero_stage: int,
+                  max_shard_size: str) -> None:
     """Collective: the trained policy in the HF layout with the init export's tokenizer (``train.runtime.export``).
 
     Under ZeRO >= 1 ``trainer.model_wrapped`` is the DeepSpeed engine, exported like pretraining's (ZeRO-3 shards
     gathered); without DeepSpeed rank 0 writes the unwrapped model."""
     if zero_stage > 0:
-        export_model(trainer.model_wrapped, init_from, out_dir, dist_info, zero_stage)
+        export_model(trainer.model_wrapped, init_from, out_dir, dist_info, zero_stage, max_shard_size)
         return
     if dist_info.is_main:
-        save_export(trainer.accelerator.unwrap_model(trainer.model), init_from, out_dir)
+        save_export(trainer.accelerator.unwrap_model(trainer.model), init_from, out_dir, max_shard_size)
     barrier()
 
 
@@ -281,12 +306,13 @@ def _run_holding(cfg: DPORunConfig, config_yaml: str, rd: RunDir, dist_info: Dis
         if not train_to_end(training, rd, dist_info):
             return None
         # Every rank runs the held-out forward through the wrapped model (ZeRO-3 needs all ranks to gather).
-        pol_chosen, pol_rejected = heldout_logps(training.trainer.model_wrapped, tokenizer, inputs.heldout, cfg,
+        pol_chosen, pol_rejected = heldout_logps(scoring_model(training.trainer), tokenizer, inputs.heldout, cfg,
                                                  dist_info.device)
         step = training.trainer.state.global_step
         metrics = {**preference_metrics(pol_chosen, pol_rejected, ref_chosen, ref_rejected, cfg.dpo.beta),
                    "train_pairs": len(pairs), "steps": step}
-        export_policy(training.trainer, inputs.init_from, rd.export, dist_info, cfg.deepspeed.zero_stage)
+        export_policy(training.trainer, inputs.init_from, rd.export, dist_info, cfg.deepspeed.zero_stage,
+                      cfg.trainer.export_max_shard_size)
         finish(rd, metrics, step, dist_info)
     return metrics if dist_info.is_main else None
 

@@ -4,10 +4,11 @@
     python -m train.evaluate score_file=completions.jsonl     # score {completion, answer} JSONL, no model
     python -m train.evaluate model_path=... dry_run=true      # check everything, write nothing
 
-Writes ``eval.json`` (and ``samples.jsonl`` with every graded completion) to ``output_dir`` and prints the
-metrics as one JSON object on the last line of stdout. A dry run checks what the run would read and write
-(the export's config, built on the meta device; the tokenizer; the data of every enabled evaluation; that
-``eval.json`` may be written) and prints ``{"dry_run": {...}}`` instead.
+Writes ``eval.json`` (every accuracy with its 95% interval, ``<metric>_ci95``), ``samples.jsonl`` (every graded
+completion) and ``per_problem.jsonl`` (each problem's pass@1, what the paired tests between stages read) to
+``output_dir`` and prints the metrics as one JSON object on the last line of stdout. A dry run checks what the run
+would read and write (the export's config, built on the meta device; the tokenizer; the data of every enabled
+evaluation; that ``eval.json`` may be written) and prints ``{"dry_run": {...}}`` instead.
 """
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ from recipes.entry import hydra_main
 from train.evals.evaluate_config import EvalConfig, register_evaluate_schema
 from train.evals.generation import load_model, resolve_device
 from train.runtime.results_io import write_json
-from train.evals.math_accuracy import evaluate_math, load_problems, load_samples, score_samples
+from train.evals.math_accuracy import (evaluate_math, load_problems, load_samples, per_problem_outcomes,
+                                      score_samples)
 from train.evals.perplexity import evaluate_perplexity
 from train.evals.retrieval import evaluate_retrieval
+from train.evals.stats import PER_PROBLEM_FILE, with_intervals
 from train.runtime.model_build import require_export
 
 # How to get a missing evaluation input (after "<key>: <path> does not exist; ").
@@ -62,9 +65,11 @@ def _check_shards(cfg: EvalConfig, data: PreparedData, model_config: PretrainedC
     shard_dir = str(require_setting(cfg.perplexity.shard_dir, "perplexity.shard_dir", data.pretrain, "data_dir",
                                     _REMEDY))
     manifest = check_compatible(shard_dir, cfg.model_path if cfg.check_tokenizer else None, model_config.vocab_size)
-    if cfg.perplexity.split not in manifest["splits"]:
-        raise ValueError(f"perplexity.split: {shard_dir} has no split {cfg.perplexity.split!r} "
-                         f"(it has {sorted(manifest['splits'])})")
+    for key in ("split", "unigram_split"):
+        split = getattr(cfg.perplexity, key)
+        if split is not None and split not in manifest["splits"]:
+            raise ValueError(f"perplexity.{key}: {shard_dir} has no split {split!r} "
+                             f"(it has {sorted(manifest['splits'])})")
     return shard_dir
 
 
@@ -103,8 +108,10 @@ def run_evaluation(cfg: EvalConfig) -> dict:
     """Run the enabled evaluations of ``cfg``; write eval.json (+ samples.jsonl); return the metrics."""
     if cfg.score_file:
         samples, out = _score_file_inputs(cfg)
-        metrics = {"score_file": str(cfg.score_file), **score_samples(samples, cfg.math.answer_formats)[0]}
+        scored, graded = score_samples(samples, cfg.math.answer_formats)
+        metrics = with_intervals({"score_file": str(cfg.score_file), **scored})
         if out is not None:
+            write_jsonl(out.parent / PER_PROBLEM_FILE, per_problem_outcomes(graded), overwrite=True)
             write_json(out, metrics, overwrite=cfg.overwrite)
         return metrics
     inputs = check_inputs(cfg)
@@ -122,9 +129,12 @@ def run_evaluation(cfg: EvalConfig) -> dict:
         metrics.update(evaluate_perplexity(model, inputs.shard_dir, cfg.perplexity))
     if cfg.retrieval.enabled:
         metrics.update(evaluate_retrieval(model, tokenizer, cfg.retrieval))
+        metrics["retrieval_queries"] = cfg.retrieval.num_queries * len(cfg.retrieval.context_lengths)
+    metrics = with_intervals(metrics)
     if samples is not None:
-        # eval.json guards the output dir (checked above); a samples.jsonl without it is a crashed run's leftover.
+        # eval.json guards the output dir (checked above); files beside it without it are a crashed run's leftover.
         write_jsonl(inputs.out_dir / "samples.jsonl", samples, overwrite=True)
+        write_jsonl(inputs.out_dir / PER_PROBLEM_FILE, per_problem_outcomes(samples), overwrite=True)
     write_json(inputs.out_dir / "eval.json", metrics, overwrite=cfg.overwrite)
     return metrics
 

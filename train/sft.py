@@ -14,6 +14,9 @@ isolation (Mamba/conv state resets and attention masks at every boundary). TRL's
 signals boundaries only through ``position_ids``. The own loop also gives exact resume (loader position and
 RNG states in the checkpoint) and the same ZeRO, metrics and export code as pretraining. Labels are
 assistant-only: the shard sets' loss masks become ``IGNORE_INDEX`` labels in the loader.
+
+``peft.enabled=true`` trains LoRA adapters on the frozen init model instead (``train.runtime.lora``): the export is
+still the full model (adapters merged), and the adapter alone is saved in ``adapter/`` beside it.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from data.sft_cache import ChatDataSpec, build_chat_cache, cache_dir, ensure_chat_cache
 from data.sft_shards import check_overlong
 from data.shards import MANIFEST, IncompatibleShardsError
+from data.tokenizer import is_tokenizer_dir
 from recipes.entry import hydra_main
 from train.config import (DataConfig, DataSource, SFTConfig, SFTStageConfig, TrainerConfig, WandbConfig,
                           register_sft_schema)
@@ -40,8 +44,6 @@ from train.engine.trainer import TrainSpec
 
 # The stage name of a run on sft.train_data (its W&B tag ``sft:finetune``).
 FINETUNE_STAGE = "finetune"
-# Either file makes a directory a tokenizer (a published snapshot has tokenizer_config.json and no tokenizer.json).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class SFTDataError(ValueError):
@@ -125,7 +127,7 @@ def stage_spec(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path, run_dir: P
     data = cfg.data.for_stage(stage, str(init_dir))
     builder = ModelBuilder.from_export(init_dir, cfg.model.compute_backend) if has_init else None
     # An init without tokenizer files (a bare test export) has nothing to compare the data's tokenizer with.
-    tokenizer = init_dir if has_init and any((init_dir / f).is_file() for f in TOKENIZER_FILES) else None
+    tokenizer = init_dir if has_init and is_tokenizer_dir(init_dir) else None
     manifests = check_stage_data(stage, data, tokenizer, builder.config.vocab_size if builder else None)
     builder = builder or stand_in_model(cfg, manifests)
     wandb = copy.deepcopy(wandb)
@@ -134,7 +136,7 @@ def stage_spec(cfg: SFTConfig, stage: SFTStageConfig, init_dir: Path, run_dir: P
         run_name=run_name, run_dir=run_dir, wandb=wandb, optim=cfg.optim.for_stage(stage),
         deepspeed=cfg.deepspeed, trainer=stage_trainer(cfg, stage), data=data, model_cfg=cfg.model,
         build_model=builder, tokenizer_dir=init_dir, config_yaml=config_yaml, config_dict=config_dict,
-        split_documents=False, data_manifests=manifests,
+        split_documents=False, data_manifests=manifests, peft=cfg.peft,
     )
 
 

@@ -14,6 +14,18 @@ from data.shards import check_compatible
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Conversations of the chat-template tests: a plain turn, a multi-turn one with a system prompt and a newline in
+# an answer, and one ending on a user turn (context only).
+CONVERSATIONS = [
+    [{"role": "user", "content": "what is 2 plus 5?"}, {"role": "assistant", "content": "The answer is 7."}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "what is 3 plus 4?"},
+     {"role": "assistant", "content": "7"}, {"role": "user", "content": "and 9 plus 9?"},
+     {"role": "assistant", "content": "The answer is 18.\nDone."}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the lazy dog"},
+     {"role": "user", "content": "a trailing user turn is context only"}],
+]
+
+
 def check_prepared_layout(out: Path, n_stages=("basic", "math")):
     """The prepared-data layout of docs/design.md under ``out``, with no held-out question in SFT."""
     tok = out / "tokenizer"

@@ -8,6 +8,7 @@ from data.chat_data import chat_example
 from data.chat_masks import TemplateNotPrefixStableError, assistant_mask
 from data.chat_template import CHAT_TEMPLATE
 from data.tokenizer import load_tokenizer
+from tests.data import builders
 from tests.train.hub_snapshot import PUBLISHED_CHAT_TEMPLATE, write_tokenizer
 
 # The published template with markers around each assistant message's content and end of turn: the same text.
@@ -16,15 +17,8 @@ MARKED_PUBLISHED = PUBLISHED_CHAT_TEMPLATE.replace(
     "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>' }}{% generation %}"
     "{{ message['content'] + '<|end|>' }}{% endgeneration %}{% else %}{{ '<|' + message['role']", 1)
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "what is 2 plus 5?"}, {"role": "assistant", "content": "The answer is 7."}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "what is 3 plus 4?"},
-     {"role": "assistant", "content": "7"}, {"role": "user", "content": "and 9 plus 9?"},
-     {"role": "assistant", "content": "The answer is 18.\nDone."}],
-    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the lazy dog"},
-     {"role": "user", "content": "a trailing user turn is context only"}],
-    [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}],  # an empty answer still ends its turn
-]
+CONVERSATIONS = [*builders.CONVERSATIONS,
+                 [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]]  # an empty answer ends its turn
 
 
 @pytest.fixture(scope="module")

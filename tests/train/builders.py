@@ -284,3 +284,16 @@ def base_overrides(sft_setup, run_dir):
     return [f"run.dir={run_dir}", f"sft.init_from={sft_setup['init']}", stages_override(sft_setup["a"], sft_setup["b"]),
             "data.global_batch_tokens=192", "data.micro_batch_rows=2", "trainer.log_every=1",
             "trainer.progress_bar=false", "trainer.save_every=100"]
+
+
+def greedy_continuation(model, prompt_ids: list[int], stops, max_new: int) -> list[int]:
+    """Greedy decoding written out, to check generation against: a full forward pass per token (no cache, no
+    padding), argmax, stop at a stop id."""
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new):
+            nxt = int(model(torch.tensor([prompt_ids + new])).logits[0, -1].argmax())
+            if nxt in stops:
+                break
+            new.append(nxt)
+    return new

@@ -1,5 +1,6 @@
 """train.evaluate and its parts on a tiny SambaY export and tiny data built in a temp dir."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,36 @@ def test_perplexity_of_a_diverged_model_is_inf_and_fails_its_gate(tiny):
     assert math.isnan(perplexity_from_loss(float("nan"))) and perplexity_from_loss(2.0) == pytest.approx(math.exp(2))
 
 
+def test_unigram_perplexity_is_add_one_train_frequencies_on_the_scored_tokens(tiny):
+    from collections import Counter
+
+    from data.loader import PackedLoader
+    from data.shards import open_split
+    from train.evals.perplexity import PerplexityConfig, evaluate_perplexity
+    from train.evaluate import load_model
+
+    data, export = tiny
+    model, _ = load_model(export)
+    vocab = model.config.vocab_size
+    got = evaluate_perplexity(model, str(data / "pretrain"), PerplexityConfig(seq_len=64, batch_rows=2, max_batches=2))
+    # By hand: counts of the train split's tokens, and the targets of the same two val batches the model scored.
+    train = Counter(int(t) for shard in open_split(data / "pretrain", "train")[1] for t in shard.tokens)
+    total = sum(train.values())
+    loader = PackedLoader(sources=[(str(data / "pretrain"), 1.0)], split="val", seq_len=64, global_batch_rows=2,
+                          rank=0, world_size=1, seed=0, split_documents=True)
+    targets = [int(t) for _ in range(2) for t in loader.next_batch()["labels"][:, 1:].flatten() if t != -100]
+    assert len(targets) == got["val_tokens"]
+    nll = -sum(math.log((train[t] + 1) / (total + vocab)) for t in targets) / len(targets)
+    assert got["unigram_perplexity"] == pytest.approx(math.exp(nll), rel=1e-9)
+    assert got["unigram_perplexity"] > 1.0
+    off = evaluate_perplexity(model, str(data / "pretrain"),
+                              PerplexityConfig(seq_len=64, batch_rows=2, max_batches=2, unigram_split=None))
+    assert "unigram_perplexity" not in off and off["perplexity"] == got["perplexity"]
+    with pytest.raises(ValueError, match=r"perplexity\.unigram_split: .*no split 'nope'"):
+        evaluate_perplexity(model, str(data / "pretrain"), PerplexityConfig(seq_len=64, batch_rows=2, max_batches=1,
+                                                                             unigram_split="nope"))
+
+
 @pytest.mark.parametrize("logits_multiplier", [1.0, 2.5])
 def test_preference_logps_equal_full_logits_scoring(tiny, logits_multiplier):
     from data.tokenizer import load_tokenizer
@@ -189,6 +220,16 @@ def test_run_evaluation_writes_eval_json_and_refuses_overwrite(tiny, tmp_path):
     assert saved["num_problems"] == 4
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and {"completion", "answer", "correct", "extracted"} <= set(samples[0])
+    # Every accuracy carries its Wilson interval; the per-problem outcomes the paired tests read sit beside it.
+    from train.evals.stats import load_outcomes, wilson_interval
+
+    assert saved["accuracy_ci95"] == pytest.approx(list(wilson_interval(saved["accuracy"] * 4, 4)))
+    assert saved["retrieval_queries"] == 2
+    assert saved["retrieval_accuracy_ci95"] == pytest.approx(list(wilson_interval(saved["retrieval_accuracy"] * 2, 2)))
+    outcomes = load_outcomes(out / "per_problem.jsonl")
+    assert list(outcomes) == [s["id"] for s in samples]
+    assert outcomes == {s["id"]: float(s["correct"]) for s in samples}
+    assert sum(outcomes.values()) / 4 == pytest.approx(saved["accuracy"])
     with pytest.raises(OutputExistsError):
         run_evaluation(_cfg(data, export, out))
 

@@ -13,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 import train.generate as gen
 from data.tokenizer import load_tokenizer, stop_token_ids
 from sambay_model import Phi4FlashConfig, Phi4FlashForCausalLM
-from tests.train.builders import REPO, env, make_tokenizer
+from tests.train.builders import REPO, env, greedy_continuation, make_tokenizer
 from tests.train.hub_snapshot import build_hub_snapshot
 from train.evals.generation import conversation_prompt, load_model
 from train.runtime.export import save_export
@@ -46,14 +46,7 @@ def hand_greedy(model_path, user_text: str, max_new: int = MAX_NEW) -> str:
     model, tok = load_model(model_path, "cpu")
     stops = stop_token_ids(tok, model.generation_config)
     ids = tok(conversation_prompt(tok, [{"role": "user", "content": user_text}]), add_special_tokens=False)["input_ids"]
-    new = []
-    with torch.no_grad():
-        for _ in range(max_new):
-            nxt = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
-            if nxt in stops:
-                break
-            new.append(nxt)
-    return tok.decode(new, skip_special_tokens=True)
+    return tok.decode(greedy_continuation(model, ids, stops, max_new), skip_special_tokens=True)
 
 
 def run_main(monkeypatch, *overrides, stdin: str | None = None) -> None:

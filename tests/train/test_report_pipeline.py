@@ -62,3 +62,68 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         loss_curves(d)
     assert main(["--pipeline-dir", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _outcomes(stage_dir, correct: dict) -> None:
+    (stage_dir / "eval" / "per_problem.jsonl").write_text(
+        "".join(json.dumps({"id": pid, "correct": c, "samples": 1}) + "\n" for pid, c in correct.items()))
+
+
+def test_intervals_and_paired_comparisons(tmp_path):
+    ids = [f"heldout-0-{i}" for i in range(100)]
+    pre = _stage(tmp_path, "pretrain", [5.0], {"accuracy": 0.0, "num_problems": 100, "perplexity": 600.0,
+                                                "unigram_perplexity": 900.0, "blind_baseline_accuracy": 0.2})
+    sft = _stage(tmp_path, "sft", [2.0], {"accuracy": 0.3, "num_problems": 100, "blind_baseline_accuracy": 0.2})
+    dpo = _stage(tmp_path, "dpo", [0.7], {"accuracy": 0.32, "num_problems": 100, "blind_baseline_accuracy": 0.2})
+    _outcomes(pre, {i: 0.0 for i in ids})
+    _outcomes(sft, {i: float(n < 30) for n, i in enumerate(ids)})
+    _outcomes(dpo, {i: float(n < 28 or 30 <= n < 34) for n, i in enumerate(ids)})  # lost 2, gained 4
+    write_report(tmp_path, [load_stage(d) for d in (pre, sft, dpo)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["sft"]["accuracy_ci95"] == pytest.approx([0.2189, 0.3958], abs=1e-4)  # Wilson, 30 of 100
+    assert "paired_vs_previous" not in metrics["pretrain"]
+    assert metrics["sft"]["paired_vs_previous"]["p_value"] == pytest.approx(2 / 2 ** 30)  # 30 gained, 0 lost
+    dpo_vs = metrics["dpo"]["paired_vs_previous"]
+    assert dpo_vs["previous"] == "sft" and dpo_vs["test"] == "exact McNemar"
+    assert (dpo_vs["lost"], dpo_vs["gained"]) == (2, 4) and dpo_vs["p_value"] == pytest.approx(22 / 32)
+    md = (tmp_path / "report.md").read_text()
+    assert "| sft | 0.3 [0.219, 0.396] |" in md
+    assert "| 600 | 900 |" in md  # the model's perplexity next to the unigram baseline's
+    assert "| dpo | sft | 100 | +0.020 |" in md and "| 0.688 | exact McNemar | 2 / 4 |" in md
+
+
+def test_pairing_different_problems_is_refused(tmp_path, capsys):
+    sft = _stage(tmp_path, "sft", [2.0], {"accuracy": 0.5, "num_problems": 2})
+    dpo = _stage(tmp_path, "dpo", [0.7], {"accuracy": 0.5, "num_problems": 2})
+    _outcomes(sft, {"a": 1.0, "b": 0.0})
+    _outcomes(dpo, {"a": 1.0, "c": 0.0})
+    with pytest.raises(ValueError, match=r"cannot pair .*sft/eval/per_problem\.jsonl with "
+                                         r".*dpo/eval/per_problem\.jsonl: their problem ids differ"):
+        write_report(tmp_path, [load_stage(sft), load_stage(dpo)])
+    assert main(["--pipeline-dir", str(tmp_path)]) == 2
+    assert "problem ids differ" in capsys.readouterr().err
+
+
+def test_plot_draws_error_bars_and_the_blind_baseline(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from train.report import render_plot
+
+    drawn = {"bars": [], "lines": []}
+    bar, axhline = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.axhline
+
+    def spy_bar(self, x, height, **kw):
+        drawn["bars"].append(kw.get("yerr"))
+        return bar(self, x, height, **kw)
+
+    def spy_axhline(self, y=0, **kw):
+        drawn["lines"].append(y)
+        return axhline(self, y, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy_bar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", spy_axhline)
+    stages = [StageResult("sft", tmp_path, {"accuracy": 0.3, "num_problems": 100, "blind_baseline_accuracy": 0.2})]
+    assert render_plot(stages)[:4] == b"\x89PNG"
+    low, high = [0.2189, 0.3958]
+    assert drawn["bars"][0] == [[pytest.approx(0.3 - low, abs=1e-4)], [pytest.approx(high - 0.3, abs=1e-4)]]
+    assert 0.2 in drawn["lines"]

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from train.config import DeepSpeedConfig, LoopConfig, RunConfig, WandbConfig
+from train.config import DeepSpeedConfig, LoopConfig, PeftConfig, RunConfig, WandbConfig
 from train.evals.generation import SamplingConfig
 
 REFERENCE_MODES = ("precomputed", "frozen_copy")
@@ -122,6 +122,9 @@ class DPORunConfig:
     trainer: the run-loop keys every trainer honours (:class:`train.config.LoopConfig`); the DeepSpeed trainer's
         other keys (``eval_every``, ``export``, ...) do not exist here, so setting one is an error naming it.
     dpo: see :class:`DPOSection`.
+    peft: LoRA adapters instead of full DPO (:class:`train.config.PeftConfig`, default off): TRL wraps the model
+        (``peft_config=``) and the reference is the init model with the adapters disabled, so
+        ``dpo.reference=frozen_copy`` is refused with it.
     """
 
     run: RunConfig = field(default_factory=RunConfig)
@@ -129,6 +132,7 @@ class DPORunConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     trainer: LoopConfig = field(default_factory=LoopConfig)
     dpo: DPOSection = field(default_factory=DPOSection)
+    peft: PeftConfig = field(default_factory=PeftConfig)
 
     def __post_init__(self) -> None:
         # The HF Trainer prunes old checkpoints right after writing a new one, before train.runtime.hf_resume marks the
@@ -136,6 +140,10 @@ class DPORunConfig:
         if self.trainer.keep_last < 2:
             raise ValueError(f"trainer.keep_last={self.trainer.keep_last}: train.dpo keeps at least 2 checkpoints "
                              "(see train/runtime/hf_resume.py)")
+        if self.peft.enabled and self.dpo.reference == "frozen_copy":
+            raise ValueError("peft.enabled=true with dpo.reference=frozen_copy: with LoRA the reference is the init "
+                             "model with the adapters disabled (no copy); set dpo.reference=precomputed or leave "
+                             "peft.enabled=false")
 
 
 def register_dpo_schema() -> None:

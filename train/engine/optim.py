@@ -50,7 +50,8 @@ def param_groups(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig,
                  global_batch_tokens: int) -> list[dict]:
     """Two AdamW groups, ``decay`` (hidden matrices) and ``no_decay`` (vector-like), each with its own ``lr``.
 
-    Tied parameters appear once (``named_parameters`` de-duplicates). Frozen parameters are left out.
+    Tied parameters appear once (``named_parameters`` de-duplicates). Frozen parameters are left out: with LoRA
+    (``train.runtime.lora``) the groups hold the adapters alone (matrices, so ``decay``).
     """
     lr = global_lr(model_cfg, cfg, global_batch_tokens)
     hidden_mult = mup_hidden_lr_multiplier(model_cfg, cfg) if cfg.mup.enabled else 1.0
@@ -117,6 +118,8 @@ def build_optimizer(model: nn.Module, model_cfg: ModelConfig, cfg: OptimConfig, 
     if len(cfg.betas) != 2:
         raise ValueError(f"optim.betas={list(cfg.betas)}: expected two values")
     groups = param_groups(model, model_cfg, cfg, global_batch_tokens)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (with peft.enabled, check peft.target_modules)")
     betas = (cfg.betas[0], cfg.betas[1])
     if offload:
         return _skippable_cpu_adam(groups, betas, cfg.eps)

@@ -33,10 +33,11 @@ import torch
 from data.loader import PackedLoader
 from sambay_model.lm_head_loss import IGNORE_INDEX
 from train.engine import checkpoint
-from train.config import DataConfig, DeepSpeedConfig, ModelConfig, OptimConfig, TrainerConfig, WandbConfig
+from train.config import DataConfig, DeepSpeedConfig, ModelConfig, OptimConfig, PeftConfig, TrainerConfig, WandbConfig
 from train.runtime.distributed import (DistInfo, all_reduce_sum, autocast_weight_cache, barrier, bf16_comm_modules,
                                deepspeed_json, resolve_precision)
 from train.runtime.token_loss import mean_loss, perplexity_from_loss, summed_loss, target_count
+from train.runtime import lora
 from train.runtime.export import export_model
 from train.engine.flops import device_peak_flops, flops_per_token, mfu
 from train.runtime.metrics import MetricsLogger, resumable_logger, truncate_after
@@ -107,7 +108,8 @@ class TrainSpec:
     """Everything one training run (a pretraining run or one SFT stage) needs.
 
     ``trainer.max_steps`` / ``trainer.epochs`` are this run's length (an SFT stage gets its own copy of the
-    trainer section with the stage's length), read only by :func:`total_steps`.
+    trainer section with the stage's length), read only by :func:`total_steps`. ``peft``: LoRA adapters on a frozen
+    base when enabled (``train.runtime.lora``; default None: every weight trains).
     """
 
     run_name: str
@@ -124,6 +126,12 @@ class TrainSpec:
     config_dict: dict[str, Any]
     split_documents: bool = True
     data_manifests: list[dict] = field(default_factory=list)
+    peft: PeftConfig | None = None
+
+
+def adapted(model: torch.nn.Module, peft: PeftConfig | None) -> torch.nn.Module:
+    """``model`` wrapped in LoRA adapters (base frozen) when ``peft`` is enabled, else ``model``."""
+    return lora.wrap(model, peft) if peft is not None and peft.enabled else model
 
 
 def total_steps(trainer: TrainerConfig, global_batch_tokens: int, padded_tokens_per_epoch: int,
@@ -151,13 +159,14 @@ def _grad_norm_stage0(model: torch.nn.Module) -> float:
 def dry_run_summary(spec: TrainSpec, world_size: int) -> dict[str, Any]:
     """Build model (meta device for large ones), optimizer groups and the FLOPs estimate; run nothing."""
     geometry = BatchGeometry.of(spec.data, world_size)
-    model = spec.build_model("meta")
+    model = adapted(spec.build_model("meta"), spec.peft)
     optimizer = build_optimizer(model, spec.model_cfg, spec.optim, spec.data.global_batch_tokens)
     groups = group_summary(model)
     fl = flops_per_token(model.config, geometry.seq_len)
     return {
         "run_name": spec.run_name, "run_dir": str(spec.run_dir), "batch": geometry.describe(),
         "params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "param_groups": {k: len(v) for k, v in groups.items()},
         "lr_per_group": {g["name"]: g["lr"] for g in optimizer.param_groups},
         "train_flops_per_token": fl.train, "data_manifests": len(spec.data_manifests),
@@ -235,7 +244,9 @@ class Trainer:
             mup_reinit_hidden(model, torch.Generator(device=self.dist.device).manual_seed(self.cfg.seed))
         if spec.model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return model
+        # Wrapped before deepspeed.initialize, so the optimizer and ZeRO's partitions see the adapters as the only
+        # trainable parameters (non-reentrant checkpointing needs no input gradients for a frozen embedding).
+        return adapted(model, spec.peft)
 
     def _build_engine(self, model: torch.nn.Module):
         spec, g = self.spec, self.geometry
@@ -416,7 +427,8 @@ class Trainer:
             final = self.evaluate()
             self.logger.log({"step": self.step, "tokens": self.tokens, **final})
         if self.cfg.export:
-            export_model(self.engine, self.spec.tokenizer_dir, self.rd.export, self.dist, self.zero_stage)
+            export_model(self.engine, self.spec.tokenizer_dir, self.rd.export, self.dist, self.zero_stage,
+                         self.cfg.export_max_shard_size)
         if self.dist.is_main:
             self.rd.mark_done({"step": self.step, "tokens": self.tokens, **final})
             self.logger.summary({"final_step": self.step, **final})

@@ -5,6 +5,9 @@ number of samples); ``pass_at_k`` (any of the k samples correct) is reported whe
 ``extracted_fraction`` is the share of samples whose final answer could be extracted at all.
 ``blind_baseline_accuracy`` is what a model that never reads the numbers would score (see
 :func:`blind_baseline_accuracy`): accuracy means learning only where it is clearly above this.
+:func:`per_problem_outcomes` is what the paired tests between stages read (``train.evals.stats``): one record
+``{id, correct, samples}`` per problem, ``correct`` the problem's pass@1 (its share of correct samples), written
+by ``train.evaluate`` to ``train.evals.stats.PER_PROBLEM_FILE`` beside ``eval.json``.
 The user prompt is a ``str.format`` template of ``{question}`` (:func:`check_prompt_template`) and the answer is
 extracted by an ordered list of ``math_grader.AnswerFormat`` s; both default to what the demo's SFT data teaches.
 """
@@ -78,6 +81,18 @@ def score_samples(samples: Iterable[dict], answer_formats: Sequence[AnswerFormat
         metrics["pass_at_k"] = sum(any(g.correct for g in gs) for gs in groups.values()) / len(groups)
         metrics["k"] = max(ks)
     return metrics, graded
+
+
+def per_problem_outcomes(graded: Iterable[dict]) -> list[dict]:
+    """``{id, correct, samples}`` per problem of graded samples (:func:`score_samples`' second result), in first-seen
+    order; ``correct`` is the problem's share of correct samples. Samples without ``id`` cannot be paired with
+    another evaluation: an error."""
+    groups: OrderedDict = OrderedDict()
+    for n, s in enumerate(graded):
+        if s.get("id") is None:
+            raise ValueError(f"sample {n} has no 'id': per-problem outcomes need the problem id of every sample")
+        groups.setdefault(s["id"], []).append(bool(s["correct"]))
+    return [{"id": pid, "correct": sum(c) / len(c), "samples": len(c)} for pid, c in groups.items()]
 
 
 def blind_baseline_accuracy(problems: list[dict]) -> float | None:

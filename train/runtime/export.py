@@ -14,6 +14,9 @@ SFT and DPO, the data's tokenizer in pretraining):
   ``max_shard_size``, and its tokenizer files, ``generation_config.json`` and remote-code modules are copied;
 - otherwise sambay's layout: ``save_pretrained`` (every ``Phi4FlashConfig`` key, per-layer ``sliding_window``,
   the training dtype), the tokenizer re-saved and a generation config made from it.
+
+A model with LoRA adapters (``peft.enabled``) is exported merged, in the same layout and tensor names as without
+them, and its adapter alone goes to ``adapter/`` beside the export (``train.runtime.lora.merge_for_export``).
 """
 from __future__ import annotations
 
@@ -30,20 +33,16 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 
 from data.atomic import atomic_dir
-from data.tokenizer import load_tokenizer, save_generation_config
+from data.tokenizer import TOKENIZER_FILES, load_tokenizer, save_generation_config
 from sambay_model import Phi4FlashConfig
 from sambay_model.configuration_phi4flash import RELEASED_TOKEN_IDS, RUNTIME_KEYS, SAMBAY_MARKER_KEY
+from train.config import EXPORT_MAX_SHARD_SIZE
 from train.runtime.distributed import DistInfo, barrier
+from train.runtime.lora import merge_for_export
 
-# Largest weight file of a hub-style export: transformers' ``save_pretrained`` default, which is what split the
-# published 7.7 GB bf16 snapshot into its two files. Set per call (``max_shard_size`` of save_export/export_model).
-EXPORT_MAX_SHARD_SIZE = "5GB"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 # Files of a hub snapshot that travel unchanged into its export (those present are copied).
-COMPANION_FILES = ("tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
-                   "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "chat_template.jinja",
-                   "generation_config.json")
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 
 
@@ -105,7 +104,7 @@ class ExportTemplate:
     def companion_files(self) -> list[Path]:
         """Tokenizer files, generation config and the remote-code modules ``auto_map`` names, where present."""
         modules = {ref.split(".")[0] + ".py" for ref in self.config.get("auto_map", {}).values()}
-        names = list(COMPANION_FILES) + sorted(modules)
+        names = list(TOKENIZER_FILES) + sorted(modules)
         return [self.source / n for n in names if (self.source / n).is_file()]
 
 
@@ -176,8 +175,10 @@ def save_sambay_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Pat
 def save_export(model: torch.nn.Module, tokenizer_dir: Path, out_dir: Path,
                 max_shard_size: int | str = EXPORT_MAX_SHARD_SIZE) -> None:
     """Write ``out_dir`` atomically from a model whose parameters are all materialised (rank 0 only), in the
-    layout of ``tokenizer_dir`` (module docstring); ``max_shard_size`` applies to the hub layout."""
+    layout of ``tokenizer_dir`` (module docstring); ``max_shard_size`` applies to the hub layout. A LoRA model's
+    adapter is saved beside ``out_dir`` and merged first (the model's last use, ``lora.merge_for_export``)."""
     template = ExportTemplate.read(tokenizer_dir)
+    model = merge_for_export(model, Path(out_dir))
     if out_dir.exists():
         print(f"[export] replacing {out_dir} left by an interrupted run (no DONE)", flush=True)
     with atomic_dir(out_dir, overwrite=True) as tmp:

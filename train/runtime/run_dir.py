@@ -31,6 +31,8 @@ FREE_KEYS = (
     "trainer.save_every",  # checkpoint cadence: a resume is exact, so the trajectory does not depend on it
     "trainer.keep_last",  # how many checkpoints stay on disk
     "sft.stages_to_run",  # which stages this launch runs, not what a stage trains
+    "trainer.export_max_shard_size",  # how the export's weights are split into files, not their values
+    "deepspeed.collective_timeout_s",  # how long a rank waits for a dead peer; no effect on a healthy run
 )
 ABSENT = "<absent>"
 
