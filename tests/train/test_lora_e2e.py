@@ -82,7 +82,7 @@ def base_in_checkpoint_is_the_input(run_dir: Path, init: Path) -> None:
     assert any(v.abs().sum() > 0 for k, v in module.items() if ".lora_B." in k)
 
 
-def test_sft_with_lora_on_2_ranks_zero2_then_dpo_with_lora(inputs):
+def test_sft_with_lora_on_2_ranks_zero2_then_dpo_with_lora_on_2_ranks_zero3(inputs):
     root, hub = inputs
     sft = root / "sft2"
     launch("train.sft", [f"sft.init_from={hub}", f"sft.train_data={root / 'chat.jsonl'}", f"run.dir={sft}",
@@ -93,14 +93,14 @@ def test_sft_with_lora_on_2_ranks_zero2_then_dpo_with_lora(inputs):
     args = [f"dpo.init_from={sft / 'export'}", f"dpo.train_data={root / 'prefs.jsonl'}", f"run.dir={dpo}",
             "peft.enabled=true", "trainer.max_steps=2", "trainer.save_every=1", "trainer.log_every=1",
             "trainer.progress_bar=false", "dpo.gradient_accumulation_steps=1", "dpo.max_length=128", "dpo.lr=1e-2",
-            "dpo.gradient_checkpointing=false"]
-    launch("train.dpo", args, nproc=1)
+            "dpo.gradient_checkpointing=false", "deepspeed=zero3"]
+    launch("train.dpo", args, nproc=2)
     first = check_lora_export(dpo, sft / "export")
     assert (dpo / "checkpoints" / "checkpoint-2" / "adapter_model.safetensors").is_file()
     # As if killed while saving step 2: the relaunch resumes from the HF Trainer's checkpoint-1 and ends the same.
     for path in ("DONE", "export", "adapter", "checkpoints/checkpoint-2/COMPLETE"):
         shutil.rmtree(dpo / path) if (dpo / path).is_dir() else (dpo / path).unlink()
-    log = launch("train.dpo", args, nproc=1)
+    log = launch("train.dpo", args, nproc=2)
     assert "resuming from" in log and "checkpoint-1" in log, log[-3000:]
     second = check_lora_export(dpo, sft / "export")
     assert all(torch.equal(first[k], second[k]) for k in first)
