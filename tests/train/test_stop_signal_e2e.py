@@ -64,11 +64,17 @@ def test_ctrl_c_to_torchrun_reaches_the_workers_which_save(pretrain_shards, tmp_
     assert proc.returncode != 0 and "SignalException" in err  # torchrun's own exit, after its worker's clean one
 
 
+# Steps of 64 micro-batches (about a second or more each): both Ctrl-Cs, 0.1 s apart, land inside one step, before
+# the step boundary where the first would save (with one-micro-batch steps the first Ctrl-C's save and exit could
+# finish before the second arrived, which then only interrupted the interpreter's exit).
+LONG_STEPS = [o for o in OVERRIDES if not o.startswith("data.global_batch_tokens")] + ["data.global_batch_tokens=8192"]
+
+
 def test_second_ctrl_c_aborts(pretrain_shards, tmp_path):
     rd = tmp_path / "twice"
-    proc = _start_and_wait_for_a_step(command(rd, pretrain_shards, OVERRIDES), rd)
+    proc = _start_and_wait_for_a_step(command(rd, pretrain_shards, LONG_STEPS), rd)
     started = time.time()
     _, err = _interrupt(proc, 2)
     assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-3000:]
     assert time.time() - started < 60
-    assert not (rd / "DONE").exists()
+    assert not (rd / "DONE").exists() and not (rd / "checkpoints" / "latest").exists()
