@@ -8,67 +8,16 @@
 
 Installs Slurm from the Debian packages when it is missing (needs root); the daemons are stopped by PID.
 """
-import os
-import random
 import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "artifacts" / "data" / "demo"
+from tests.scripts.slurm_cluster import (VENV, ensure_slurm_and_demo_data, finished, job_field, local_cluster,
+                                         node_cpus, release_requeued, sh, submit, wait_for)
+
 # One local cluster per test session, and the demo data the README demo test writes too: one xdist worker.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo_data")]
-
-# A few fast steps of the demo model: 4 rows of 64 tokens per step over 2 ranks.
-SMALL = ["data.seq_len=64", "data.global_batch_tokens=256", "data.micro_batch_rows=2",
-         "trainer.log_every=1", "trainer.eval_every=0", "trainer.progress_bar=false"]
-
-
-def sh(*cmd, env=None, timeout=120, check=True) -> str:
-    out = subprocess.run(list(cmd), env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if shutil.which("slurmctld") is None or shutil.which("sbatch") is None:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip("Slurm is not installed and cannot be installed here (needs root and apt-get)")
-        sh("bash", "slurm/local_cluster.sh", "install", timeout=600)
-    if not (DATA / "DONE").exists():  # the demo data (idempotent; a few minutes the first time)
-        sh(sys.executable, "-m", "data.prepare", "--config-name=demo", timeout=1200)
-    state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "SLURM_CONF": str(state / "slurm.conf"),
-           "SLURM_LOCAL_PORT": str(random.randrange(20000, 30000, 2))}
-    try:
-        sh("bash", "slurm/local_cluster.sh", "start", str(state), env=env, timeout=120)
-        yield env, state
-    finally:
-        subprocess.run(["bash", "slurm/local_cluster.sh", "stop", str(state)], cwd=REPO, env=env, timeout=120)
-
-
-def job_field(env, job: str, key: str) -> str:
-    out = sh("scontrol", "show", "job", job, env=env, check=False)
-    m = re.search(rf"\b{key}=(\S+)", out)
-    return m.group(1) if m else ""
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 SLOW_SAVE_S = 40  # > torchrun's default 30 s shutdown timeout
 # The slow pre-emption save is injected from outside the product: this folder's sitecustomize.py, on PYTHONPATH.
@@ -76,28 +25,12 @@ SLOW_SAVE_HOOK = Path(__file__).resolve().parent / "slow_preempt_save"
 SLOW_SAVE_ENV = "SAMBAY_TEST_SLOW_PREEMPT_SAVE_S"
 
 
-def node_cpus(env) -> int:
-    """The local node's CPUs as Slurm sees them; the template's default --cpus-per-task is more than this."""
-    return int(sh("sinfo", "-h", "-N", "-o", "%c", env=env).split()[0])
-
-
-def submit(env, state: Path, name: str, run_dir: Path, max_steps: int, save_every: int,
-           extra_env: str = "") -> tuple[str, Path]:
-    args = state / f"{name}.args"
-    args.write_text("\n".join(["train.pretrain", "--config-name=demo", f"run.dir={run_dir}", f"run.name={name}",
-                               f"trainer.max_steps={max_steps}", f"trainer.save_every={save_every}", *SMALL]) + "\n")
-    log = state / f"{name}.out"
-    job = sh("sbatch", "--parsable", f"--output={log}", f"--job-name={name}",
-             f"--cpus-per-task={node_cpus(env)}",
-             f"--export=ALL,NPROC_PER_NODE=2,SAMBAY_VENV={Path(sys.executable).parents[1]},"
-             f"RDZV_PORT={random.randrange(30000, 40000)},WANDB_MODE=disabled{extra_env}",
-             "slurm/stage.sbatch", str(args), env=env).strip().split(";")[0]
-    return job, log
-
-
-def finished(env, job: str) -> str:
-    state = job_field(env, job, "JobState")
-    return state if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") else ""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ensure_slurm_and_demo_data()
+    state = tmp_path_factory.mktemp("slurm")
+    with local_cluster(state) as env:
+        yield env, state
 
 
 def test_two_rank_pretraining_job_completes(cluster, tmp_path):
@@ -123,13 +56,7 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
     wait_for(lambda: (run_dir / "checkpoints" / "latest").exists(), 600, "the first checkpoint", interval=1)
     assert not (run_dir / "DONE").exists(), "the run finished before it could be signalled; raise max_steps"
     sh("scancel", "--signal=USR1", "--batch", job, env=env)
-    wait_for(lambda: job_field(env, job, "Restarts") == "1", 300, f"job {job} to be requeued", interval=1)
-    # Slurm holds a requeued job back for ~2 minutes (BeginTime); release it sooner, but not within the second
-    # of the requeue: slurmd refuses a launch whose credential is not newer (in whole seconds) than the one the
-    # requeue revoked ("Job credential revoked"), and the job then ends FAILED without running.
-    wait_for(lambda: job_field(env, job, "JobState") in ("PENDING", "RUNNING", "COMPLETED"), 120, "requeued state")
-    if job_field(env, job, "JobState") == "PENDING":
-        sh("scontrol", "update", f"JobId={job}", "StartTime=now+5", env=env)
+    release_requeued(env, job)
     final = wait_for(lambda: finished(env, job), 900, f"job {job} to finish after the requeue", interval=2)
     text = log.read_text()
     assert final == "COMPLETED", text[-6000:]
@@ -149,7 +76,7 @@ def test_signalled_job_checkpoints_requeues_and_resumes(cluster, tmp_path):
 
 def test_submit_chains_one_job_per_stage_then_the_report(cluster, tmp_path):
     env, state = cluster
-    env = {**env, "WANDB_MODE": "disabled", "SAMBAY_VENV": str(Path(sys.executable).parents[1])}
+    env = {**env, "WANDB_MODE": "disabled", "SAMBAY_VENV": str(VENV)}
     run_dir = tmp_path / "pipe"
     out = sh("bash", "slurm/submit.sh", f"--cpus-per-task={node_cpus(env)}", "--",
              "--config-name=smoke", f"run_dir={run_dir}", "nproc_per_node=2",
