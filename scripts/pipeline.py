@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from recipes.entry import hydra_main
 from scripts.pipeline_config import PipelineConfig, register_pipeline_schema
 from train.evals.gates import Gate, GateFailed, check_gate
-from train.report import load_stage
+from train.report import annotate, load_stage
 from train.report import write_report as write_stage_report
 
 LAUNCHERS = ("torchrun", "python")
@@ -40,6 +40,15 @@ DRY_RUN_OVERRIDES = {
     "train.sft": "trainer.dry_run=true",
     "train.dpo": "trainer.dry_run=true",
     "train.evaluate": "dry_run=true",
+}
+# The keys ``seed=N`` sets for each entry point: every RNG a stage draws from (init, data order, dropout, sampling,
+# on-policy pairing). data.prepare is left out on purpose: its seed makes the dataset, held-out problems included,
+# and pipeline seeds measure training's spread on one fixed dataset (paired comparisons need the same problems).
+SEED_KEYS = {
+    "train.pretrain": ("trainer.seed",),
+    "train.sft": ("trainer.seed",),
+    "train.dpo": ("trainer.seed", "dpo.on_policy.sampling.seed"),
+    "train.evaluate": ("math.sampling.seed",),
 }
 # Hydra override values made only of these characters need no quoting.
 _PLAIN_VALUE = re.compile(r"^[\w./:@+-]+$")
@@ -107,7 +116,15 @@ def stage_args(cfg: PipelineConfig, name: str) -> list[str]:
         args.append(f"--config-name={stage.recipe}")
     if stage.dir_key:
         args.append(f"{stage.dir_key}={hydra_value(str(stage_dir(cfg, name)))}")
-    return args + flatten_overrides(stage.overrides)
+    return args + seed_overrides(cfg, stage.entry) + flatten_overrides(stage.overrides)
+
+
+def seed_overrides(cfg: PipelineConfig, entry: str) -> list[str]:
+    """``cfg.seed`` as the seed overrides of ``entry`` (:data:`SEED_KEYS`); none when ``seed`` is unset. They come
+    before the stage's ``overrides``, so a seed pinned there in the pipeline recipe wins."""
+    if cfg.seed is None:
+        return []
+    return [f"{key}={cfg.seed}" for key in SEED_KEYS.get(entry, ())]
 
 
 def stage_nproc(cfg: PipelineConfig, name: str) -> int:
@@ -201,12 +218,16 @@ def write_report(cfg: PipelineConfig) -> Path | None:
 
 
 def check_stage_gate(cfg: PipelineConfig, name: str) -> None:
-    """Raise ``train.evals.gates.GateFailed`` when the evaluation stage ``name`` misses its gate."""
+    """Raise ``train.evals.gates.GateFailed`` when the evaluation stage ``name`` misses its gate.
+
+    The gate reads what the report shows for the stage: its metrics with 95% intervals and its paired comparison
+    with the previous evaluated stage (``train.report.annotate``)."""
     stage = cfg.stages[name]
     if stage.gate is None:
         return
-    metrics = json.loads((stage_dir(cfg, name) / "eval.json").read_text())
-    check_gate(stage.eval_of, metrics, stage.gate)
+    results = annotate(stage_results(cfg))
+    result = next(r for r in results if r.eval_dir == stage_dir(cfg, name))
+    check_gate(stage.eval_of, result.gate_metrics(), stage.gate)
 
 
 def run_stage(cfg: PipelineConfig, name: str) -> None:

@@ -67,6 +67,9 @@ class PipelineConfig:
     fail_on_gate: a failing gate stops the pipeline with exit status 1 after writing the report
         (default True; False: record it in the report and go on).
     env: extra environment variables for every stage process (default empty).
+    seed: the seed of every training and evaluation stage (``scripts.pipeline.SEED_KEYS`` lists the keys it sets
+        per entry point: init, data order, sampling, on-policy pairing); ``data.prepare`` keeps its own, so every
+        seed trains and evaluates on the same data (default ``None``: each stage recipe's own seed).
     """
 
     name: str = "demo"
@@ -79,6 +82,7 @@ class PipelineConfig:
     dry_run: bool = False
     fail_on_gate: bool = True
     env: dict[str, str] = field(default_factory=dict)
+    seed: Optional[int] = None
 
 
 def register_pipeline_schema() -> None:

@@ -65,11 +65,15 @@ class StageResult:
     eval_dir: Path | None = None
     comparison: dict | None = None
 
+    def gate_metrics(self) -> dict:
+        """What the gate reads: the metrics plus the paired comparison under :data:`PAIRED_KEY` (when any)."""
+        return {**self.metrics, **({PAIRED_KEY: self.comparison} if self.comparison else {})}
+
     def gate_status(self) -> str:
         if self.gate is None:
             return "none"
         try:
-            check_gate(self.name, self.metrics, self.gate)
+            check_gate(self.name, self.gate_metrics(), self.gate)
         except GateFailed as err:
             return f"FAILED ({err})"
         return "passed"
@@ -290,7 +294,7 @@ def write_report(pipeline_dir: str | Path, stages: list[StageResult]) -> Path:
     stages = annotate(stages)
     atomic_write_bytes(pipeline_dir / "report.png", render_plot(stages), overwrite=True)
     write_json(pipeline_dir / "metrics.json",
-               {s.name: {**s.metrics, **({PAIRED_KEY: s.comparison} if s.comparison else {})} for s in stages},
+               {s.name: s.gate_metrics() for s in stages},
                overwrite=True)
     write_json(pipeline_dir / "stages.json", [{"name": s.name, "gate": _gate_dict(s.gate)} for s in stages],
                overwrite=True)

@@ -165,6 +165,23 @@ def test_failed_gate_stops_after_writing_the_report(tmp_path):
     assert pipeline.run_pipeline(cfg).is_file()
 
 
+def test_seed_sets_every_training_and_evaluation_seed_and_nothing_else():
+    pipeline.register_pipeline_schema()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
+        unseeded = pipeline.to_config(compose(config_name="demo"))
+        seeded = pipeline.to_config(compose(config_name="demo", overrides=["seed=7"]))
+    for name, stage in seeded.stages.items():
+        added = [a for a in pipeline.stage_args(seeded, name) if a not in pipeline.stage_args(unseeded, name)]
+        expected = [f"{key}=7" for key in pipeline.SEED_KEYS.get(stage.entry, ())]
+        assert added == expected, name
+        if stage.entry != "data.prepare":  # the dataset, held-out problems included, is the same for every seed
+            assert any(a.endswith("seed=7") for a in added), name
+    # The seed overrides come before the stage's overrides, so a seed pinned there (in the pipeline recipe) wins.
+    seeded.stages["dpo"].overrides["trainer"] = {"seed": 99}
+    args = pipeline.stage_args(seeded, "dpo")
+    assert args.index("trainer.seed=7") < args.index("trainer.seed=99")
+
+
 def test_torchrun_launcher_and_only(tmp_path):
     cfg = make_cfg(tmp_path, launcher="torchrun")
     cfg.only = ["train"]

@@ -19,7 +19,7 @@ def test_torchrun_two_ranks_sample_on_policy_pairs(dpo_data, tmp_path):
            "trainer.max_steps=1", "trainer.save_every=1", "trainer.log_every=1", "trainer.progress_bar=false",
            "dpo.train_limit=4", "dpo.heldout_limit=2", "dpo.per_device_batch_size=2", "dpo.max_length=256",
            "dpo.on_policy.enabled=true", "dpo.on_policy.num_problems=5", "dpo.on_policy.sampling.num_samples=2",
-           "dpo.on_policy.sampling.max_new_tokens=8", "wandb.mode=disabled"]
+           "dpo.on_policy.sampling.max_new_tokens=8", "dpo.on_policy.mix=append", "wandb.mode=disabled"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "DONE").exists() and (run_dir / "on_policy_pairs.jsonl").exists()

@@ -59,7 +59,7 @@ def test_torchrun_two_ranks_zero2(dpo_tiny, tmp_path):
            f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
            "trainer.max_steps=2", "trainer.save_every=2", "trainer.log_every=1", "trainer.progress_bar=false",
            "dpo.train_limit=8", "dpo.heldout_limit=4", "dpo.per_device_batch_size=2", "dpo.max_length=512",
-           "wandb.mode=disabled"]
+           "wandb.mode=disabled", "dpo.on_policy.enabled=false"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run_dir / "DONE").exists() and (run_dir / "export" / "model.safetensors").exists()
@@ -89,7 +89,7 @@ def test_torchrun_sigterm_saves_agreed_checkpoint_and_resumes_past_a_partial_one
            f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}", "deepspeed=zero2",
            f"trainer.max_steps={max_steps}", "trainer.save_every=0", "trainer.log_every=1",
            "trainer.progress_bar=false", "dpo.train_limit=8", "dpo.heldout_limit=4", "dpo.per_device_batch_size=1",
-           "dpo.max_length=512", "wandb.mode=disabled"]
+           "dpo.max_length=512", "wandb.mode=disabled", "dpo.on_policy.enabled=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -135,7 +135,8 @@ def test_zero3_export_is_the_gathered_trained_policy(dpo_tiny, tmp_path):
     cmd = [sys.executable, "-m", "train.dpo", f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}",
            "deepspeed=zero3", "trainer.max_steps=2", "trainer.save_every=2", "trainer.keep_last=2",
            "trainer.log_every=1", "trainer.progress_bar=false", "dpo.train_limit=4", "dpo.heldout_limit=2",
-           "dpo.per_device_batch_size=2", "dpo.max_length=256", "wandb.mode=disabled"]
+           "dpo.per_device_batch_size=2", "dpo.max_length=256", "wandb.mode=disabled",
+           "dpo.on_policy.enabled=false"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     exported = load_file(run_dir / "export" / "model.safetensors")

@@ -33,8 +33,35 @@ def test_missing_or_nan_metric_fails():
 def test_bad_gate_spec_names_key():
     with pytest.raises(ValueError, match="unknown key.*minimum"):
         check_gate("sft", {"accuracy": 1.0}, {"metric": "accuracy", "minimum": 0.1})
-    with pytest.raises(ValueError, match="at least one of 'min' or 'max'"):
+    with pytest.raises(ValueError, match="at least one of min, max, min_metric, max_metric"):
         check_gate("sft", {"accuracy": 1.0}, {"metric": "accuracy"})
+    with pytest.raises(ValueError, match="'min_metric' must name a metric"):
+        check_gate("sft", {"accuracy": 1.0}, {"metric": "accuracy", "min_metric": 0.2})
+
+
+def test_a_bound_can_be_another_metric():
+    metrics = {"perplexity": 630.0, "unigram_perplexity": 930.0}
+    check_gate("pretrain", metrics, {"metric": "perplexity", "max_metric": "unigram_perplexity"})
+    with pytest.raises(GateFailed, match="perplexity = 4100 > unigram_perplexity = 930"):
+        check_gate("pretrain", {**metrics, "perplexity": 4100.0},
+                   {"metric": "perplexity", "max_metric": "unigram_perplexity"})
+    with pytest.raises(GateFailed, match="'unigram' was not reported"):
+        check_gate("pretrain", metrics, {"metric": "perplexity", "max_metric": "unigram"})
+
+
+def test_a_metric_can_be_a_path_into_nested_results():
+    sft = {"accuracy_ci95": [0.40, 0.49], "blind_baseline_accuracy": 0.21}
+    check_gate("sft", sft, {"metric": "accuracy_ci95.0", "min_metric": "blind_baseline_accuracy"})
+    with pytest.raises(GateFailed, match=r"accuracy_ci95.0 = 0.18 < blind_baseline_accuracy = 0.21"):
+        check_gate("sft", {**sft, "accuracy_ci95": [0.18, 0.26]},
+                   {"metric": "accuracy_ci95.0", "min_metric": "blind_baseline_accuracy"})
+    dpo = {"paired_vs_previous": {"difference": -0.06, "difference_ci95": [-0.09, -0.03]}}
+    with pytest.raises(GateFailed, match=r"paired_vs_previous.difference_ci95.1 = -0.03 < min 0"):
+        check_gate("dpo", dpo, {"metric": "paired_vs_previous.difference_ci95.1", "min": 0.0})
+    with pytest.raises(GateFailed, match=r"'paired_vs_previous.p_value' was not reported \(at 'p_value'"):
+        check_gate("dpo", dpo, {"metric": "paired_vs_previous.p_value", "max": 0.05})
+    with pytest.raises(GateFailed, match=r"'accuracy_ci95.2' was not reported"):
+        check_gate("sft", sft, {"metric": "accuracy_ci95.2", "min": 0.0})
 
 
 def test_cli_exit_codes(tmp_path, capsys):

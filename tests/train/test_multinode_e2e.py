@@ -155,7 +155,8 @@ def test_dpo_on_two_nodes_equals_one_node(dpo_tiny, tmp_path):
         run_ok(["-m", "train.dpo", f"dpo.init_from={export}", f"dpo.data_dir={data}", f"run.dir={run_dir}",
                 "deepspeed=zero2", "trainer.max_steps=4", "trainer.save_every=2", "trainer.log_every=1",
                 "trainer.progress_bar=false", "dpo.train_limit=8", "dpo.heldout_limit=4",
-                "dpo.per_device_batch_size=1", "dpo.max_length=512", "wandb.mode=disabled"], nodes=nodes)
+                "dpo.per_device_batch_size=1", "dpo.max_length=512", "wandb.mode=disabled",
+                "dpo.on_policy.enabled=false"], nodes=nodes)
         runs[nodes] = run_dir
     assert_same_losses(losses(runs[2]), losses(runs[1]))
     assert_one_run_directory(runs[2])

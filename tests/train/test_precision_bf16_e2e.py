@@ -85,7 +85,8 @@ def test_dpo_zero2_bf16_runs_in_bf16_with_fp32_ssm_params(dpo_export, tmp_path):
     cmd = [sys.executable, str(PROBE), str(out), "train.dpo", f"dpo.init_from={export}", f"dpo.data_dir={data}",
            f"run.dir={tmp_path / 'run'}", "deepspeed=zero2", "deepspeed.precision=bf16", "trainer.max_steps=1",
            "trainer.save_every=1", "trainer.log_every=1", "trainer.progress_bar=false", "dpo.train_limit=4",
-           "dpo.heldout_limit=2", "dpo.per_device_batch_size=2", "dpo.max_length=256", "wandb.mode=disabled"]
+           "dpo.heldout_limit=2", "dpo.per_device_batch_size=2", "dpo.max_length=256", "wandb.mode=disabled",
+           "dpo.on_policy.enabled=false"]
     p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-5000:]}"
     rec = json.loads(out.read_text())
