@@ -150,6 +150,42 @@ def check_tokenizer_source(cfg: PrepareConfig, data: PreparedData) -> None:
             "overwrite=true to redo the directory with the new tokenizer, or choose another out_dir")
 
 
+# Settings that change where or how the directory is written, not what it holds.
+_NOT_CONTENT = frozenset({"out_dir", "overwrite", "dry_run", "num_proc", "corpus.cache_dir"})
+
+
+class PreparedWithOtherSettingsError(ValueError):
+    """A complete directory (``DONE``) was prepared with settings other than the ones asked for now."""
+
+
+def _flat(tree: Any, key: str = "") -> dict[str, Any]:
+    """``{dotted key: value}`` of a nested mapping; lists and empty mappings are values."""
+    if not isinstance(tree, dict) or not tree:
+        return {key: tree}
+    return {k: v for name, value in tree.items() for k, v in _flat(value, f"{key}.{name}" if key else name).items()}
+
+
+def check_done_config(cfg: PrepareConfig, data: PreparedData) -> None:
+    """Refuse a complete directory whose ``DONE`` records other content settings than ``cfg`` (a recipe changed
+    since, e.g. more held-out problems): every stage would otherwise read the old data without a word. Keys that
+    one side lacks (a setting added or removed since) are not compared."""
+    if cfg.overwrite or not data.done.exists():
+        return
+    try:
+        recorded = json.loads(data.done.read_text()).get("config")
+    except (json.JSONDecodeError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return  # a DONE from before the config was recorded: nothing to compare with
+    was, now = _flat(recorded), _flat(_config_dict(cfg))
+    differ = [f"{key} = {was[key]!r} there, {now[key]!r} asked" for key in sorted(was.keys() & now.keys())
+              if key not in _NOT_CONTENT and was[key] != now[key]]
+    if differ:
+        raise PreparedWithOtherSettingsError(
+            f"{data.done}: {data.root} was prepared with other settings ({'; '.join(differ)}); set overwrite=true "
+            "to redo the directory with these settings, or choose another out_dir")
+
+
 def _unchanged_copy(source: Path, copy: Path) -> bool:
     """The copy's tokenizer files are byte for byte the source's (plus the generation_config.json that
     build_tokenizer writes when the source has none): the same tokenizer, known without loading either, which
@@ -269,11 +305,14 @@ def _run(output: Output, cfg: PrepareConfig, data: PreparedData) -> None:
     log.info("%s: wrote %s in %.1f s", output.what, output.path, time.perf_counter() - t0)
 
 
+def _config_dict(cfg: PrepareConfig) -> dict[str, Any]:
+    return (OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
+            else OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+
 def _write_done(cfg: PrepareConfig, data: PreparedData) -> None:
     """``DONE``: the config that completed the directory and the tokenizer's fingerprint."""
-    config = (OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
-              else OmegaConf.to_container(OmegaConf.structured(cfg)))
-    summary = {"config": config, "tokenizer_fingerprint": fingerprint(data.tokenizer)}
+    summary = {"config": _config_dict(cfg), "tokenizer_fingerprint": fingerprint(data.tokenizer)}
     atomic_write_text(data.done, json.dumps(summary, indent=2) + "\n", overwrite=True)
 
 
@@ -296,6 +335,7 @@ def dry_run(cfg: PrepareConfig) -> dict[str, Any]:
     data = PreparedData(cfg.out_dir)
     check_config(cfg)
     check_tokenizer_source(cfg, data)
+    check_done_config(cfg, data)
     for stage in cfg.sft:
         if stage.jsonl:
             read_chat_jsonl(stage.jsonl)  # a malformed record fails now, naming file and line
@@ -327,6 +367,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         print(json.dumps({"dry_run": dry_run(cfg)}), flush=True)
         return data.root
     check_tokenizer_source(cfg, data)  # a complete directory too: its tokenizer may no longer be the one asked for
+    check_done_config(cfg, data)  # and its recipe may have changed since
     if data.done.exists() and not cfg.overwrite:
         log.info("%s is complete (DONE exists); nothing to do (overwrite=true redoes everything)", data.root)
         return data.root  # reading a complete directory takes no lock: it may be read-only, or shared

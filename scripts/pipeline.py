@@ -6,8 +6,9 @@
     python scripts/pipeline.py dry_run=true             # every selected stage's own dry run; writes nothing
 
 Each stage is a subprocess (``torchrun -m <entry>`` or ``python -m <entry>``) whose output is also appended to
-``<run_dir>/logs/<stage>.log``. A stage whose ``done`` file exists is skipped; relaunching an interrupted stage
-resumes it (the trainers restart from their latest checkpoint). After each evaluation stage its gate is checked
+``<run_dir>/logs/<stage>.log``. A stage whose ``done`` file exists is skipped, unless it sets ``rerun_when_done``
+(data.prepare then checks the complete directory against its recipe); relaunching an interrupted stage resumes it
+(the trainers restart from their latest checkpoint). After each evaluation stage its gate is checked
 and the report (``<run_dir>/report.md``, ``report.png``, ``metrics.json``) is rebuilt with ``train.report``.
 """
 from __future__ import annotations
@@ -108,6 +109,10 @@ def is_done(cfg: PipelineConfig, name: str) -> bool:
     return done_path(cfg, name).exists()
 
 
+def needs_run(cfg: PipelineConfig, name: str) -> bool:
+    return cfg.stages[name].rerun_when_done or not is_done(cfg, name)
+
+
 def stage_args(cfg: PipelineConfig, name: str) -> list[str]:
     """The entry module followed by its arguments (what comes after ``-m``)."""
     stage = cfg.stages[name]
@@ -171,6 +176,9 @@ def validate(cfg: PipelineConfig) -> None:
         if stage.gate is not None:
             if not stage.eval_of:
                 raise PipelineError(f"{where}.gate: gates belong on evaluation stages (set eval_of)")
+            if not isinstance(stage.gate, Mapping):
+                raise PipelineError(f"{where}.gate: a mapping such as {{metric: accuracy, min: 0.1}}, got "
+                                    f"{stage.gate!r}")
             try:
                 Gate.from_mapping(stage.gate, where=f"{where}.gate")
             except ValueError as err:
@@ -272,7 +280,7 @@ def write_plan(cfg: PipelineConfig) -> list[str]:
     plan_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for name in selected_stages(cfg):
-        if is_done(cfg, name):
+        if not needs_run(cfg, name):
             continue
         args = stage_args(cfg, name)
         if any("\n" in a for a in args):
@@ -299,7 +307,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path | None:
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     for name in selected_stages(cfg):
         stage = cfg.stages[name]
-        if is_done(cfg, name):
+        if not needs_run(cfg, name):
             print(f"[pipeline] stage {name}: complete ({done_path(cfg, name)} exists), skipping", flush=True)
         else:
             run_stage(cfg, name)

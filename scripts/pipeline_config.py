@@ -2,7 +2,7 @@
 
 A pipeline is an ordered mapping of stages. Each stage runs one entry point (``python -m <entry>``) as a
 subprocess, through ``torchrun`` unless it asks for a plain ``python`` process, and is complete once its
-``done`` file exists; completed stages are skipped when the pipeline is relaunched.
+``done`` file exists; completed stages are skipped when the pipeline is relaunched (unless they ask to be rerun).
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ class StageConfig:
     dir: the stage's output directory (default ``""``: ``<run_dir>/<stage name>``).
     dir_key: override key that points the entry point at ``dir`` (default ``run.dir``; ``""``: not passed).
     done: path relative to ``dir`` whose existence marks the stage complete (default ``DONE``).
+    rerun_when_done: run the stage even when its ``done`` file exists, for an entry point that then only checks
+        that its complete output still matches its recipe, in seconds (default False: a done stage is skipped).
+        The demo's ``prepare`` sets it: ``data.prepare`` refuses a directory prepared with other settings.
     launcher: ``torchrun`` (default) or ``python`` (one plain process, e.g. data preparation).
     nproc: processes per node under torchrun (default ``None``: the pipeline's ``nproc_per_node``); an error on a
         ``launcher: python`` stage, which runs one process.
@@ -30,8 +33,11 @@ class StageConfig:
         ``+`` adds a key (default empty).
     eval_of: for an evaluation stage, the name of the stage whose model it scores; its ``dir`` must then
         hold ``eval.json`` (default ``""``: not an evaluation stage).
-    gate: bounds the evaluation must satisfy, ``{metric, min, max}`` as in ``train.evals.gates.Gate``
-        (default ``None``: no gate). Only on evaluation stages.
+    gate: bounds the evaluation must satisfy, a mapping ``{metric, min, max, min_metric, max_metric}`` as in
+        ``train.evals.gates.Gate`` (default ``None``: no gate). Only on evaluation stages. Typed ``Any`` because
+        OmegaConf cannot merge a mapping into a ``None`` typed as a dict: a gate could then not be set from the
+        command line on a stage that has none (``stages.eval_sft_basic.gate={metric:accuracy,min:0.1}``);
+        ``scripts.pipeline.validate`` checks its keys and values instead.
     """
 
     entry: str = ""
@@ -39,11 +45,12 @@ class StageConfig:
     dir: str = ""
     dir_key: str = "run.dir"
     done: str = "DONE"
+    rerun_when_done: bool = False
     launcher: str = "torchrun"
     nproc: Optional[int] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     eval_of: str = ""
-    gate: Optional[dict[str, Any]] = None
+    gate: Any = None
 
 
 @dataclass

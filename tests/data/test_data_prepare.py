@@ -63,6 +63,26 @@ def test_prepare_small_layout_and_idempotence(tmp_path, sample_texts, caplog):
     check_prepared_layout(out)
 
 
+def test_a_complete_directory_prepared_with_other_settings_is_refused(tmp_path, sample_texts, capsys):
+    """A recipe changed after its data was prepared (the demo's 300 held-out problems became 1,000): the complete
+    directory is refused, naming DONE and the setting, instead of being read as if it were the new recipe's."""
+    from data.prepare import PreparedWithOtherSettingsError, prepare
+
+    f = tmp_path / "c.txt"
+    f.write_text("\n".join(sample_texts))
+    out = prepare(_cfg(_small(tmp_path, [f])))
+    done = (out / "DONE").read_text()
+    changed = _small(tmp_path, [f], ["reasoning.n_heldout=30"])
+    for overrides in (changed, [*changed, "dry_run=true"]):
+        with pytest.raises(PreparedWithOtherSettingsError,
+                           match=rf"{out / 'DONE'}: .*reasoning\.n_heldout = 20 there, 30 asked.*overwrite=true"):
+            prepare(_cfg(overrides))
+    assert (out / "DONE").read_text() == done
+    prepare(_cfg(_small(tmp_path, [f], ["num_proc=2"])))  # how it is written, not what: accepted as complete
+    prepare(_cfg([*changed, "overwrite=true"]))
+    assert len((out / "reasoning" / "heldout.jsonl").read_text().splitlines()) == 30
+
+
 def test_extra_pretrain_set_for_a_mixture(tmp_path, sample_texts):
     from data.prepare import prepare
 

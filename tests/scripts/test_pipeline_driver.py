@@ -108,6 +108,22 @@ def test_unknown_pipeline_key_is_an_error():
             pipeline.to_config(compose(config_name="demo", overrides=["+stages.pretrain.not_a_key=1"]))
 
 
+def test_gates_set_from_the_command_line():
+    """A gate on a stage that has none (its field is None: OmegaConf could not merge a mapping into a None typed as
+    a dict), a bound swapped on one that has, and a gate that is not a mapping, refused naming its key."""
+    pipeline.register_pipeline_schema()
+    with initialize_config_dir(config_dir=str(REPO / "recipes" / "pipeline"), version_base=None):
+        cfg = pipeline.to_config(compose(config_name="demo", overrides=[
+            "stages.eval_sft_basic.gate={metric:accuracy,min:0.1}", "stages.eval_pretrain.gate.max_metric=null",
+            "++stages.eval_pretrain.gate.max=700"]))
+        bad = pipeline.to_config(compose(config_name="demo", overrides=["stages.eval_sft_basic.gate=0.1"]))
+    pipeline.validate(cfg)
+    assert cfg.stages["eval_sft_basic"].gate == {"metric": "accuracy", "min": 0.1}
+    assert cfg.stages["eval_pretrain"].gate == {"metric": "perplexity", "max_metric": None, "max": 700}
+    with pytest.raises(pipeline.PipelineError, match=r"stages\.eval_sft_basic\.gate: a mapping .*got 0\.1"):
+        pipeline.validate(bad)
+
+
 def test_validate_names_the_bad_key(tmp_path):
     cfg = make_cfg(tmp_path)
     cfg.stages["eval_train"].eval_of = "nope"
@@ -134,6 +150,15 @@ def test_runs_stages_in_order_then_skips_completed(tmp_path):
     assert "$ " in (Path(cfg.run_dir) / "logs" / "train.log").read_text()
     pipeline.run_pipeline(cfg)  # everything complete: nothing runs again
     assert calls(cfg) == ["train", "eval"]
+
+
+def test_a_stage_that_asks_is_rerun_when_done(tmp_path):
+    cfg = make_cfg(tmp_path)
+    cfg.stages["train"].rerun_when_done = True
+    pipeline.run_pipeline(cfg)
+    pipeline.run_pipeline(cfg)
+    assert calls(cfg) == ["train", "eval", "train"]
+    assert [line.split()[0] for line in pipeline.write_plan(cfg)] == ["train"]
 
 
 def test_interrupted_stage_fails_then_relaunch_resumes(tmp_path):

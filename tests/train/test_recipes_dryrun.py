@@ -73,7 +73,8 @@ def tiny(tmp_path_factory):
 def _pointing_at(entry: str, data: Path, export: Path, out: Path) -> list[str]:
     """Overrides that point a stage recipe's inputs at the tiny data and export and its outputs under ``out``."""
     return {
-        "prepare": [f"out_dir={data}"],
+        # Not the tiny data: a recipe's sizes differ from it, and prepare refuses a directory made with others.
+        "prepare": [f"out_dir={out / 'data'}"],
         "pretrain": [f"data.dir={data}", f"run.dir={out / 'run'}"],
         "sft": [f"data.dir={data}", f"run.dir={out / 'run'}", f"sft.init_from={out / 'no_export_yet'}"],
         "dpo": [f"dpo.data_dir={data}", f"dpo.init_from={export}", f"run.dir={out / 'run'}"],
@@ -133,8 +134,8 @@ def test_pipeline_recipe_dry_runs_every_stage(name, tiny, watched):
         entry = entry_of[module]
         recipe = next(a.split("=", 1)[1] for a in args if a.startswith("--config-name="))
         overrides = [a for a in args if not a.startswith("--config-name=")]
-        if entry == "prepare":  # the pipeline's prepare stage writes where the tiny data already is
-            overrides = [f"out_dir={data}"]
+        if entry == "prepare":  # a fresh directory: prepare refuses the tiny data, made with other sizes
+            overrides = [f"out_dir={watched / 'data'}"]
         if entry in ("dpo", "evaluate"):  # the exports they start from do not exist before the training stages ran
             overrides += [f"dpo.init_from={export}"] if entry == "dpo" else [f"model_path={export}"]
         dcfg = _compose(entry, recipe, overrides + [DRY_RUN_OVERRIDES[module]])
