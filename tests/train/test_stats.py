@@ -21,6 +21,11 @@ def test_wilson_matches_published_values(successes, n, low, high):
     assert got == pytest.approx((low, high), abs=5e-5)
 
 
+@pytest.mark.parametrize("n", [1, 4, 12, 1000])
+def test_wilson_ends_are_exact_at_none_and_all(n):
+    assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+
+
 def test_wilson_rejects_impossible_counts():
     with pytest.raises(ValueError, match="n must be >= 1"):
         wilson_interval(0, 0)

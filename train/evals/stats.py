@@ -46,8 +46,10 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # Clamp: at p = 0 or 1 the bound equals 0 or 1 up to rounding.
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At p = 0 or 1 that bound is exactly 0 or 1; the formula leaves a rounding residue (2.8e-17 at 0 of 12).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def with_intervals(metrics: Mapping) -> dict:
