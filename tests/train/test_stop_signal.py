@@ -51,9 +51,15 @@ def test_sigint_after_sigterm_is_the_first_ctrl_c():
 
 
 def test_previous_handlers_are_restored():
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
-    with StopSignal():
-        assert all(signal.getsignal(s) != h for s, h in before.items())
-    assert {s: signal.getsignal(s) for s in before} == before
-    with pytest.raises(KeyboardInterrupt):  # outside the block Ctrl-C is Python's again
-        _deliver(signal.SIGINT)
+    # Python's own Ctrl-C handler before the block, whatever an earlier test in this pytest-xdist worker left there
+    # (a CI run once had another SIGINT handler at this point).
+    outside = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+        with StopSignal():
+            assert all(signal.getsignal(s) != h for s, h in before.items())
+        assert {s: signal.getsignal(s) for s in before} == before
+        with pytest.raises(KeyboardInterrupt):  # outside the block Ctrl-C is Python's again
+            _deliver(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, outside)
