@@ -159,7 +159,9 @@ class PreparedWithOtherSettingsError(ValueError):
 
 
 def _flat(tree: Any, key: str = "") -> dict[str, Any]:
-    """``{dotted key: value}`` of a nested mapping; lists and empty mappings are values."""
+    """``{dotted key: value}`` of a nested mapping; lists and empty mappings are values. Unlike
+    ``train.runtime.run_dir.flat_config``, which splits lists by index, a list stays whole here: keys only one side
+    has are not compared, so a list that grew or shrank must still show as one differing value."""
     if not isinstance(tree, dict) or not tree:
         return {key: tree}
     return {k: v for name, value in tree.items() for k, v in _flat(value, f"{key}.{name}" if key else name).items()}
